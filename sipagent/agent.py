@@ -1,0 +1,31 @@
+"""Runs one agent process: the SIP endpoint with its app, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from sipagent.apps.base import build_app
+from sipagent.config import AgentSettings
+from sipagent.sip.endpoint import SipEndpoint
+
+log = logging.getLogger("sipagent")
+
+
+async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
+    endpoint = SipEndpoint(settings, build_app(settings.app, settings))
+    await endpoint.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: hanging up %d call(s)", len(endpoint.calls))
+        await endpoint.stop()

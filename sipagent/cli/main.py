@@ -1,0 +1,76 @@
+"""The `sipagent` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr, ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+
+from sipagent.agent import run_agent
+from sipagent.config import AgentSettings
+
+app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
+console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+    )
+
+
+def _option(help_text: str) -> typer.models.OptionInfo:
+    return typer.Option(help=help_text, show_default=False)
+
+
+@app.command()
+def serve(
+    server: Annotated[str | None, _option("registrar host[:port]; empty: peer-to-peer")] = None,
+    user: Annotated[str | None, _option("SIP user")] = None,
+    password: Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")] = None,
+    auth_user: Annotated[str | None, _option("digest username if not the SIP user")] = None,
+    domain: Annotated[str | None, _option("SIP domain (default: server host)")] = None,
+    bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
+    public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
+    rtp_ports: Annotated[str | None, _option("RTP port range, e.g. 20000-20999")] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="echo | player")] = None,
+    register_expires: Annotated[int | None, _option("requested registration lifetime, s")] = None,
+    keepalive_interval: Annotated[float | None, _option("registration probe interval, s")] = None,
+    ring_seconds: Annotated[float | None, _option("ring this long before answering")] = None,
+    max_calls: Annotated[int | None, _option("concurrent calls before 486 Busy")] = None,
+    player_file: Annotated[str | None, _option("player app: raw mu-law file to play")] = None,
+    record_dir: Annotated[str | None, _option("player app: recordings dir")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Run the agent: register when a server is set, answer calls with the chosen app."""
+    _setup_logging(verbose)
+    overrides = {
+        "server": server, "user": user, "auth_user": auth_user, "domain": domain,
+        "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports, "app": app_name,
+        "register_expires": register_expires, "keepalive_interval": keepalive_interval,
+        "ring_seconds": ring_seconds, "max_calls": max_calls, "player_file": player_file,
+        "record_dir": record_dir,
+        "password": SecretStr(password) if password is not None else None,
+    }  # fmt: skip
+    try:
+        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        console.print(f"[red]invalid settings:[/red] {error}")
+        raise typer.Exit(2) from error
+    try:
+        asyncio.run(run_agent(settings))
+    except OSError as error:
+        console.print(f"[red]cannot start:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@app.callback()
+def main() -> None:
+    """sipagent command line."""

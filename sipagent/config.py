@@ -1,0 +1,120 @@
+"""Agent settings: every field is a `sipagent serve` flag and a `SIPAGENT_<NAME>` env var."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, default_port: int) -> HostPort:
+    """Parse 'host', 'host:port' or '[v6]:port'."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    port = int(port_text) if port_text else default_port
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return HostPort(host, port)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    first_text, _, last_text = text.partition("-")
+    first, last = int(first_text), int(last_text or first_text)
+    if not (1024 <= first <= last < 65536) or last - first < 1:
+        raise ValueError(f"bad RTP port range {text!r}: want e.g. 20000-20999")
+    return first, last
+
+
+def route_source_address(destination_host: str, destination_port: int = 5060) -> str:
+    """The local address the kernel would use to reach `destination_host` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((destination_host, destination_port))
+        return str(probe.getsockname()[0])
+
+
+class AgentSettings(BaseSettings):
+    """SIP and media settings of one agent process."""
+
+    model_config = SettingsConfigDict(env_prefix="SIPAGENT_", env_file=".env", extra="ignore")
+
+    server: str = Field("", description="registrar/trunk host[:port]; empty = peer-to-peer mode")
+    user: str = Field("agent", description="SIP user (AOR user part and auth user)")
+    password: SecretStr = Field(SecretStr(""), description="SIP digest password")
+    auth_user: str = Field("", description="digest username if it differs from user")
+    domain: str = Field("", description="SIP domain of the AOR; default: the server host")
+    bind: str = Field("0.0.0.0:5060", description="local SIP host:port to listen on")
+    public_ip: str = Field("", description="address advertised in Contact/SDP")
+    rtp_ports: str = Field("20000-20999", description="RTP port range, even ports used")
+    app: str = Field("echo", description="call handler: echo | player")
+    register_expires: int = Field(300, ge=30, le=86400, description="requested REGISTER expiry")
+    keepalive_interval: float = Field(
+        1.0, gt=0, description="seconds between registration liveness probes (OPTIONS)"
+    )
+    ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
+    max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    player_file: str = Field("", description="player app: raw mu-law file to play")
+    record_dir: str = Field("", description="player app: where to write what the caller sent")
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _check_rtp_ports(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        parse_host_port(value, 5060)
+        return value
+
+    @property
+    def server_address(self) -> HostPort | None:
+        return parse_host_port(self.server, 5060) if self.server else None
+
+    @property
+    def bind_address(self) -> HostPort:
+        return parse_host_port(self.bind, 5060)
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        return parse_port_range(self.rtp_ports)
+
+    @property
+    def sip_domain(self) -> str:
+        if self.domain:
+            return self.domain
+        server = self.server_address
+        return server.host if server else self.advertised_ip
+
+    @property
+    def advertised_ip(self) -> str:
+        """Never 0.0.0.0: peers would send their RTP nowhere (pyVoIP's default)."""
+        if self.public_ip:
+            return self.public_ip
+        bind = self.bind_address
+        if bind.host not in ("0.0.0.0", "", "::"):
+            return bind.host
+        server = self.server_address
+        try:
+            return route_source_address(server.host if server else "192.0.2.1", 5060)
+        except OSError:
+            return "127.0.0.1"

@@ -1,0 +1,124 @@
+"""One call: its dialog, its media session, and the channel its app talks to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sipagent.sip.pyvoip_adapter import AgentSIPMessage, DialogState
+from sipagent.sip.sdp import NegotiatedMedia
+
+if TYPE_CHECKING:
+    from sipagent.media.session import RtpSession
+
+_END = object()
+
+
+class CallState(StrEnum):
+    RINGING = "ringing"
+    ANSWERED = "answered"  # 200 OK sent, waiting for ACK
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class ServerInviteTransaction:
+    """The INVITE we are answering: its last response, resent on retransmitted INVITEs."""
+
+    request: AgentSIPMessage
+    branch: str
+    last_response: bytes = b""
+    retransmit_task: asyncio.Task[None] | None = None
+
+    def stop_retransmitting(self) -> None:
+        if self.retransmit_task is not None:
+            self.retransmit_task.cancel()
+            self.retransmit_task = None
+
+
+@dataclass(eq=False)
+class Call:
+    call_id: str
+    caller: str
+    dialog: DialogState
+    media: NegotiatedMedia
+    invite: ServerInviteTransaction
+    rtp_port: int
+    hangup_callback: Callable[[Call, str], Awaitable[None]]
+    state: CallState = CallState.RINGING
+    session: RtpSession | None = None
+    session_version: int = 1
+    session_id: int = field(default_factory=lambda: int(time.time()))
+    started_at: float = field(default_factory=time.time)
+    answered_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str = ""
+    app_task: asyncio.Task[None] | None = None
+    _frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    _digits: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- fed by the media session -----------------------------------------------------------
+    def deliver_audio(self, frame: bytes) -> None:
+        if self.state != CallState.ENDED:
+            self._frames.put_nowait(frame)
+
+    def deliver_digit(self, digit: str) -> None:
+        if self.state != CallState.ENDED:
+            self._digits.put_nowait(digit)
+
+    def mark_ended(self, reason: str) -> None:
+        if self.state == CallState.ENDED:
+            return
+        self.state = CallState.ENDED
+        self.end_reason = reason
+        self.ended_at = time.time()
+        self._frames.put_nowait(_END)
+        self._digits.put_nowait(_END)
+        self.ended.set()
+
+    # -- the CallChannel the app sees -------------------------------------------------------
+    async def frames(self) -> AsyncIterator[bytes]:
+        while (item := await self._frames.get()) is not _END:
+            yield item
+
+    async def digits(self) -> AsyncIterator[str]:
+        while (item := await self._digits.get()) is not _END:
+            yield item
+
+    def play(self, mulaw: bytes) -> None:
+        if self.session is not None and self.state != CallState.ENDED:
+            self.session.play(mulaw)
+
+    def flush(self) -> int:
+        if self.session is None:
+            return 0
+        return self.session.flush().dropped_bytes
+
+    @property
+    def sent_audio_ms(self) -> float:
+        return self.session.sent_audio_ms if self.session is not None else 0.0
+
+    @property
+    def queued_ms(self) -> float:
+        return self.session.queued_ms if self.session is not None else 0.0
+
+    async def hangup(self, reason: str = "app hangup") -> None:
+        await self.hangup_callback(self, reason)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "caller": self.caller,
+            "state": str(self.state),
+            "codec": self.media.codec,
+            "remote_media": f"{self.media.remote_address}:{self.media.remote_port}",
+            "rtp_port": self.rtp_port,
+            "started_at": self.started_at,
+            "answered_at": self.answered_at,
+            "end_reason": self.end_reason,
+        }

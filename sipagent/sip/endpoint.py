@@ -1,0 +1,644 @@
+"""The asyncio SIP user agent: one UDP socket, registration, inbound calls, in-dialog requests.
+
+Replaces pyVoIP's receive thread and blocking pacing (see pyvoip_adapter D2, D5): everything
+runs on the event loop, every datagram is handled to completion or logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from sipagent.apps.base import CallApp
+from sipagent.config import AgentSettings
+from sipagent.media.ports import RtpPortAllocator
+from sipagent.media.session import RtpSession
+from sipagent.sip.call import Call, CallState, ServerInviteTransaction
+from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
+from sipagent.sip.pyvoip_adapter import (
+    ALLOWED_METHODS,
+    AgentSIPClient,
+    AgentSIPMessage,
+    OutgoingRequest,
+    SipMessageError,
+)
+from sipagent.sip.registration import RegistrationPolicy, RegistrationState, granted_expires
+from sipagent.sip.sdp import (
+    NegotiatedMedia,
+    NoCommonCodec,
+    SdpError,
+    build_answer,
+    negotiate,
+    parse_audio_offer,
+)
+from sipagent.sip.uri import UriError, name_addr_uri, parse_uri
+
+log = logging.getLogger("sipagent.sip")
+
+T1 = 0.5  # RFC 3261 timer T1 (RTT estimate)
+T2 = 4.0
+TIMER_B = 64 * T1  # give up on a transaction
+NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "NOTIFY", "REFER", "PRACK", "UPDATE"}
+DTMF_SIGNALS = set("0123456789*#ABCD")
+APP_GRACE_SECONDS = 2.0  # after hang-up, the app may finish writing before it is cancelled
+
+
+class TransactionTimeout(Exception):
+    """No final response within Timer F / our shorter registration deadline."""
+
+
+class SipEndpoint(asyncio.DatagramProtocol):
+    """A SIP UA that registers (when a server is set) and answers calls with an app."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        app: CallApp,
+        *,
+        on_call_ended: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.on_call_ended = on_call_ended
+        self.transport: asyncio.DatagramTransport | None = None
+        self.calls: dict[str, Call] = {}
+        self.ended_calls: list[Call] = []
+        self.dropped: Counter[str] = Counter()
+        self.client: AgentSIPClient | None = None
+        self.registration: RegistrationPolicy | None = None
+        self._pending: dict[str, asyncio.Future[AgentSIPMessage]] = {}
+        self._error_transactions: dict[str, ServerInviteTransaction] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._register_task: asyncio.Task[None] | None = None
+        self._rtp_ports: RtpPortAllocator | None = None
+        self.answer_times: list[float] = []  # INVITE received -> 200 OK sent, seconds
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def local_address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        bind = self.settings.bind_address
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(bind.host, bind.port))
+        port = self.local_address[1]
+        advertised = self.settings.advertised_ip
+        server = self.settings.server_address
+        self.client = AgentSIPClient(
+            user=self.settings.user,
+            password=self.settings.password.get_secret_value(),
+            auth_user=self.settings.auth_user,
+            domain=self.settings.sip_domain,
+            server=(server.host, server.port) if server else None,
+            advertised_ip=advertised,
+            sip_port=port,
+        )
+        rtp_bind = bind.host if bind.host not in ("", "::") else "0.0.0.0"
+        first, last = self.settings.rtp_port_range
+        self._rtp_ports = RtpPortAllocator(first, last, rtp_bind)
+        log.info("SIP listening on %s:%d, advertising %s:%d", bind.host, port, advertised, port)
+        if server is not None:
+            self.registration = RegistrationPolicy(
+                self.settings.register_expires,
+                registrar=str(server),
+                contact=self.client.contact,
+            )
+            self._register_task = asyncio.create_task(self._registration_loop())
+        else:
+            log.info("peer-to-peer mode: call sip:%s@%s:%d", self.settings.user, advertised, port)
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            await self.hangup(call, "agent shutting down")
+        if self._register_task is not None:
+            self._register_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._register_task
+            if self.registration and self.registration.status.state == RegistrationState.REGISTERED:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._register_once(expires=0), 3.0)
+                self.registration.unregistered()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- datagram entry point ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP socket error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        source = (str(addr[0]), int(addr[1]))
+        if not data.strip(b"\r\n\x00 "):
+            return  # keep-alive (RFC 5626 CRLF) or padding
+        try:
+            message = AgentSIPMessage(data, source)
+        except SipMessageError as error:
+            self.dropped[str(error).split(":")[0][:40]] += 1
+            log.warning("dropped malformed SIP from %s:%d: %s", *source, error)
+            return
+        except Exception as error:  # a parser bug must not take the agent down
+            self.dropped["parser error"] += 1
+            log.warning("dropped unparseable SIP from %s:%d: %r", *source, error)
+            return
+        try:
+            if message.is_request:
+                self._handle_request(message)
+            else:
+                self._handle_response(message)
+        except Exception:
+            self.dropped["handler error"] += 1
+            log.exception("error handling %s from %s:%d", message.heading[:80], *source)
+
+    def _send(self, data: bytes, destination: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, destination)
+
+    def _respond(self, request: AgentSIPMessage, status_code: int, **kwargs: Any) -> bytes:
+        assert self.client is not None
+        response = self.client.gen_response(request, status_code, **kwargs)
+        self._send(response, self.client.response_destination(request))
+        return response
+
+    # -- client transactions ----------------------------------------------------------------
+    def _handle_response(self, response: AgentSIPMessage) -> None:
+        future = self._pending.get(response.top_via_branch)
+        if future is None:
+            log.debug("stray response %s for %s", response.status_code, response.cseq_method)
+            return
+        if response.status_code >= 200 and not future.done():
+            future.set_result(response)
+
+    async def request(
+        self,
+        outgoing: OutgoingRequest,
+        destination: tuple[str, int],
+        *,
+        timeout: float = TIMER_B,
+        max_interval: float = T2,
+    ) -> AgentSIPMessage:
+        """Non-INVITE client transaction (RFC 3261 17.1.2): retransmit until a final response."""
+        future: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
+        self._pending[outgoing.branch] = future
+        deadline = time.monotonic() + timeout
+        interval = T1
+        try:
+            while True:
+                self._send(outgoing.data, destination)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransactionTimeout(f"{outgoing.method} timed out after {timeout:.0f} s")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), min(interval, remaining))
+                interval = min(interval * 2, max_interval)
+        finally:
+            self._pending.pop(outgoing.branch, None)
+
+    # -- registration -----------------------------------------------------------------------
+    @property
+    def registrar_destination(self) -> tuple[str, int]:
+        server = self.settings.server_address
+        assert server is not None
+        return server.host, server.port
+
+    async def _register_once(self, expires: int) -> AgentSIPMessage:
+        """REGISTER, answering up to two digest challenges (401 and/or 407)."""
+        assert self.client is not None
+        challenges: dict[str, DigestChallenge] = {}
+        for _ in range(3):
+            outgoing = self.client.gen_register_request(expires, tuple(challenges.values()))
+            response = await self.request(
+                outgoing, self.registrar_destination, timeout=4.0, max_interval=1.0
+            )
+            if response.status_code not in (401, 407):
+                return response
+            header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
+            try:
+                challenge = parse_challenge(
+                    response.first(header) or "", proxy=response.status_code == 407
+                )
+            except DigestError as error:
+                log.error("registrar sent a challenge we cannot answer: %s", error)
+                return response
+            previous = challenges.get(header)
+            if previous is not None and not challenge.stale and previous.realm == challenge.realm:
+                return response  # our credentials were refused
+            challenges[header] = challenge
+        return response
+
+    async def _registration_loop(self) -> None:
+        assert self.registration is not None and self.client is not None
+        policy = self.registration
+        loop = asyncio.get_running_loop()
+        while True:
+            policy.attempt_started()
+            try:
+                response = await self._register_once(self.settings.register_expires)
+            except TransactionTimeout as error:
+                await asyncio.sleep(policy.unreachable(str(error)))
+                continue
+            if 200 <= response.status_code < 300:
+                our_uri = name_addr_uri(self.client.contact)
+                granted = granted_expires(
+                    response.values("Contact"),
+                    response.first("Expires"),
+                    our_uri,
+                    self.settings.register_expires,
+                )
+                if granted <= 0:
+                    await asyncio.sleep(policy.rejected(500, "registrar granted no lifetime"))
+                    continue
+                refresh_at = loop.time() + policy.registered(loop.time(), granted)
+                log.info("registered as %s for %d s", self.client.aor, granted)
+                await self._watch_binding(refresh_at)
+            elif response.status_code == 423 and (response.first("Min-Expires") or "").isdigit():
+                self.settings.register_expires = int(response.first("Min-Expires") or "0")
+            else:
+                delay = policy.rejected(response.status_code, response.reason)
+                log.error("registration failed: %s", policy.status.reason)
+                await asyncio.sleep(delay)
+
+    async def _watch_binding(self, refresh_at: float) -> None:
+        """Until the refresh is due, probe that the registrar still routes our AOR to us.
+
+        An OPTIONS to our own AOR through the registrar comes back to us (we answer 200) while
+        the binding exists; a 404/480 means the registrar lost it (restart), a timeout that it
+        is unreachable. Either way we return early and the loop registers again at once.
+        """
+        assert self.registration is not None and self.client is not None
+        loop = asyncio.get_running_loop()
+        interval = self.settings.keepalive_interval
+        while (remaining := refresh_at - loop.time()) > 0:
+            await asyncio.sleep(min(interval, remaining))
+            if refresh_at - loop.time() <= 0:
+                return
+            probe = self.client.gen_options_request(self.client.aor)
+            try:
+                answer = await self.request(
+                    probe, self.registrar_destination, timeout=max(2.0, interval), max_interval=1.0
+                )
+            except TransactionTimeout:
+                self.registration.unreachable("liveness probe timed out")
+                return
+            if answer.status_code in (404, 410, 480):
+                self.registration.binding_lost(answer.status_code)
+                return
+
+    # -- requests ---------------------------------------------------------------------------
+    def _handle_request(self, request: AgentSIPMessage) -> None:
+        method = request.method
+        if method == "INVITE":
+            if request.to_tag:
+                self._handle_reinvite(request)
+            else:
+                self._handle_invite(request)
+        elif method == "ACK":
+            self._handle_ack(request)
+        elif method == "BYE":
+            self._handle_bye(request)
+        elif method == "CANCEL":
+            self._handle_cancel(request)
+        elif method == "OPTIONS":
+            self._respond(
+                request,
+                200,
+                extra_headers=(
+                    f"Allow: {', '.join(ALLOWED_METHODS)}\r\n"
+                    "Accept: application/sdp\r\nSupported: replaces\r\n"
+                ),
+            )
+        elif method == "INFO":
+            self._handle_info(request)
+        elif method in NOT_ALLOWED:
+            self._respond(request, 405, extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
+        else:
+            self._respond(request, 501)
+
+    def _find_dialog_call(self, request: AgentSIPMessage) -> Call | None:
+        call = self.calls.get(request.call_id)
+        if call is None:
+            return None
+        if request.to_tag and request.to_tag != call.dialog.local_tag:
+            return None
+        return call
+
+    def _handle_invite(self, request: AgentSIPMessage) -> None:
+        assert self.client is not None
+        existing = self.calls.get(request.call_id)
+        if existing is not None:
+            if existing.invite.branch == request.top_via_branch and existing.invite.last_response:
+                # A retransmitted INVITE: repeat our last response (RFC 3261 17.2.1).
+                self._send(existing.invite.last_response, self.client.response_destination(request))
+            return
+        received_at = time.perf_counter()
+        # D5: 100 Trying at once stops the caller's INVITE retransmissions.
+        self._respond(request, 100, reason="Trying")
+        if len(self.calls) >= self.settings.max_calls:
+            self._reject_invite(request, 486, "Busy Here")
+            return
+        try:
+            parse_uri(request.request_uri)
+            offer = parse_audio_offer(request.content) if request.content else None
+            if offer is None:
+                raise NoCommonCodec("no SDP offer in INVITE (late offer is not supported)")
+            media = negotiate(offer)
+        except (SdpError, UriError) as error:
+            log.warning("rejecting INVITE %s: %s", request.call_id, error)
+            self._reject_invite(request, 400, "Bad Request")
+            return
+        except NoCommonCodec as error:
+            log.info("rejecting INVITE %s: %s", request.call_id, error)
+            self._reject_invite(
+                request,
+                488,
+                "Not Acceptable Here",
+                extra_headers=f'Warning: 305 sipagent "{error}"\r\n',
+            )
+            return
+        assert self._rtp_ports is not None
+        try:
+            rtp_socket = self._rtp_ports.allocate()
+        except OSError as error:
+            log.error("no RTP port for %s: %s", request.call_id, error)
+            self._reject_invite(request, 503, "Service Unavailable")
+            return
+        dialog = self.client.new_dialog(request)
+        from_header = request.headers.get("From", {})
+        caller = str(from_header.get("number") or from_header.get("address") or "unknown")
+        call = Call(
+            call_id=request.call_id,
+            caller=caller,
+            dialog=dialog,
+            media=media,
+            invite=ServerInviteTransaction(request, request.top_via_branch),
+            rtp_port=rtp_socket.getsockname()[1],
+            hangup_callback=self.hangup,
+        )
+        self.calls[call.call_id] = call
+        log.info(
+            "call %s from %s: %s, media to %s:%d",
+            call.call_id,
+            caller,
+            media.codec,
+            media.remote_address,
+            media.remote_port,
+        )
+        ringing = self.client.gen_ringing(request)
+        call.invite.last_response = ringing
+        self._send(ringing, self.client.response_destination(request))
+        self._spawn(self._answer(call, rtp_socket, received_at))
+
+    def _reject_invite(
+        self,
+        request: AgentSIPMessage,
+        status_code: int,
+        reason: str,
+        extra_headers: str = "",
+        to_tag: str | None = None,
+    ) -> None:
+        """A final error response, retransmitted until the ACK (RFC 3261 17.2.1 Timer G)."""
+        assert self.client is not None
+        response = self._respond(
+            request, status_code, reason=reason, to_tag=to_tag or self.client.gen_tag(),
+            extra_headers=extra_headers,
+        )  # fmt: skip
+        transaction = ServerInviteTransaction(request, request.top_via_branch, response)
+        self._error_transactions[request.top_via_branch] = transaction
+        transaction.retransmit_task = self._spawn(
+            self._retransmit_until_ack(transaction, request, on_timeout=None)
+        )
+
+    async def _retransmit_until_ack(
+        self,
+        transaction: ServerInviteTransaction,
+        request: AgentSIPMessage,
+        on_timeout: Callable[[], Any] | None,
+    ) -> None:
+        assert self.client is not None
+        destination = self.client.response_destination(request)
+        interval = T1
+        waited = 0.0
+        try:
+            while waited < TIMER_B:
+                await asyncio.sleep(interval)
+                waited += interval
+                self._send(transaction.last_response, destination)
+                interval = min(interval * 2, T2)
+            if on_timeout is not None:
+                on_timeout()
+        finally:
+            self._error_transactions.pop(transaction.branch, None)
+
+    async def _answer(self, call: Call, rtp_socket: Any, received_at: float) -> None:
+        assert self.client is not None
+        try:
+            if self.settings.ring_seconds > 0:
+                await asyncio.sleep(self.settings.ring_seconds)
+            if call.state != CallState.RINGING:
+                rtp_socket.close()
+                return
+            call.session = await RtpSession.open(
+                sock=rtp_socket,
+                remote=(call.media.remote_address, call.media.remote_port),
+                payload_type=call.media.payload_type,
+                telephone_event_pt=call.media.telephone_event_pt,
+                on_audio=call.deliver_audio,
+                on_dtmf=call.deliver_digit,
+                call_id=call.call_id,
+            )
+            self._send_answer(call, call.invite.request)
+            self.answer_times.append(time.perf_counter() - received_at)
+            call.state = CallState.ANSWERED
+            call.answered_at = time.time()
+        except Exception:
+            log.exception("call %s: could not answer", call.call_id)
+            await self._end_call(call, "answer failed")
+
+    def _send_answer(self, call: Call, request: AgentSIPMessage) -> None:
+        assert self.client is not None
+        sdp = build_answer(
+            call.media,
+            local_address=self.client.myIP,
+            local_port=call.rtp_port,
+            session_id=call.session_id,
+            session_version=call.session_version,
+        )
+        call.invite.request = request
+        call.invite.branch = request.top_via_branch
+        call.invite.last_response = self.client.gen_answer(request, sdp)
+        self._send(call.invite.last_response, self.client.response_destination(request))
+        call.invite.stop_retransmitting()
+
+        def no_ack() -> None:
+            log.warning("call %s: no ACK for our 200 OK, hanging up", call.call_id)
+            self._spawn(self.hangup(call, "no ACK"))
+
+        call.invite.retransmit_task = self._spawn(
+            self._retransmit_until_ack(call.invite, request, on_timeout=no_ack)
+        )
+
+    def _handle_ack(self, request: AgentSIPMessage) -> None:
+        error_transaction = self._error_transactions.pop(request.top_via_branch, None)
+        if error_transaction is not None:
+            error_transaction.stop_retransmitting()
+            return
+        call = self._find_dialog_call(request)
+        if call is None:
+            return
+        call.invite.stop_retransmitting()
+        if request.content:
+            self._apply_remote_sdp(call, request.content)  # answer to our offer (late offer)
+        if call.state == CallState.ANSWERED:
+            call.state = CallState.CONFIRMED
+            call.app_task = self._spawn(self._run_app(call))
+
+    async def _run_app(self, call: Call) -> None:
+        try:
+            await self.app.handle(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: app failed", call.call_id)
+        if call.state != CallState.ENDED:
+            # Let the last queued audio play out before the BYE.
+            while call.queued_ms > 0 and call.state != CallState.ENDED:
+                await asyncio.sleep(0.02)
+            await self.hangup(call, "app finished")
+
+    def _handle_bye(self, request: AgentSIPMessage) -> None:
+        call = self._find_dialog_call(request)
+        if call is None:
+            self._respond(request, 481, reason="Call/Transaction Does Not Exist")
+            return
+        self._respond(request, 200)
+        self._spawn(self._end_call(call, "caller hung up"))
+
+    def _handle_cancel(self, request: AgentSIPMessage) -> None:
+        call = self.calls.get(request.call_id)
+        if call is None or call.invite.branch != request.top_via_branch:
+            self._respond(request, 481, reason="Call/Transaction Does Not Exist")
+            return
+        self._respond(request, 200, to_tag=call.dialog.local_tag)
+        if call.state != CallState.RINGING:
+            return  # already answered: CANCEL has no effect (RFC 3261 9.2)
+        self._reject_invite(
+            call.invite.request, 487, "Request Terminated", to_tag=call.dialog.local_tag
+        )
+        self._spawn(self._end_call(call, "caller cancelled"))
+
+    def _handle_reinvite(self, request: AgentSIPMessage) -> None:
+        call = self._find_dialog_call(request)
+        if call is None:
+            self._respond(request, 481, reason="Call/Transaction Does Not Exist")
+            return
+        if call.invite.request.cseq == request.cseq and call.invite.last_response:
+            self._send(call.invite.last_response, self.client.response_destination(request))  # type: ignore[union-attr]
+            return
+        if request.content:
+            try:
+                media = negotiate(parse_audio_offer(request.content))
+            except (SdpError, NoCommonCodec) as error:
+                self._respond(
+                    request, 488, reason="Not Acceptable Here",
+                    extra_headers=f'Warning: 305 sipagent "{error}"\r\n',
+                )  # fmt: skip
+                return
+            self._update_media(call, media)
+        # With no SDP the 200 carries our current description as an offer (RFC 3264 8).
+        call.session_version += 1
+        self._send_answer(call, request)
+
+    def _apply_remote_sdp(self, call: Call, body: bytes) -> None:
+        try:
+            self._update_media(call, negotiate(parse_audio_offer(body)))
+        except (SdpError, NoCommonCodec) as error:
+            log.warning("call %s: ignoring unusable SDP in ACK: %s", call.call_id, error)
+
+    def _update_media(self, call: Call, media: NegotiatedMedia) -> None:
+        call.media = media
+        if call.session is not None:
+            call.session.update_remote((media.remote_address, media.remote_port))
+
+    def _handle_info(self, request: AgentSIPMessage) -> None:
+        call = self._find_dialog_call(request)
+        if call is None:
+            self._respond(request, 481, reason="Call/Transaction Does Not Exist")
+            return
+        self._respond(request, 200)
+        content_type = (request.first("Content-Type") or "").lower()
+        if content_type.startswith("application/dtmf-relay"):
+            for line in request.content.decode("utf-8", "replace").splitlines():
+                name, _, value = line.partition("=")
+                digit = value.strip().upper()
+                if (
+                    name.strip().lower() == "signal"
+                    and len(digit) == 1
+                    and digit in "0123456789*#ABCD"
+                ):
+                    call.deliver_digit(digit)
+
+    # -- ending calls -----------------------------------------------------------------------
+    async def hangup(self, call: Call, reason: str) -> None:
+        """Our side ends the call: BYE through the dialog's route set (D1, D6)."""
+        if call.state == CallState.ENDED or self.client is None:
+            return
+        if call.state == CallState.RINGING:
+            await self._end_call(call, reason)
+            return
+        bye = self.client.gen_bye(call.dialog)
+        await self._end_call(call, reason)
+        try:
+            destination = parse_uri(call.dialog.next_hop_uri).destination
+            response = await self.request(bye, destination, timeout=8.0)
+            log.info("call %s: BYE answered %d", call.call_id, response.status_code)
+        except (TransactionTimeout, UriError) as error:
+            log.warning("call %s: BYE not answered: %s", call.call_id, error)
+
+    async def _end_call(self, call: Call, reason: str) -> None:
+        if call.state == CallState.ENDED:
+            return
+        log.info("call %s ended: %s", call.call_id, reason)
+        call.invite.stop_retransmitting()
+        call.mark_ended(reason)
+        self.calls.pop(call.call_id, None)
+        self.ended_calls.append(call)
+        del self.ended_calls[:-100]
+        app_task = call.app_task
+        if app_task is not None and not app_task.done() and app_task is not asyncio.current_task():
+            _, pending = await asyncio.wait({app_task}, timeout=APP_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+        if call.session is not None:
+            await call.session.close()
+        if self._rtp_ports is not None:
+            self._rtp_ports.release(call.rtp_port)
+        if self.on_call_ended is not None:
+            self.on_call_ended(call)
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        return {
+            "sip": f"{self.local_address[0]}:{self.local_address[1]}" if self.transport else None,
+            "registration": self.registration.status.as_dict(now) if self.registration else None,
+            "calls": [call.describe() for call in self.calls.values()],
+            "dropped_sip": dict(self.dropped),
+        }

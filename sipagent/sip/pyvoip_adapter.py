@@ -1,0 +1,496 @@
+"""The one place where pyVoIP 1.6.8 is adapted: its parser and message factory, defects fixed.
+
+pyVoIP gives us the SIP message model (`SIPMessage`: Via/From/To/CSeq parsing, `SIPStatus`
+reason phrases) and the client's tag/branch/counter machinery (`SIPClient`). Its transport
+(a receive thread, `time.sleep` pacing) and its RTP audio path are not used: the asyncio
+endpoint in `sipagent.sip.endpoint` and `sipagent.media` replace them.
+
+Defects worked around here, each named where it is fixed and pinned by a test in
+tests/unit/test_sip_adapter.py (D1..D11):
+  D1  BYE copies the INVITE's Via headers instead of its own Via, so its 200 OK goes astray.
+  D2  Every response is sent to the configured server, never to the Via/source
+      (RFC 3261 18.2.2, RFC 3581 rport): a direct INVITE gets no answer.
+  D3  Default myIP="0.0.0.0" ends up in Contact and SDP c=: the peer sends RTP nowhere.
+  D4  Digest is MD5 without qop/cnonce/nc; 407 Proxy-Authenticate is not handled; the digest
+      uri is "sip:SERVER;transport=UDP" instead of the Request-URI.
+  D5  No 100 Trying, ~1 s sleep between 180 and 200, 200 never retransmitted (fixed by the
+      endpoint's transaction handling; the factory here only builds the messages).
+  D6  Record-Route is not copied into responses nor used as the dialog's route set.
+  D7  The SDP answer lists every compatible payload type of the offer (we answer one codec).
+  D8  Only INVITE/ACK/BYE/CANCEL parse at all: OPTIONS, REGISTER responses aside, raise.
+  D9  The parser keeps only the first of repeated headers (Record-Route, Route), ignores
+      compact forms and header-name case, splits the body at every blank line, and does not
+      validate Content-Length or the CSeq method.
+  D10 Call-IDs are sha256 of a counter starting at 1: identical across process restarts.
+  D11 A new To-tag is generated for every response (gen_ok), breaking the dialog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+import pyVoIP.VoIP  # noqa: F401  # pyVoIP.SIP alone is a circular import; VoIP loads it first
+from pyVoIP.SIP import SIPClient, SIPMessage, SIPMessageType, SIPParseError, SIPStatus
+
+from sipagent import __version__
+from sipagent.sip.digest import DigestChallenge, DigestCredentials
+from sipagent.sip.uri import header_params, name_addr_uri, split_header_values
+
+USER_AGENT = f"sipagent/{__version__} (pyVoIP)"
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO")
+MAX_MESSAGE_BYTES = 16384
+_SINGLE_VALUED = ("From", "To", "Call-ID", "CSeq", "Content-Length", "Max-Forwards")
+_MULTI_VALUED = ("Via", "Record-Route", "Route", "Contact")
+_COMPACT = {
+    "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact", "l": "Content-Length",
+    "c": "Content-Type", "k": "Supported", "e": "Content-Encoding", "s": "Subject",
+    "o": "Event", "r": "Refer-To", "u": "Allow-Events", "b": "Referred-By",
+}  # fmt: skip
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type",
+        "Record-Route", "Route", "Max-Forwards", "WWW-Authenticate", "Proxy-Authenticate",
+        "Authorization", "Proxy-Authorization", "Expires", "Min-Expires", "Allow", "Supported",
+        "User-Agent", "Server", "Content-Encoding", "Require", "Event", "Refer-To",
+    )
+}  # fmt: skip
+_TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
+
+
+class SipMessageError(SIPParseError):
+    """A datagram that is not a valid SIP message: logged and dropped by the endpoint."""
+
+
+def _canonical_name(name: str) -> str:
+    lowered = name.lower()
+    if lowered in _COMPACT:
+        return _COMPACT[lowered]
+    return _CANONICAL.get(lowered) or "-".join(part.capitalize() for part in lowered.split("-"))
+
+
+class AgentSIPMessage(SIPMessage):
+    """pyVoIP's SIPMessage with a strict, complete RFC 3261 parser in front (D8, D9).
+
+    pyVoIP's own header parsing (Via dicts, From/To dicts, CSeq dict) still fills `headers`
+    for single-valued headers, so code written against pyVoIP's model keeps working.
+    """
+
+    def __init__(self, data: bytes, source: tuple[str, int] | None = None) -> None:
+        self.source = source
+        self.fields: list[tuple[str, str]] = []
+        self.content = b""
+        self.method = ""
+        self.request_uri = ""
+        self.status_code = 0
+        self.reason = ""
+        try:
+            super().__init__(data)
+        except SipMessageError:
+            raise
+        except (SIPParseError, ValueError, IndexError, KeyError, UnicodeDecodeError) as error:
+            raise SipMessageError(f"unparseable header value: {error}") from error
+
+    # D9: pyVoIP splits at every CRLFCRLF and keeps the first header of each name.
+    def parse(self, data: bytes) -> None:
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise SipMessageError(f"oversize message ({len(data)} bytes)")
+        head, separator, body = data.partition(b"\r\n\r\n")
+        if not separator:
+            raise SipMessageError("no empty line after the headers")
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SipMessageError("headers are not UTF-8") from error
+        lines: list[str] = []
+        for line in text.split("\r\n"):
+            if line[:1] in (" ", "\t") and lines:
+                lines[-1] += " " + line.strip()  # RFC 3261 7.3.1 line folding
+            else:
+                lines.append(line)
+        self._parse_start_line(lines[0])
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            name = name.strip()
+            if not colon or not name or not set(name) <= _TOKEN_CHARS:
+                raise SipMessageError(f"malformed header line {line[:60]!r}")
+            canonical = _canonical_name(name)
+            value = value.strip()
+            if canonical in _MULTI_VALUED:
+                self.fields.extend((canonical, item) for item in split_header_values(value))
+            else:
+                self.fields.append((canonical, value))
+        self._validate_headers()
+        self.content = self._checked_body(body)
+        self._fill_pyvoip_headers()
+
+    def _parse_start_line(self, line: str) -> None:
+        parts = line.split(" ", 2)
+        if parts[0] == "SIP/2.0" and len(parts) >= 2:
+            self.type = SIPMessageType.RESPONSE
+            self.version = "SIP/2.0"
+            if not (parts[1].isdigit() and 100 <= int(parts[1]) <= 699):
+                raise SipMessageError(f"bad status code in {line[:60]!r}")
+            self.status_code = int(parts[1])
+            self.reason = parts[2] if len(parts) > 2 else ""
+            # pyVoIP's enum lacks many codes; status_code is authoritative.
+            with contextlib.suppress(ValueError):
+                self.status = SIPStatus(self.status_code)
+        elif len(parts) == 3 and parts[2] == "SIP/2.0" and set(parts[0]) <= _TOKEN_CHARS:
+            self.type = SIPMessageType.MESSAGE
+            self.version = "SIP/2.0"
+            self.method = parts[0]
+            self.request_uri = parts[1]
+            if not parts[1] or ":" not in parts[1]:
+                raise SipMessageError(f"bad Request-URI in {line[:60]!r}")
+        else:
+            raise SipMessageError(f"bad start line {line[:60]!r}")
+        self.heading = line.encode()
+
+    def _validate_headers(self) -> None:
+        counts: dict[str, int] = {}
+        for name, _ in self.fields:
+            counts[name] = counts.get(name, 0) + 1
+        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+            if not counts.get(name):
+                raise SipMessageError(f"missing {name} header")
+        for name in _SINGLE_VALUED:
+            if counts.get(name, 0) > 1:
+                raise SipMessageError(f"duplicated {name} header")
+        cseq = self.first("CSeq") or ""
+        number, _, cseq_method = cseq.partition(" ")
+        if not number.isdigit() or int(number) >= 2**31 or not cseq_method.strip():
+            raise SipMessageError(f"bad CSeq {cseq!r}")
+        if self.is_request and cseq_method.strip() != self.method:
+            raise SipMessageError(f"CSeq method {cseq_method!r} does not match {self.method}")
+        if not self.call_id:
+            raise SipMessageError("empty Call-ID")
+
+    def _checked_body(self, body: bytes) -> bytes:
+        length_text = self.first("Content-Length")
+        if length_text is None:
+            return body  # optional over UDP (RFC 3261 18.3): the datagram ends the body
+        if not length_text.isdigit():
+            raise SipMessageError(f"bad Content-Length {length_text!r}")
+        length = int(length_text)
+        if length > len(body):
+            raise SipMessageError(f"Content-Length {length} exceeds the {len(body)} body bytes")
+        return body[:length]  # RFC 3261 18.3: excess bytes of a datagram are discarded
+
+    def _fill_pyvoip_headers(self) -> None:
+        self.headers = {"Via": []}
+        self.parse_header("Via", self.values("Via"))
+        for name in ("From", "To", "CSeq"):
+            self.parse_header(name, self.first(name) or "")
+        for name, value in self.fields:
+            if name not in ("Via", "From", "To", "CSeq") and name not in self.headers:
+                self.headers[name] = value
+        if self.content:
+            self.body = {"raw": self.content}
+
+    # -- accessors used by the endpoint ----------------------------------------------------
+    @property
+    def is_request(self) -> bool:
+        return self.type == SIPMessageType.MESSAGE
+
+    def values(self, name: str) -> list[str]:
+        return [value for field_name, value in self.fields if field_name == name]
+
+    def first(self, name: str) -> str | None:
+        for field_name, value in self.fields:
+            if field_name == name:
+                return value
+        return None
+
+    @property
+    def call_id(self) -> str:
+        return self.first("Call-ID") or ""
+
+    @property
+    def cseq(self) -> int:
+        return int((self.first("CSeq") or "0").split()[0])
+
+    @property
+    def cseq_method(self) -> str:
+        return (self.first("CSeq") or " ").split()[-1]
+
+    @property
+    def from_tag(self) -> str | None:
+        return header_params(self.first("From") or "").get("tag")
+
+    @property
+    def to_tag(self) -> str | None:
+        return header_params(self.first("To") or "").get("tag")
+
+    @property
+    def top_via_branch(self) -> str:
+        vias = self.values("Via")
+        return (header_params(vias[0]).get("branch") or "") if vias else ""
+
+    @property
+    def contact_uri(self) -> str | None:
+        contact = self.first("Contact")
+        return name_addr_uri(contact) if contact and contact != "*" else None
+
+
+@dataclass(slots=True)
+class OutgoingRequest:
+    data: bytes
+    method: str
+    branch: str
+    call_id: str
+    cseq: int
+
+
+@dataclass(slots=True)
+class DialogState:
+    """What a UAS dialog needs to send in-dialog requests (RFC 3261 12.1.1)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_party: str  # To header value of the INVITE, without tag
+    remote_party: str  # From header value of the INVITE, with its tag
+    remote_target: str
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 0
+
+    @property
+    def next_hop_uri(self) -> str:
+        """Loose routing (RFC 3261 16.12): first Route if any, else the remote target."""
+        return name_addr_uri(self.route_set[0]) if self.route_set else self.remote_target
+
+
+class AgentSIPClient(SIPClient):
+    """pyVoIP's SIPClient used as a message factory for an asyncio endpoint.
+
+    It is never `start()`ed: pyVoIP's receive thread and blocking socket are replaced by
+    `sipagent.sip.endpoint.SipEndpoint`.
+    """
+
+    def __init__(
+        self,
+        *,
+        user: str,
+        password: str,
+        auth_user: str,
+        domain: str,
+        server: tuple[str, int] | None,
+        advertised_ip: str,
+        sip_port: int,
+    ) -> None:
+        if advertised_ip in ("0.0.0.0", "::", ""):
+            # D3: pyVoIP would advertise 0.0.0.0 in Contact and SDP.
+            raise ValueError("advertised address must be a routable IP, not 0.0.0.0")
+        server_host, server_port = server if server else ("", 0)
+        super().__init__(
+            server_host, server_port, user, password, phone=None,  # type: ignore[arg-type]
+            myIP=advertised_ip, myPort=sip_port,
+        )  # fmt: skip
+        self.domain = domain or server_host or advertised_ip
+        self.credentials = DigestCredentials(auth_user or user, password)
+        self.register_call_id = self.gen_call_id()
+
+    # D10: globally unique Call-IDs.
+    def gen_call_id(self) -> str:
+        return f"{uuid.uuid4().hex}@{self.myIP}"
+
+    def gen_tag(self) -> str:
+        return secrets.token_hex(6)
+
+    @property
+    def contact(self) -> str:
+        return f"<sip:{self.username}@{self.myIP}:{self.myPort}>"
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.username}@{self.domain}"
+
+    def _via(self, branch: str) -> str:
+        return f"Via: SIP/2.0/UDP {self.myIP}:{self.myPort};branch={branch};rport\r\n"
+
+    # D4: qop=auth with cnonce/nc, 407 (Proxy-Authorization), digest uri = Request-URI.
+    def gen_authorization(  # type: ignore[override]
+        self, challenge: DigestChallenge, method: str, uri: str
+    ) -> str:
+        value = self.credentials.authorization(challenge, method, uri)
+        return f"{challenge.reply_header}: {value}\r\n"
+
+    def gen_register_request(
+        self, expires: int, authorization: tuple[DigestChallenge, ...] = ()
+    ) -> OutgoingRequest:
+        """REGISTER for our AOR; same Call-ID for the whole registration (RFC 3261 10.2.4)."""
+        # The registrar's port belongs in the Request-URI only when the domain is its host.
+        uri = f"sip:{self.domain}"
+        if self.domain == self.server and self.port not in (0, 5060):
+            uri += f":{self.port}"
+        branch = self.gen_branch()
+        cseq = self.registerCounter.next()
+        message = (
+            f"REGISTER {uri} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + f"From: <{self.aor}>;tag={self.tagLibrary['register']}\r\n"
+            + f"To: <{self.aor}>\r\n"
+            + f"Call-ID: {self.register_call_id}\r\n"
+            + f"CSeq: {cseq} REGISTER\r\n"
+            + f'Contact: {self.contact};+sip.instance="<urn:uuid:{self.urnUUID}>"\r\n'
+            + f"Expires: {expires}\r\n"
+            + "".join(self.gen_authorization(c, "REGISTER", uri) for c in authorization)
+            + f"Allow: {', '.join(ALLOWED_METHODS)}\r\n"
+            + f"User-Agent: {USER_AGENT}\r\n"
+            + "Content-Length: 0\r\n\r\n"
+        )
+        return OutgoingRequest(message.encode(), "REGISTER", branch, self.register_call_id, cseq)
+
+    def gen_options_request(self, target_uri: str) -> OutgoingRequest:
+        """Out-of-dialog OPTIONS, used to probe that our registration binding still exists."""
+        branch = self.gen_branch()
+        call_id = self.gen_call_id()
+        message = (
+            f"OPTIONS {target_uri} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + f"From: <{self.aor}>;tag={self.gen_tag()}\r\n"
+            + f"To: <{target_uri}>\r\n"
+            + f"Call-ID: {call_id}\r\n"
+            + "CSeq: 1 OPTIONS\r\n"
+            + f"Contact: {self.contact}\r\n"
+            + f"User-Agent: {USER_AGENT}\r\n"
+            + "Content-Length: 0\r\n\r\n"
+        )
+        return OutgoingRequest(message.encode(), "OPTIONS", branch, call_id, 1)
+
+    # D2: the top Via gets received/rport so the response follows the request's path.
+    def _gen_response_via_header(self, request: SIPMessage) -> str:
+        assert isinstance(request, AgentSIPMessage)
+        vias = request.values("Via")
+        if request.source is not None and vias:
+            source_ip, source_port = request.source
+            top = vias[0]
+            params = header_params(top)
+            if "received" not in params:
+                top += f";received={source_ip}"
+            if "rport" in params and not params["rport"]:
+                top = top.replace(";rport", f";rport={source_port}", 1)
+            vias = [top, *vias[1:]]
+        return "".join(f"Via: {via}\r\n" for via in vias)
+
+    @staticmethod
+    def response_destination(request: AgentSIPMessage) -> tuple[str, int]:
+        """RFC 3261 18.2.2 with RFC 3581: reply to the source address, rport or sent-by port."""
+        top_via = request.headers["Via"][0]  # pyVoIP's parsed Via: {"address": (host, port)}
+        sent_by_host, sent_by_port = top_via["address"]
+        port = int(sent_by_port) if str(sent_by_port).isdigit() else 5060
+        if request.source is None:
+            return top_via.get("received") or sent_by_host, port
+        source_ip, source_port = request.source
+        return source_ip, source_port if "rport" in top_via else port
+
+    def gen_response(
+        self,
+        request: AgentSIPMessage,
+        status_code: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        extra_headers: str = "",
+        body: str = "",
+        with_contact: bool = False,
+    ) -> bytes:
+        """Any response; Via/From/Call-ID/CSeq copied verbatim, To-tag added once (D11)."""
+        if reason is None:
+            try:
+                reason = SIPStatus(status_code).phrase
+            except ValueError:
+                reason = "Unknown"
+        to_value = request.first("To") or ""
+        if to_tag and not request.to_tag:
+            to_value += f";tag={to_tag}"
+        lines = [f"SIP/2.0 {status_code} {reason}\r\n", self._gen_response_via_header(request)]
+        # D6: Record-Route is copied into responses that establish the dialog.
+        if request.method == "INVITE" and 100 < status_code < 300:
+            lines += [f"Record-Route: {route}\r\n" for route in request.values("Record-Route")]
+        lines += [
+            f"From: {request.first('From')}\r\n",
+            f"To: {to_value}\r\n",
+            f"Call-ID: {request.call_id}\r\n",
+            f"CSeq: {request.first('CSeq')}\r\n",
+        ]
+        if with_contact:
+            lines.append(f"Contact: {self.contact}\r\n")
+        lines.append(f"User-Agent: {USER_AGENT}\r\n")
+        lines.append(extra_headers)
+        if body:
+            lines.append("Content-Type: application/sdp\r\n")
+        encoded_body = body.encode()
+        lines.append(f"Content-Length: {len(encoded_body)}\r\n\r\n")
+        return "".join(lines).encode() + encoded_body
+
+    def gen_ringing(self, request: SIPMessage) -> bytes:  # type: ignore[override]
+        assert isinstance(request, AgentSIPMessage)
+        return self.gen_response(
+            request, 180, "Ringing", to_tag=self.tagLibrary[request.call_id], with_contact=True
+        )
+
+    def gen_ok(self, request: SIPMessage) -> bytes:  # type: ignore[override]
+        assert isinstance(request, AgentSIPMessage)
+        return self.gen_response(request, 200, "OK", to_tag=self.tagLibrary.get(request.call_id))
+
+    def gen_answer(  # type: ignore[override]
+        self, request: AgentSIPMessage, sdp_answer: str
+    ) -> bytes:
+        """200 OK with our SDP (D7: built by sipagent.sip.sdp with a single codec)."""
+        return self.gen_response(
+            request,
+            200,
+            "OK",
+            to_tag=self.tagLibrary[request.call_id],
+            extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\nSupported: replaces\r\n",
+            body=sdp_answer,
+            with_contact=True,
+        )
+
+    def new_dialog(self, invite: AgentSIPMessage) -> DialogState:
+        local_tag = self.gen_tag()
+        self.tagLibrary[invite.call_id] = local_tag
+        return DialogState(
+            call_id=invite.call_id,
+            local_tag=local_tag,
+            remote_tag=invite.from_tag or "",
+            local_party=invite.first("To") or "",
+            remote_party=invite.first("From") or "",
+            remote_target=invite.contact_uri or name_addr_uri(invite.first("From") or ""),
+            route_set=invite.values("Record-Route"),  # D6: UAS keeps the received order
+        )
+
+    # D1: our BYE carries our own Via; D6: it follows the route set.
+    def gen_bye(self, dialog: DialogState) -> OutgoingRequest:  # type: ignore[override]
+        return self.gen_in_dialog_request(dialog, "BYE")
+
+    def gen_in_dialog_request(
+        self, dialog: DialogState, method: str, extra_headers: str = "", body: str = ""
+    ) -> OutgoingRequest:
+        dialog.local_cseq += 1
+        branch = self.gen_branch()
+        encoded_body = body.encode()
+        message = (
+            f"{method} {dialog.remote_target} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + "".join(f"Route: {route}\r\n" for route in dialog.route_set)
+            + f"From: {dialog.local_party};tag={dialog.local_tag}\r\n"
+            + f"To: {dialog.remote_party}\r\n"
+            + f"Call-ID: {dialog.call_id}\r\n"
+            + f"CSeq: {dialog.local_cseq} {method}\r\n"
+            + f"Contact: {self.contact}\r\n"
+            + f"User-Agent: {USER_AGENT}\r\n"
+            + extra_headers
+            + f"Content-Length: {len(encoded_body)}\r\n\r\n"
+        )
+        return OutgoingRequest(
+            message.encode() + encoded_body, method, branch, dialog.call_id, dialog.local_cseq
+        )
