@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sipagent.apps.base import CallApp
 from sipagent.config import AgentSettings
@@ -139,8 +139,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- datagram entry point ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)

@@ -1,0 +1,155 @@
+"""Outgoing audio: a frame queue that always yields a frame, and an absolute-deadline pacer.
+
+Both are pure; the session calls them once per 20 ms tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from sipagent.media.codec import CLOCK_RATE, FRAME_BYTES, MULAW_SILENCE
+
+_BYTES_PER_MS: Final = CLOCK_RATE / 1000  # G.711: one byte per sample
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFrame:
+    payload: bytes
+    marker: bool  # first voiced frame of a talkspurt (RFC 3551 section 4.1)
+    voiced: bool  # False: filler silence because nothing was queued
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    dropped_bytes: int
+    dropped_ms: float
+
+
+class PlayoutQueue:
+    """FIFO of mu-law audio cut into fixed frames.
+
+    `enqueue` accepts any length. When a frame is due and less than a full frame is
+    queued, the remainder is sent padded with silence right away: either the
+    utterance ended or the producer fell behind, and in both cases waiting for more
+    would only make the gap longer. (A producer that keeps ahead never hits this,
+    since partial chunks are joined before they reach the head.)
+    """
+
+    def __init__(self, frame_bytes: int = FRAME_BYTES, silence_byte: int = MULAW_SILENCE) -> None:
+        if frame_bytes <= 0:
+            raise ValueError("frame_bytes must be positive")
+        self.frame_bytes = frame_bytes
+        self.silence_byte = silence_byte
+        self._silence_frame = bytes([silence_byte]) * frame_bytes
+        # Deleting from the front of a bytearray is amortised O(1) in CPython.
+        self._buffer = bytearray()
+        self._in_talkspurt = False
+        self.sent_audio_bytes = 0
+        self.frames_out = 0
+
+    def enqueue(self, audio: bytes) -> None:
+        self._buffer += audio
+
+    def next_frame(self) -> OutgoingFrame:
+        """The frame to send now: queued audio if any, else silence. Never blocks or fails."""
+        self.frames_out += 1
+        buffer = self._buffer
+        size = self.frame_bytes
+        available = len(buffer)
+        if not available:
+            self._in_talkspurt = False
+            return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
+        if available >= size:
+            payload = bytes(buffer[:size])
+            del buffer[:size]
+            self.sent_audio_bytes += size
+        else:
+            payload = bytes(buffer) + self._silence_frame[available:]
+            buffer.clear()
+            self.sent_audio_bytes += available
+        marker = not self._in_talkspurt
+        self._in_talkspurt = True
+        return OutgoingFrame(payload, marker=marker, voiced=True)
+
+    def flush(self) -> FlushResult:
+        """Drop everything queued (barge-in). The next voiced frame starts a new talkspurt."""
+        dropped = len(self._buffer)
+        self._buffer = bytearray()
+        self._in_talkspurt = False
+        return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
+
+    @property
+    def queued_bytes(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def queued_ms(self) -> float:
+        return len(self._buffer) / _BYTES_PER_MS
+
+    @property
+    def is_playing(self) -> bool:
+        return bool(self._buffer)
+
+    @property
+    def sent_audio_ms(self) -> float:
+        """Voiced audio handed out so far (padding excluded): what the far end got to hear."""
+        return self.sent_audio_bytes / _BYTES_PER_MS
+
+
+@dataclass(frozen=True, slots=True)
+class PacerTick:
+    send: int  # frames to send now
+    skip: int  # older frame slots to give up (advance the RTP timestamp, send nothing)
+
+
+class FramePacer:
+    """Absolute-deadline frame clock: frame n is due at start + n * interval.
+
+    Deadlines are computed, never accumulated, so sleep overshoot does not drift.
+    After a stall longer than `max_catch_up_frames`, sending every missed frame at
+    once would only flood the far end's jitter buffer with late packets, so the
+    missed slots are skipped and only the current frame is sent.
+    """
+
+    def __init__(self, start: float, interval: float = 0.02, max_catch_up_frames: int = 5) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        if max_catch_up_frames < 1:
+            raise ValueError("max_catch_up_frames must be at least 1")
+        self.start = start
+        self.interval = interval
+        self.max_catch_up_frames = max_catch_up_frames
+        self._next_index = 0
+        self.frames_sent = 0
+        self.frames_skipped = 0
+
+    def deadline_of(self, index: int) -> float:
+        return self.start + index * self.interval
+
+    @property
+    def next_index(self) -> int:
+        return self._next_index
+
+    @property
+    def next_deadline(self) -> float:
+        return self.deadline_of(self._next_index)
+
+    def due_frames(self, now: float) -> PacerTick:
+        """Consume every deadline at or before `now` and say how to handle them."""
+        due_until = max(int((now - self.start) / self.interval) + 1, 0)
+        # Float division can land one off a deadline; settle it against deadline_of itself.
+        if self.deadline_of(due_until) <= now:
+            due_until += 1
+        elif due_until > 0 and self.deadline_of(due_until - 1) > now:
+            due_until -= 1
+        due = due_until - self._next_index
+        if due <= 0:
+            return PacerTick(send=0, skip=0)
+        self._next_index = due_until
+        if due <= self.max_catch_up_frames:
+            self.frames_sent += due
+            return PacerTick(send=due, skip=0)
+        self.frames_sent += 1
+        self.frames_skipped += due - 1
+        return PacerTick(send=1, skip=due - 1)

@@ -1,0 +1,372 @@
+"""One call's RTP media: the thin asyncio adapter around the sans-IO media classes.
+
+A single task runs a 20 ms tick on absolute deadlines. Each tick sends the due
+outgoing frame(s) and hands due inbound frames to `on_audio`. Inbound datagrams
+are handled as they arrive: parsed, filtered, and fed to the jitter buffer or the
+DTMF detector. No threads; every callback runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, PCMU, from_wire, silence_frame, to_wire
+from sipagent.media.dtmf import DtmfDetector
+from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
+from sipagent.media.playout import FlushResult, FramePacer, PlayoutQueue
+from sipagent.media.rtp import (
+    FilterVerdict,
+    InboundRtpFilter,
+    RtpPacketizer,
+    RtpParseError,
+    parse_rtp,
+)
+
+logger = logging.getLogger(__name__)
+
+FRAME_INTERVAL: Final = 0.02
+_LOG_INTERVAL: Final = 5.0  # seconds between repeated log lines of one kind
+_LATENESS_SAMPLES: Final = 3000  # the last minute of ticks
+
+Address = tuple[str, int]
+
+
+class _LogRateLimiter:
+    """Lets one log line per key through every `interval` seconds, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next_allowed: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None: stay quiet. Otherwise log now; the value is how many were suppressed."""
+        if now < self._next_allowed.get(key, float("-inf")):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._next_allowed[key] = now + self._interval
+        return self._suppressed.pop(key, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RtpSessionStats:
+    call_id: str
+    remote: Address  # from SDP
+    send_address: Address  # where media actually goes (the latched source, if any)
+    latched: bool
+    datagrams_in: int
+    packets_in: int  # accepted RTP packets
+    packets_out: int
+    octets_out: int  # payload octets
+    dropped: dict[str, int]  # inbound datagrams dropped, by reason
+    jitter: JitterStats
+    dtmf_digits: int
+    frames_skipped: int  # outgoing frame slots given up after the tick stalled
+    callback_errors: int
+    tick_lateness_p99_ms: float
+    tick_lateness_max_ms: float
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, session: RtpSession) -> None:
+        self._session = session
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._session._on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (e.g. port unreachable before the far end listens) are routine.
+        self._session._log_limited("socket_error", "socket error: %s", exc)
+
+
+class RtpSession:
+    """RTP media of one call. Create with `await RtpSession.open(...)`."""
+
+    def __init__(
+        self,
+        *,
+        remote: Address,
+        payload_type: int,
+        telephone_event_pt: int | None,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None] | None,
+        clock: Callable[[], float],
+        call_id: str,
+    ) -> None:
+        if telephone_event_pt == payload_type:
+            raise ValueError("telephone-event and audio need distinct payload types")
+        self.call_id = call_id
+        self._remote = remote
+        self._latched_address: Address | None = None
+        self._payload_type = payload_type
+        self._telephone_event_pt = telephone_event_pt
+        self._on_audio = on_audio
+        self._on_dtmf = on_dtmf
+        self._clock = clock
+
+        self._queue = PlayoutQueue()
+        self._packetizer = RtpPacketizer(payload_type)
+        self._wire_silence = silence_frame(payload_type)
+        allowed = {payload_type}
+        if telephone_event_pt is not None:
+            allowed.add(telephone_event_pt)
+        self._filter = InboundRtpFilter(allowed)
+        self._jitter_buffer = JitterBuffer()
+        self._dtmf = DtmfDetector()
+        self._inbound_partial = bytearray()  # re-cuts non-20 ms packets into 160-byte frames
+
+        self._pacer: FramePacer | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._streams_seen = 0
+        self._datagrams_in = 0
+        self._packets_in = 0
+        self._parse_drops: dict[str, int] = {}
+        self._callback_errors = 0
+        self._tick_lateness: deque[float] = deque(maxlen=_LATENESS_SAMPLES)
+        self._log_limiter = _LogRateLimiter(_LOG_INTERVAL)
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        sock: socket.socket,
+        remote: tuple[str, int],
+        payload_type: int,
+        telephone_event_pt: int | None,
+        on_audio: Callable[[bytes], None],
+        on_dtmf: Callable[[str], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        call_id: str = "",
+    ) -> RtpSession:
+        """Start media on a bound UDP socket (see RtpPortAllocator); closing closes it."""
+        loop = asyncio.get_running_loop()
+        session = cls(
+            remote=remote,
+            payload_type=payload_type,
+            telephone_event_pt=telephone_event_pt,
+            on_audio=on_audio,
+            on_dtmf=on_dtmf,
+            clock=clock or loop.time,
+            call_id=call_id,
+        )
+        transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(session), sock=sock)
+        session._transport = transport
+        session._task = loop.create_task(session._run(), name=f"rtp-tick-{call_id}")
+        logger.debug("[%s] RTP session open, sending to %s:%d", call_id, *remote)
+        return session
+
+    # ------------------------------------------------------------- public API
+
+    def play(self, mulaw: bytes) -> None:
+        """Queue mu-law audio of any length behind what is already queued."""
+        if not self._closed:
+            self._queue.enqueue(mulaw)
+
+    def flush(self) -> FlushResult:
+        """Drop all queued outgoing audio (barge-in).
+
+        Takes effect at once: frames leave the queue only at send time, so the one
+        frame possibly already handed to the kernel is all that can still go out.
+        """
+        return self._queue.flush()
+
+    def update_remote(self, remote: tuple[str, int]) -> None:
+        """New SDP address (re-INVITE). Latching restarts with the next inbound packet."""
+        self._remote = remote
+        self._latched_address = None
+
+    @property
+    def sent_audio_ms(self) -> float:
+        return self._queue.sent_audio_ms
+
+    @property
+    def queued_ms(self) -> float:
+        return self._queue.queued_ms
+
+    @property
+    def is_playing(self) -> bool:
+        return self._queue.is_playing
+
+    @property
+    def send_address(self) -> Address:
+        return self._latched_address or self._remote
+
+    @property
+    def local_address(self) -> Address | None:
+        if self._transport is None:
+            return None
+        name = self._transport.get_extra_info("sockname")
+        return (str(name[0]), int(name[1]))
+
+    @property
+    def stats(self) -> RtpSessionStats:
+        lateness = sorted(self._tick_lateness)
+        p99 = lateness[min(len(lateness) - 1, int(len(lateness) * 0.99))] if lateness else 0.0
+        dropped = dict(self._parse_drops)
+        dropped.update(self._filter.dropped)
+        return RtpSessionStats(
+            call_id=self.call_id,
+            remote=self._remote,
+            send_address=self.send_address,
+            latched=self._latched_address is not None,
+            datagrams_in=self._datagrams_in,
+            packets_in=self._packets_in,
+            packets_out=self._packetizer.packets_sent,
+            octets_out=self._packetizer.octets_sent,
+            dropped=dropped,
+            jitter=self._jitter_buffer.stats,
+            dtmf_digits=self._dtmf.digits_detected,
+            frames_skipped=self._pacer.frames_skipped if self._pacer else 0,
+            callback_errors=self._callback_errors,
+            tick_lateness_p99_ms=p99 * 1000,
+            tick_lateness_max_ms=(lateness[-1] * 1000) if lateness else 0.0,
+        )
+
+    async def close(self) -> None:
+        """Stop the tick and close the socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._transport is not None:
+            self._transport.close()
+        logger.debug("[%s] RTP session closed: %s", self.call_id, self.stats)
+
+    # ------------------------------------------------------------ media tick
+
+    async def _run(self) -> None:
+        pacer = self._pacer = FramePacer(self._clock(), FRAME_INTERVAL)
+        while True:
+            now = self._clock()
+            try:
+                self._tick(pacer, now)
+            except Exception:
+                self._log_limited("tick_error", "media tick failed", exc_info=True)
+            # Sleep to the next absolute deadline: oversleeping once does not shift the rest.
+            await asyncio.sleep(max(0.0, pacer.next_deadline - self._clock()))
+
+    def _tick(self, pacer: FramePacer, now: float) -> None:
+        deadline = pacer.next_deadline
+        tick = pacer.due_frames(now)
+        if tick.send:
+            self._tick_lateness.append(now - deadline)
+        if tick.skip:
+            self._packetizer.skip(tick.skip * FRAME_SAMPLES)
+        for _ in range(tick.send):
+            self._send_next_frame()
+        for frame in self._jitter_buffer.pop_due(now):
+            self._deliver_inbound(frame)
+
+    def _send_next_frame(self) -> None:
+        frame = self._queue.next_frame()
+        wire = to_wire(frame.payload, self._payload_type) if frame.voiced else self._wire_silence
+        datagram = self._packetizer.packetize(wire, marker=frame.marker)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(datagram, self.send_address)
+
+    def _deliver_inbound(self, payload: bytes) -> None:
+        partial = self._inbound_partial
+        if not partial and len(payload) == FRAME_BYTES:
+            self._call_on_audio(payload)
+            return
+        partial += payload
+        while len(partial) >= FRAME_BYTES:
+            self._call_on_audio(bytes(partial[:FRAME_BYTES]))
+            del partial[:FRAME_BYTES]
+
+    def _call_on_audio(self, frame: bytes) -> None:
+        try:
+            self._on_audio(frame)
+        except Exception:
+            self._callback_errors += 1
+            self._log_limited("on_audio", "on_audio callback failed", exc_info=True)
+
+    # --------------------------------------------------------------- inbound
+
+    def _on_datagram(self, data: bytes, source: Address) -> None:
+        try:
+            self._handle_datagram(data, source)
+        except Exception:
+            self._log_limited("inbound_error", "inbound datagram handling failed", exc_info=True)
+
+    def _handle_datagram(self, data: bytes, source: Address) -> None:
+        now = self._clock()
+        self._datagrams_in += 1
+        try:
+            packet = parse_rtp(data)
+        except RtpParseError as error:
+            self._parse_drops[error.reason] = self._parse_drops.get(error.reason, 0) + 1
+            self._log_limited(
+                f"junk:{error.reason}",
+                "dropped %d-byte datagram from %s: %s",
+                len(data),
+                source,
+                error,
+            )
+            return
+        verdict = self._filter.accept(packet)
+        if not verdict.accepted:
+            self._log_limited(
+                f"drop:{verdict.value}",
+                "dropped RTP from %s: %s (pt=%d ssrc=%#010x)",
+                source,
+                verdict.value,
+                packet.payload_type,
+                packet.ssrc,
+            )
+            return
+        self._packets_in += 1
+        if verdict is FilterVerdict.ACCEPT_NEW_STREAM:
+            if self._streams_seen:
+                logger.info("[%s] inbound RTP switched to SSRC %#010x", self.call_id, packet.ssrc)
+                self._jitter_buffer.reset()
+                self._inbound_partial.clear()
+            self._streams_seen += 1
+            self._latch(source)
+        elif self._latched_address is None:
+            self._latch(source)
+
+        if packet.payload_type == self._telephone_event_pt:
+            self._jitter_buffer.push_non_audio(packet, now)
+            digit = self._dtmf.push(packet)
+            if digit is not None and self._on_dtmf is not None:
+                try:
+                    self._on_dtmf(digit)
+                except Exception:
+                    self._callback_errors += 1
+                    self._log_limited("on_dtmf", "on_dtmf callback failed", exc_info=True)
+            return
+        if self._payload_type != PCMU:
+            packet = dataclasses.replace(
+                packet, payload=from_wire(packet.payload, self._payload_type)
+            )
+        self._jitter_buffer.push(packet, now)
+
+    def _latch(self, source: Address) -> None:
+        # Symmetric RTP (RFC 4961, "comedia"): answer where the media comes from, which
+        # is what gets through NATs that rewrite the address the SDP announced.
+        if source != self._latched_address:
+            logger.debug("[%s] RTP latched to %s:%d", self.call_id, *source)
+        self._latched_address = source
+
+    def _log_limited(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        suppressed = self._log_limiter.allow(key, self._clock())
+        if suppressed is None:
+            return
+        if suppressed:
+            message += f" ({suppressed} similar suppressed)"
+        level = logging.WARNING if exc_info else logging.DEBUG
+        logger.log(level, f"[%s] {message}", self.call_id, *args, exc_info=exc_info)

@@ -1,0 +1,364 @@
+"""RtpSession against a plain UDP socket peer on 127.0.0.1 (real sockets, real time).
+
+Waits have generous deadlines for liveness only; assertions are about what was
+delivered, never about how long it took.
+"""
+
+import asyncio
+import itertools
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from sipagent.media.codec import PCMA, from_wire, to_wire
+from sipagent.media.rtp import RtpPacket, build_rtp, parse_rtp
+from sipagent.media.session import RtpSession
+
+SILENCE = b"\xff" * 160
+TELEPHONE_EVENT = 101
+LIVENESS_TIMEOUT = 15.0
+
+
+def pattern_frame(index: int) -> bytes:
+    """Recognisable, never-silent 160-byte frame: index in the first two bytes."""
+    return struct.pack("!H", index) + bytes((index * 3 + i) % 240 for i in range(158))
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class Received:
+    packet: RtpPacket
+    source: tuple[str, int]
+
+
+@dataclass
+class Peer(asyncio.DatagramProtocol):
+    """The far end: collects what the session sends; sends with sock.sendto."""
+
+    sock: socket.socket
+    received: list[Received] = field(default_factory=list)
+    on_packet: Callable[[RtpPacket], None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        packet = parse_rtp(data)
+        self.received.append(Received(packet, addr))
+        if self.on_packet is not None:
+            self.on_packet(packet)
+
+    def send(self, datagram: bytes, to: tuple[str, int]) -> None:
+        self.sock.sendto(datagram, to)
+
+    def voiced(self) -> list[RtpPacket]:
+        return [r.packet for r in self.received if r.packet.payload != SILENCE]
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(LIVENESS_TIMEOUT):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"gave up waiting for: {what}") from None
+
+
+async def settle(ticks: int = 10) -> None:
+    """Let the session run a few more media ticks (to catch anything extra it would emit)."""
+    await asyncio.sleep(ticks * 0.02)
+
+
+@pytest.fixture
+async def peer_factory() -> AsyncIterator[Callable[[], Awaitable[Peer]]]:
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.DatagramTransport] = []
+
+    async def make() -> Peer:
+        sock = udp_socket()
+        peer = Peer(sock)
+        transport, _ = await loop.create_datagram_endpoint(lambda: peer, sock=sock)
+        transports.append(transport)
+        return peer
+
+    yield make
+    for transport in transports:
+        transport.close()
+
+
+@dataclass
+class Harness:
+    session: RtpSession
+    address: tuple[str, int]
+    audio: list[bytes]
+    digits: list[str]
+
+
+@pytest.fixture
+async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    sessions: list[RtpSession] = []
+
+    async def make(
+        remote: tuple[str, int],
+        payload_type: int = 0,
+        on_audio: Callable[[bytes], None] | None = None,
+    ) -> Harness:
+        audio: list[bytes] = []
+        digits: list[str] = []
+        sock = udp_socket()
+        address = sock.getsockname()
+        session = await RtpSession.open(
+            sock=sock,
+            remote=remote,
+            payload_type=payload_type,
+            telephone_event_pt=TELEPHONE_EVENT,
+            on_audio=on_audio or audio.append,
+            on_dtmf=digits.append,
+            call_id="loopback",
+        )
+        sessions.append(session)
+        return Harness(session, address, audio, digits)
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+def audio_packet(index: int, *, ssrc: int = 0x5EED, first_sequence: int = 65_500) -> bytes:
+    return build_rtp(
+        RtpPacket(
+            payload_type=0,
+            sequence=(first_sequence + index) % 65536,
+            timestamp=(3_000_000 + index * 160) % 2**32,
+            ssrc=ssrc,
+            marker=index == 0,
+            payload=pattern_frame(index),
+        )
+    )
+
+
+async def test_inbound_reordered_duplicated_and_junk_are_delivered_exactly(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    count = 60
+    order = list(range(count))
+    order[10], order[11] = order[11], order[10]
+    order[30], order[33] = order[33], order[30]
+    order[40:44] = [43, 41, 40, 42]
+    datagrams = [audio_packet(i) for i in order]
+    datagrams.insert(21, audio_packet(20))  # duplicate
+    junk = [
+        b"",
+        b"hello",
+        b"\x40" + bytes(20),  # RTP version 1
+        b"\x80\xc8\x00\x06" + bytes(24),  # RTCP sender report
+        b"\x90\x00" + bytes(10),  # extension bit but nothing behind the header
+        build_rtp(RtpPacket(96, 1, 1, 0x5EED, False, b"video?")),  # not negotiated
+        build_rtp(RtpPacket(0, 9, 9, 0xBAD, False, SILENCE)),  # foreign SSRC
+    ]
+    for position, datagram in zip((5, 15, 25, 35, 45, 50, 55), junk, strict=True):
+        datagrams.insert(position, datagram)
+
+    for datagram in datagrams:
+        peer.send(datagram, harness.address)
+    await wait_until(lambda: len(harness.audio) >= count, "all frames delivered")
+    await settle()
+
+    assert harness.audio == [pattern_frame(i) for i in range(count)]
+    stats = harness.session.stats
+    assert stats.datagrams_in == len(datagrams)
+    assert stats.jitter.duplicates == 1
+    assert (stats.jitter.lost, stats.jitter.concealed, stats.jitter.late) == (0, 0, 0)
+    assert stats.dropped["too_short"] == 2
+    assert stats.dropped["bad_version"] == 1
+    assert stats.dropped["rtcp"] == 1
+    assert stats.dropped["truncated_extension"] == 1
+    assert stats.dropped["drop_payload_type"] == 1
+    assert stats.dropped["drop_foreign_ssrc"] == 1
+
+
+async def test_played_audio_reaches_peer_in_order_with_marker(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    frames = [pattern_frame(i) for i in range(250)]  # 5 s
+    harness.session.play(b"".join(frames))
+    await wait_until(lambda: len(peer.voiced()) >= 250, "the whole pattern at the peer")
+    await wait_until(lambda: peer.received[-1].packet.payload == SILENCE, "silence after it")
+
+    packets = [r.packet for r in peer.received]
+    assert [p.payload for p in peer.voiced()] == frames
+    first_voiced = next(i for i, p in enumerate(packets) if p.payload != SILENCE)
+    assert [i for i, p in enumerate(packets) if p.marker] == [first_voiced]
+    assert all(p.payload == SILENCE for p in packets[first_voiced + 250 :])
+    assert len({p.ssrc for p in packets}) == 1
+    for before, after in itertools.pairwise(packets):
+        assert after.sequence == (before.sequence + 1) % 65536
+        # 160 per frame; a multiple only if the tick stalled and gave up slots.
+        advance = (after.timestamp - before.timestamp) % 2**32
+        assert advance >= 160
+        assert advance % 160 == 0
+    assert harness.session.sent_audio_ms == pytest.approx(5000)
+    assert harness.session.queued_ms == 0
+    assert {r.source for r in peer.received} == {harness.address}  # symmetric: same socket
+
+
+async def test_flush_stops_audio_after_at_most_one_more_frame(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    total = 250 * 160
+    harness.session.play(b"".join(pattern_frame(i) for i in range(250)))
+    seen_at_flush: list[int] = []
+    flush_results = []
+    sent_at_flush: list[float] = []
+
+    def flush_on_25th_voiced(packet: RtpPacket) -> None:
+        if packet.payload != SILENCE and len(peer.voiced()) == 25 and not seen_at_flush:
+            seen_at_flush.append(25)
+            flush_results.append(harness.session.flush())
+            sent_at_flush.append(harness.session.sent_audio_ms)
+
+    peer.on_packet = flush_on_25th_voiced
+    await wait_until(lambda: bool(seen_at_flush), "25 voiced frames at the peer")
+    count_after_flush = len(peer.received)
+    await wait_until(lambda: len(peer.received) >= count_after_flush + 15, "frames after flush")
+
+    voiced = peer.voiced()
+    assert len(voiced) <= seen_at_flush[0] + 1
+    assert len(voiced) * 20 == pytest.approx(sent_at_flush[0])  # nothing left after flush
+    assert [p.payload for p in voiced] == [pattern_frame(i) for i in range(len(voiced))]
+    last_voiced = max(i for i, r in enumerate(peer.received) if r.packet.payload != SILENCE)
+    assert all(r.packet.payload == SILENCE for r in peer.received[last_voiced + 1 :])
+    assert len(peer.received) - last_voiced > 10
+    result = flush_results[0]
+    assert result.dropped_bytes + harness.session.sent_audio_ms * 8 == pytest.approx(total)
+    assert result.dropped_ms == pytest.approx(result.dropped_bytes / 8)
+    assert harness.session.queued_ms == 0
+
+
+async def test_symmetric_rtp_latches_to_the_packet_source(peer_factory, open_session) -> None:
+    sdp_address_peer = await peer_factory()
+    real_peer = await peer_factory()
+    harness = await open_session(sdp_address_peer.address)
+    await wait_until(lambda: len(sdp_address_peer.received) >= 3, "media to the SDP address")
+    assert not harness.session.stats.latched
+
+    real_peer.send(audio_packet(0), harness.address)
+    await wait_until(lambda: len(real_peer.received) >= 5, "media to the latched source")
+    stats = harness.session.stats
+    assert stats.latched
+    assert stats.send_address == real_peer.address
+    assert stats.remote == sdp_address_peer.address
+    count_at_sdp = len(sdp_address_peer.received)
+    await settle()
+    assert len(sdp_address_peer.received) <= count_at_sdp + 1  # at most one was in flight
+
+    harness.session.update_remote(sdp_address_peer.address)  # re-INVITE: latch again
+    assert harness.session.send_address == sdp_address_peer.address
+    assert not harness.session.stats.latched
+
+
+def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[bytes]:
+    durations = [(160, False), (320, False), (480, False), (640, True), (640, True), (640, True)]
+    return [
+        build_rtp(
+            RtpPacket(
+                payload_type=TELEPHONE_EVENT,
+                sequence=(first_sequence + i) % 65536,
+                timestamp=timestamp,
+                ssrc=0x5EED,
+                marker=i == 0,
+                payload=struct.pack("!BBH", digit_event, (0x80 if end else 0) | 10, duration),
+            )
+        )
+        for i, (duration, end) in enumerate(durations)
+    ]
+
+
+async def test_dtmf_digits_reported_once_each(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    datagrams = [audio_packet(i, first_sequence=100) for i in range(5)]
+    sequence = 105
+    timestamp = 3_000_000 + 5 * 160
+    for event in (1, 5, 11):  # "1", "5", "#"
+        datagrams += dtmf_packets(event, timestamp, sequence)
+        sequence += 6
+        timestamp += 800
+    # Audio resumes where the sender's clock is now; sequence numbers continue.
+    for offset in range(5):
+        datagrams.append(
+            build_rtp(
+                RtpPacket(0, sequence + offset, timestamp + offset * 160, 0x5EED, False, SILENCE)
+            )
+        )
+    for datagram in datagrams:
+        peer.send(datagram, harness.address)
+    await wait_until(lambda: harness.session.stats.datagrams_in == len(datagrams), "all received")
+    await wait_until(lambda: len(harness.audio) >= 10, "audio around the digits")
+    await settle()
+
+    assert harness.digits == ["1", "5", "#"]
+    assert harness.session.stats.dtmf_digits == 3
+    # Telephone-events used sequence numbers, but no audio was lost or invented for them.
+    assert harness.audio == [pattern_frame(i) for i in range(5)] + [SILENCE] * 5
+    assert harness.session.stats.jitter.lost == 0
+
+
+async def test_callback_exceptions_do_not_stop_media(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    delivered: list[bytes] = []
+
+    def flaky_on_audio(frame: bytes) -> None:
+        delivered.append(frame)
+        if len(delivered) % 2:
+            raise RuntimeError("application bug")
+
+    harness = await open_session(peer.address, on_audio=flaky_on_audio)
+    for index in range(6):
+        peer.send(audio_packet(index), harness.address)
+    await wait_until(lambda: len(delivered) >= 6, "all frames despite errors")
+    harness.session.play(pattern_frame(0))
+    await wait_until(lambda: len(peer.voiced()) >= 1, "outbound still flowing")
+    assert delivered == [pattern_frame(i) for i in range(6)]
+    assert harness.session.stats.callback_errors == 3
+
+
+async def test_pcma_is_transcoded_both_ways(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address, payload_type=PCMA)
+    mulaw_frames = [pattern_frame(i) for i in range(5)]
+    for index, frame in enumerate(mulaw_frames):
+        alaw = to_wire(frame, PCMA)
+        peer.send(build_rtp(RtpPacket(8, index, index * 160, 1, False, alaw)), harness.address)
+    harness.session.play(b"".join(mulaw_frames))
+    await wait_until(lambda: len(harness.audio) >= 5, "inbound PCMA")
+    await wait_until(
+        lambda: sum(r.packet.payload != b"\xd5" * 160 for r in peer.received) >= 5, "outbound"
+    )
+    assert harness.audio == [from_wire(to_wire(f, PCMA), PCMA) for f in mulaw_frames]
+    outbound = [r.packet for r in peer.received if r.packet.payload != b"\xd5" * 160]
+    assert {r.packet.payload_type for r in peer.received} == {PCMA}
+    assert [p.payload for p in outbound] == [to_wire(f, PCMA) for f in mulaw_frames]
+
+
+async def test_close_is_idempotent_and_stops_sending(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    await wait_until(lambda: len(peer.received) >= 2, "some packets")
+    await harness.session.close()
+    await harness.session.close()
+    count = len(peer.received)
+    await settle()
+    assert len(peer.received) == count

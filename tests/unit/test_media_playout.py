@@ -1,0 +1,143 @@
+import random
+
+import pytest
+
+from sipagent.media.playout import FlushResult, FramePacer, PacerTick, PlayoutQueue
+
+SILENCE = b"\xff" * 160
+
+
+def pattern(frames: int) -> bytes:
+    return bytes((i * 13 + 1) % 255 for i in range(frames * 160))
+
+
+def test_empty_queue_yields_silence_frames() -> None:
+    queue = PlayoutQueue()
+    for _ in range(3):
+        frame = queue.next_frame()
+        assert (frame.payload, frame.marker, frame.voiced) == (SILENCE, False, False)
+    assert queue.sent_audio_bytes == 0
+    assert not queue.is_playing
+
+
+def test_alaw_silence_byte() -> None:
+    assert PlayoutQueue(silence_byte=0xD5).next_frame().payload == b"\xd5" * 160
+
+
+def test_audio_is_cut_into_frames_with_marker_on_talkspurt_start() -> None:
+    queue = PlayoutQueue()
+    audio = pattern(3)
+    queue.enqueue(audio[:100])
+    queue.enqueue(audio[100:])  # chunk boundaries do not matter
+    frames = [queue.next_frame() for _ in range(5)]
+    assert [f.payload for f in frames[:3]] == [audio[i * 160 : (i + 1) * 160] for i in range(3)]
+    assert [f.marker for f in frames] == [True, False, False, False, False]
+    assert [f.voiced for f in frames] == [True, True, True, False, False]
+    queue.enqueue(pattern(1))
+    assert queue.next_frame().marker  # a new talkspurt after silence
+
+
+def test_partial_tail_is_padded_with_silence() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(b"\x01" * 200)
+    assert queue.next_frame().payload == b"\x01" * 160
+    tail = queue.next_frame()
+    assert tail.payload == b"\x01" * 40 + b"\xff" * 120
+    assert tail.voiced and not tail.marker
+    assert queue.sent_audio_bytes == 200  # padding is not audio
+    assert queue.sent_audio_ms == pytest.approx(25)
+
+
+def test_queue_accounting() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(pattern(10))
+    assert queue.queued_bytes == 1600
+    assert queue.queued_ms == pytest.approx(200)
+    assert queue.is_playing
+    for _ in range(4):
+        queue.next_frame()
+    assert queue.queued_ms == pytest.approx(120)
+    assert queue.sent_audio_ms == pytest.approx(80)
+
+
+def test_flush_drops_everything_and_reports_it() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(pattern(250))  # 5 s
+    for _ in range(50):
+        queue.next_frame()
+    result = queue.flush()
+    assert result == FlushResult(dropped_bytes=200 * 160, dropped_ms=pytest.approx(4000))
+    assert queue.queued_bytes == 0
+    assert not queue.is_playing
+    assert queue.next_frame().payload == SILENCE
+    assert queue.sent_audio_ms == pytest.approx(1000)
+    assert queue.flush() == FlushResult(0, 0.0)
+
+
+def test_audio_after_flush_starts_a_new_talkspurt() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(pattern(5))
+    queue.next_frame()
+    queue.flush()
+    queue.enqueue(pattern(2))
+    assert queue.next_frame().marker
+
+
+def test_pacer_deadlines_are_absolute() -> None:
+    pacer = FramePacer(start=100.0, interval=0.02)
+    assert pacer.deadline_of(0) == 100.0
+    assert pacer.deadline_of(50) == pytest.approx(101.0)
+    assert pacer.next_deadline == 100.0
+    assert pacer.due_frames(99.99) == PacerTick(0, 0)
+    assert pacer.due_frames(100.0) == PacerTick(1, 0)
+    assert pacer.due_frames(100.0) == PacerTick(0, 0)
+    assert pacer.next_deadline == pytest.approx(100.02)
+    assert pacer.due_frames(100.045) == PacerTick(2, 0)
+    assert pacer.next_deadline == pytest.approx(100.06)
+
+
+def test_pacer_exactly_on_deadline_counts_it() -> None:
+    pacer = FramePacer(start=0.1, interval=0.02)
+    for index in range(1000):
+        assert pacer.due_frames(pacer.deadline_of(index)) == PacerTick(1, 0)
+
+
+def test_pacer_does_not_drift_over_10000_frames() -> None:
+    rng = random.Random(7)
+    start = 5000.0
+    pacer = FramePacer(start=start, interval=0.02)
+    sent = 0
+    now = start
+    for _ in range(10_000):
+        # Every wake-up oversleeps by up to 3 ms; lateness must not accumulate.
+        now = pacer.next_deadline + rng.uniform(0, 0.003)
+        tick = pacer.due_frames(now)
+        assert tick == PacerTick(1, 0)
+        sent += tick.send
+    assert sent == 10_000
+    assert pacer.next_deadline == start + 10_000 * 0.02
+    assert now - pacer.deadline_of(9_999) < 0.003
+
+
+def test_pacer_catches_up_small_stalls_by_bursting() -> None:
+    pacer = FramePacer(start=0.0, interval=0.02, max_catch_up_frames=5)
+    pacer.due_frames(0.0)
+    assert pacer.due_frames(0.1) == PacerTick(send=5, skip=0)  # deadlines 0.02..0.10
+    assert pacer.frames_sent == 6
+
+
+def test_pacer_skips_instead_of_bursting_after_long_stall() -> None:
+    pacer = FramePacer(start=0.0, interval=0.02, max_catch_up_frames=5)
+    pacer.due_frames(0.0)
+    tick = pacer.due_frames(0.5)  # deadlines 0.02..0.50 are due: 25 frames
+    assert tick == PacerTick(send=1, skip=24)
+    assert pacer.frames_skipped == 24
+    assert pacer.next_deadline == pytest.approx(0.52)
+    assert pacer.due_frames(0.52) == PacerTick(1, 0)
+
+
+def test_pacer_validates_arguments() -> None:
+    with pytest.raises(ValueError):
+        FramePacer(start=0.0, interval=0)
+    with pytest.raises(ValueError):
+        FramePacer(start=0.0, max_catch_up_frames=0)

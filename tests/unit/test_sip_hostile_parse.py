@@ -1,0 +1,30 @@
+"""Every hostile SIP datagram is either rejected with SipMessageError or parses cleanly."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hostile_input import hostile_sip_messages  # noqa: E402
+
+from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError  # noqa: E402
+
+
+def test_corpus_is_large_and_varied():
+    corpus = hostile_sip_messages()
+    assert len(corpus) >= 200
+    assert len(set(corpus)) >= 200
+
+
+def test_parser_never_raises_anything_but_a_clear_error():
+    rejected = 0
+    for index, data in enumerate(hostile_sip_messages()):
+        try:
+            message = AgentSIPMessage(data, ("127.0.0.1", 39999))
+        except SipMessageError as error:
+            assert str(error), f"corpus[{index}] rejected without a reason"
+            rejected += 1
+            continue
+        # What parses must be internally consistent for the endpoint to use.
+        assert message.call_id and message.values("Via"), f"corpus[{index}]"
+    assert rejected >= 150
