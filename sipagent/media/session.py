@@ -148,7 +148,14 @@ class RtpSession:
         clock: Callable[[], float] | None = None,
         call_id: str = "",
     ) -> RtpSession:
-        """Start media on a bound UDP socket (see RtpPortAllocator); closing closes it."""
+        """Start media on a bound, non-blocking UDP socket (see RtpPortAllocator).
+
+        `remote` is the SDP address (an IP literal: it is not resolved). `on_audio`
+        gets 160-byte mu-law frames (PCMA is transcoded). `clock` supplies monotonic
+        seconds for timing decisions and defaults to the loop's clock; the tick still
+        sleeps on the event loop. `close()` closes the socket; releasing the port in
+        the allocator is the caller's job.
+        """
         loop = asyncio.get_running_loop()
         session = cls(
             remote=remote,
@@ -168,7 +175,7 @@ class RtpSession:
     # ------------------------------------------------------------- public API
 
     def play(self, mulaw: bytes) -> None:
-        """Queue mu-law audio of any length behind what is already queued."""
+        """Queue mu-law audio of any length behind what is already queued (no-op once closed)."""
         if not self._closed:
             self._queue.enqueue(mulaw)
 

@@ -58,6 +58,7 @@ class Call:
     ended_at: float | None = None
     end_reason: str = ""
     app_task: asyncio.Task[None] | None = None
+    bye_status: int | None = None  # final response to our BYE, when we hung up
     _frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _digits: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     ended: asyncio.Event = field(default_factory=asyncio.Event)

@@ -607,6 +607,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         try:
             destination = parse_uri(call.dialog.next_hop_uri).destination
             response = await self.request(bye, destination, timeout=8.0)
+            call.bye_status = response.status_code
             log.info("call %s: BYE answered %d", call.call_id, response.status_code)
         except (TransactionTimeout, UriError) as error:
             log.warning("call %s: BYE not answered: %s", call.call_id, error)

@@ -76,7 +76,8 @@ class RegistrationPolicy:
         self._consecutive_rejections = 0
 
     def attempt_started(self) -> None:
-        if self.status.state != RegistrationState.REGISTERED:
+        # A failed registration stays "failed" (with its reason) while we retry.
+        if self.status.state == RegistrationState.UNREGISTERED:
             self.status.state = RegistrationState.REGISTERING
 
     def registered(self, now: float, granted_expires: int) -> float:
