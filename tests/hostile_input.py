@@ -87,7 +87,16 @@ def hostile_sip_messages(seed: int = 2026) -> list[bytes]:
             add(_message(method, add=[(name, value)], index=index))
 
     for method in ("INVITE", "BYE", "OPTIONS", "INFO"):
-        for length in ("1000000000", "-1", "abc", "99999999999999999999", "9999", "1e3", " ", "0x10"):
+        for length in (
+            "1000000000",
+            "-1",
+            "abc",
+            "99999999999999999999",
+            "9999",
+            "1e3",
+            " ",
+            "0x10",
+        ):
             add(_message(method, content_length=length, index=index))
 
     for method in ("INVITE", "BYE", "OPTIONS"):
@@ -148,8 +157,11 @@ def hostile_sip_messages(seed: int = 2026) -> list[bytes]:
     for method in ("BYE", "CANCEL", "ACK", "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE",
                    "PRACK", "UPDATE", "PUBLISH", "REGISTER", "FOO", "invite"):  # fmt: skip
         add(_message(method, body="", index=index))
-    add(_message("INVITE", add=[], index=index, body=SDP_NO_COMMON_CODEC).replace(
-        b"To: <sip:agent@127.0.0.1>", b"To: <sip:agent@127.0.0.1>;tag=unknown-dialog"))
+    add(
+        _message("INVITE", add=[], index=index, body=SDP_NO_COMMON_CODEC).replace(
+            b"To: <sip:agent@127.0.0.1>", b"To: <sip:agent@127.0.0.1>;tag=unknown-dialog"
+        )
+    )
     for response in ("SIP/2.0 200 OK", "SIP/2.0 401 Unauthorized", "SIP/2.0 180 Ringing",
                      "SIP/2.0 487 Request Terminated", "SIP/2.0 603 Decline"):  # fmt: skip
         add(_message("INVITE", start_line=response, index=index))
@@ -181,7 +193,9 @@ def hostile_rtp_datagrams(seed: int = 3550, count: int = 300) -> list[bytes]:
             datagrams.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 11))))
         elif kind == 2:  # version 1 or 3
             version = rng.choice([0, 1, 3]) << 6
-            datagrams.append(struct.pack("!BBHII", version, 0, index, index * 160, 1) + b"\xff" * 160)
+            datagrams.append(
+                struct.pack("!BBHII", version, 0, index, index * 160, 1) + b"\xff" * 160
+            )
         elif kind == 3:  # valid header, foreign SSRC
             datagrams.append(
                 struct.pack("!BBHII", 0x80, 0, rng.getrandbits(16), rng.getrandbits(32),
@@ -192,5 +206,7 @@ def hostile_rtp_datagrams(seed: int = 3550, count: int = 300) -> list[bytes]:
             datagrams.append(struct.pack("!BBHII", 0x80, payload_type, index, 0, 7) + b"\x00" * 160)
         else:  # CSRC count / extension / padding lies
             first = 0x80 | rng.choice([0x0F, 0x10, 0x20])
-            datagrams.append(struct.pack("!BBHII", first, 0, index, 0, 9) + b"\x05" * rng.randint(0, 8))
+            datagrams.append(
+                struct.pack("!BBHII", first, 0, index, 0, 9) + b"\x05" * rng.randint(0, 8)
+            )
     return datagrams

@@ -151,7 +151,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         try:
             message = AgentSIPMessage(data, source)
         except SipMessageError as error:
-            self.dropped[str(error).split(":")[0][:40]] += 1
+            self.dropped[error.kind] += 1
             log.warning("dropped malformed SIP from %s:%d: %s", *source, error)
             return
         except Exception as error:  # a parser bug must not take the agent down

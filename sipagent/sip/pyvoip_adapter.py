@@ -28,6 +28,7 @@ tests/unit/test_sip_adapter.py (D1..D11):
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ _TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 class SipMessageError(SIPParseError):
     """A datagram that is not a valid SIP message: logged and dropped by the endpoint."""
+
+    @property
+    def kind(self) -> str:
+        """The reason without the offending values, for counters ("bad CSeq", ...)."""
+        return re.sub(r"\s*(['\"(].*|\d.*)$", "", str(self)).strip() or "malformed"
 
 
 def _canonical_name(name: str) -> str:

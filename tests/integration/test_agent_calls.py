@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -10,11 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentlib import running_agent, wait_until  # noqa: E402
-from peerlib.capture import rtp_packets  # noqa: E402
-
-from sipagent.sip.call import CallState  # noqa: E402
-from sipagent.sip.registration import RegistrationState  # noqa: E402
+from agentlib import running_agent, wait_until
+from peerlib.capture import rtp_packets
 
 pytestmark = [pytest.mark.peers]
 
@@ -33,7 +29,8 @@ def assert_same_frames(received: bytes, sent: bytes) -> None:
     sent_frames = [sent[i : i + FRAME] for i in range(0, len(sent) - len(sent) % FRAME, FRAME)]
     received_frames = [received[i : i + FRAME] for i in range(0, len(received), FRAME)]
     assert len(received_frames) == len(sent_frames), (len(received_frames), len(sent_frames))
-    mismatches = [i for i, (a, b) in enumerate(zip(received_frames, sent_frames)) if a != b]
+    pairs = zip(received_frames, sent_frames, strict=True)
+    mismatches = [i for i, (a, b) in enumerate(pairs) if a != b]
     assert not mismatches, f"frames differ at {mismatches[:10]}"
 
 

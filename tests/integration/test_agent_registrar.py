@@ -11,12 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentlib import running_agent, wait_until  # noqa: E402
-from peerlib.capture import write_dtmf_pcap  # noqa: E402
-from test_agent_calls import FRAME, assert_same_frames, recording  # noqa: E402
+from agentlib import running_agent, wait_until
+from peerlib.capture import write_dtmf_pcap
+from test_agent_calls import assert_same_frames, recording
 
-from sipagent.sip.call import CallState  # noqa: E402
-from sipagent.sip.registration import RegistrationState  # noqa: E402
+from sipagent.sip.call import CallState
+from sipagent.sip.registration import RegistrationState
 
 pytestmark = [pytest.mark.peers]
 
@@ -26,7 +26,9 @@ def registered(agent) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("qop", "proxy_auth"), [(True, False), (False, False), (True, True)], ids=["qop", "no-qop", "407"]
+    ("qop", "proxy_auth"),
+    [(True, False), (False, False), (True, True)],
+    ids=["qop", "no-qop", "407"],
 )
 async def test_registers_with_digest(kamailio, qop, proxy_auth):
     kam = await kamailio(qop=qop, proxy_auth=proxy_auth)
@@ -84,7 +86,9 @@ async def test_reregisters_after_registrar_restart(kamailio):
 
 
 @pytest.mark.parametrize("record_route", [False, True], ids=["plain", "record-route"])
-async def test_call_through_registrar_both_hangups(kamailio, sipp, audio_dir, tmp_path, record_route):
+async def test_call_through_registrar_both_hangups(
+    kamailio, sipp, audio_dir, tmp_path, record_route
+):
     kam = await kamailio(qop=True, record_route=record_route)
     pattern = (audio_dir / "pattern.ulaw").read_bytes()
     record_dir = tmp_path / "rec"

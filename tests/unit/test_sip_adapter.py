@@ -3,8 +3,8 @@
 Where it is cheap, the stock pyVoIP behaviour is shown too, so the test documents the defect.
 """
 
-import pyVoIP.VoIP  # noqa: F401  (import order: pyVoIP.SIP alone is circular)
 import pytest
+import pyVoIP.VoIP  # noqa: F401  (import order: pyVoIP.SIP alone is circular)
 from pyVoIP.SIP import SIPClient, SIPMessage, SIPParseError
 
 from sipagent.sip.digest import parse_challenge

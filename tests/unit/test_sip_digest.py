@@ -1,6 +1,6 @@
-from sipagent.sip.digest import DigestChallenge, DigestCredentials, DigestError, parse_challenge
-
 import pytest
+
+from sipagent.sip.digest import DigestChallenge, DigestCredentials, DigestError, parse_challenge
 
 
 def test_rfc2617_qop_auth_vector():

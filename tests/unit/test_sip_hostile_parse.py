@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hostile_input import hostile_sip_messages  # noqa: E402
+from hostile_input import hostile_sip_messages
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError  # noqa: E402
+from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
 
 
 def test_corpus_is_large_and_varied():

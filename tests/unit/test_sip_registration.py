@@ -51,7 +51,7 @@ def test_binding_lost_marks_failed_with_reason():
 
 
 def test_granted_expires_prefers_our_contact_param():
-    contacts = ['<sip:other@1.2.3.4>;expires=10', '<sip:agent@127.0.0.1:5062>;expires=120']
+    contacts = ["<sip:other@1.2.3.4>;expires=10", "<sip:agent@127.0.0.1:5062>;expires=120"]
     assert granted_expires(contacts, "3600", "sip:agent@127.0.0.1:5062", 300) == 120
     assert granted_expires([], "90", "sip:agent@127.0.0.1:5062", 300) == 90
     assert granted_expires([], None, "sip:agent@127.0.0.1:5062", 300) == 300

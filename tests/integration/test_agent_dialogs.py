@@ -1,0 +1,147 @@
+"""Dialog details over real UDP: OPTIONS, INVITE retransmission, 200 retransmission until
+ACK, re-INVITE moving the media, 481 for unknown dialogs, RTP from a re-INVITEd address."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agentlib import running_agent, wait_until
+
+from sipagent.sip.call import CallState
+from sipagent.sip.pyvoip_adapter import AgentSIPMessage
+
+
+class MiniUac:
+    """Just enough of a UAC to send hand-written requests and collect what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[AgentSIPMessage] = []
+
+    def send(self, data: str, destination: tuple[str, int]) -> None:
+        self.sock.sendto(data.replace("\n", "\r\n").encode(), destination)
+
+    async def collect(self, seconds: float) -> list[AgentSIPMessage]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            try:
+                data = self.sock.recv(65535)
+                self.received.append(AgentSIPMessage(data))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+        return self.received
+
+    def statuses(self, method: str) -> list[int]:
+        return [
+            m.status_code for m in self.received if not m.is_request and m.cseq_method == method
+        ]
+
+
+def request(
+    method: str,
+    uac: MiniUac,
+    agent_port: int,
+    *,
+    cseq: int,
+    to_tag: str = "",
+    branch: str = "z9hG4bKmini1",
+    sdp: str = "",
+    call_id: str = "mini-1",
+) -> str:
+    to = "<sip:agent@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    length = len(sdp.replace("\n", "\r\n"))
+    content = (
+        f"Content-Type: application/sdp\nContent-Length: {length}\n"
+        if sdp
+        else ("Content-Length: 0\n")
+    )
+    return (
+        f"{method} sip:agent@127.0.0.1:{agent_port} SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{uac.port};branch={branch};rport\n"
+        "From: <sip:mini@127.0.0.1>;tag=minitag\n"
+        f"To: {to}\nCall-ID: {call_id}\nCSeq: {cseq} {method}\n"
+        f"Contact: <sip:mini@127.0.0.1:{uac.port}>\nMax-Forwards: 70\n"
+        f"{content}\n{sdp}"
+    )
+
+
+def sdp(port: int, version: int = 1) -> str:
+    return (
+        f"v=0\no=mini 1 {version} IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        f"m=audio {port} RTP/AVP 8 0\na=rtpmap:8 PCMA/8000\na=rtpmap:0 PCMU/8000\n"
+    )
+
+
+async def test_options_and_unknown_dialogs():
+    async with running_agent() as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        uac.send(request("OPTIONS", uac, port, cseq=1), agent.local_address)
+        uac.send(request("BYE", uac, port, cseq=2, to_tag="nope", branch="z9hG4bKb"),
+                 agent.local_address)  # fmt: skip
+        uac.send(request("SUBSCRIBE", uac, port, cseq=3, branch="z9hG4bKs"), agent.local_address)
+        await uac.collect(0.5)
+        options = next(m for m in uac.received if m.cseq_method == "OPTIONS")
+        assert options.status_code == 200 and "INVITE" in (options.first("Allow") or "")
+        assert uac.statuses("BYE") == [481]
+        assert uac.statuses("SUBSCRIBE") == [405]
+
+
+async def test_invite_retransmissions_reinvite_and_bye():
+    media_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media_a.bind(("127.0.0.1", 0))
+    media_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media_b.bind(("127.0.0.1", 0))
+    media_b.settimeout(2.0)
+    async with running_agent(app="echo") as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        invite = request("INVITE", uac, port, cseq=1, sdp=sdp(media_a.getsockname()[1]))
+        uac.send(invite, agent.local_address)
+        uac.send(invite, agent.local_address)  # a retransmission: same branch
+        await uac.collect(1.3)  # no ACK yet: the 200 OK must be retransmitted (T1 = 500 ms)
+        invite_statuses = uac.statuses("INVITE")
+        assert invite_statuses.count(200) >= 2, invite_statuses  # answer + >= 1 retransmission
+        assert invite_statuses.count(180) == 2, invite_statuses  # retransmitted INVITE: resent
+        assert len(agent.calls) == 1 and 100 in invite_statuses
+        ok = next(m for m in uac.received if m.status_code == 200)
+        assert b"m=audio" in ok.content and b"RTP/AVP 0" in ok.content  # PCMU preferred
+        to_tag = ok.to_tag
+        uac.send(request("ACK", uac, port, cseq=1, to_tag=to_tag, branch="z9hG4bKack"),
+                 agent.local_address)  # fmt: skip
+        await wait_until(
+            lambda: next(iter(agent.calls.values())).state == CallState.CONFIRMED, 2, "ACKed"
+        )
+        uac.received.clear()
+        await uac.collect(1.2)
+        assert uac.statuses("INVITE") == [], "200 OK still retransmitted after the ACK"
+
+        # re-INVITE moving our media to another port: the agent's RTP follows it.
+        reinvite = request("INVITE", uac, port, cseq=2, to_tag=to_tag, branch="z9hG4bKre",
+                           sdp=sdp(media_b.getsockname()[1], version=2))  # fmt: skip
+        uac.send(reinvite, agent.local_address)
+        await uac.collect(0.5)
+        answer = next(m for m in uac.received if m.cseq_method == "INVITE" and m.status_code == 200)
+        assert answer.to_tag == to_tag and b" 2 IN IP4" in answer.content  # version bumped
+        uac.send(request("ACK", uac, port, cseq=2, to_tag=to_tag, branch="z9hG4bKack2"),
+                 agent.local_address)  # fmt: skip
+        data, _ = await asyncio.get_running_loop().run_in_executor(None, media_b.recvfrom, 2048)
+        assert data[0] >> 6 == 2 and len(data) == 172  # a 20 ms PCMU RTP packet
+
+        uac.send(request("BYE", uac, port, cseq=3, to_tag=to_tag, branch="z9hG4bKbye"),
+                 agent.local_address)  # fmt: skip
+        await uac.collect(0.5)
+        assert uac.statuses("BYE") == [200]
+        await wait_until(lambda: not agent.calls, 2, "call ended")
+        assert agent.ended_calls[-1].end_reason == "caller hung up"
+    media_a.close()
+    media_b.close()
