@@ -19,11 +19,17 @@ console = Console(stderr=True)
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, markup=False)],
-    )
+    # Rich on a terminal; one plain line per record when piped (log files, supervisors).
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def _option(help_text: str) -> typer.models.OptionInfo:
@@ -74,3 +80,7 @@ def serve(
 @app.callback()
 def main() -> None:
     """sipagent command line."""
+
+
+if __name__ == "__main__":
+    app()

@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agentlib import running_agent, wait_until
 from hostile_input import hostile_rtp_datagrams, hostile_sip_messages
 from test_agent_calls import assert_same_frames, recording

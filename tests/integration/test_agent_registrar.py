@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agentlib import running_agent, wait_until
 from peerlib.capture import write_dtmf_pcap
 from test_agent_calls import assert_same_frames, recording

@@ -1,10 +1,5 @@
 """Every hostile SIP datagram is either rejected with SipMessageError or parses cleanly."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hostile_input import hostile_sip_messages
 
 from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError

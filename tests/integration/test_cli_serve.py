@@ -1,0 +1,62 @@
+"""`sipagent serve` as a real process: answers in peer-to-peer mode, env settings, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+from agentlib import free_sip_port, rtp_range
+from peerlib.common import wait_udp_bound
+from typer.testing import CliRunner
+
+from sipagent.cli.main import app
+
+
+def test_serve_help_lists_every_setting():
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--server", "--user", "--password", "--domain", "--bind", "--public-ip",
+                 "--rtp-ports", "--app"):  # fmt: skip
+        assert flag in result.output
+
+
+def test_bad_settings_exit_2_with_a_clear_message():
+    result = CliRunner().invoke(app, ["serve", "--rtp-ports", "5-4"])
+    assert result.exit_code == 2
+    assert "RTP port range" in result.output
+
+
+@pytest.mark.peers
+async def test_serve_process_answers_and_stops_cleanly(sipp, audio_dir, tmp_path):
+    port = free_sip_port()
+    env = {
+        **os.environ,
+        "SIPAGENT_BIND": f"127.0.0.1:{port}",  # settings from the environment
+        "SIPAGENT_RTP_PORTS": rtp_range(),
+        "SIPAGENT_PASSWORD": "s3cret-never-logged",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=10)
+        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 8000})  # fmt: skip
+        await caller.start(wait_bound=False)
+        await asyncio.sleep(2.0)
+        process.send_signal(signal.SIGTERM)  # the active call gets a BYE, then we exit 0
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+        result = (await caller.wait()).check()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "BYE" in result.received_requests()
+    assert "peer-to-peer mode" in text and "agent shutting down" in text
+    assert "s3cret-never-logged" not in text
