@@ -1,0 +1,96 @@
+"""What the conversation engine needs from speech-to-text, the LLM and text-to-speech.
+
+One small Protocol per stage; one module per provider (cloud SDK or offline engine). Audio at
+these boundaries is always 8 kHz mu-law (the call's own format), so nothing is transcoded on
+the hot path when the provider speaks mu-law itself (Deepgram, ElevenLabs `ulaw_8000`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class ProviderError(Exception):
+    """A provider failed (connection, HTTP status, protocol). The session speaks around it."""
+
+
+class SttEventKind(StrEnum):
+    PARTIAL = "partial"  # interim transcript of the words so far (may change)
+    FINAL = "final"  # a finalized segment; `speech_final` marks the end of the caller's turn
+    SPEECH_STARTED = "speech_started"  # provider VAD: the caller started talking
+    UTTERANCE_END = "utterance_end"  # provider: no words for utterance_end_ms
+    ERROR = "error"  # the stream failed; the provider is reconnecting or gave up
+
+
+@dataclass(frozen=True, slots=True)
+class SttEvent:
+    kind: SttEventKind
+    text: str = ""
+    speech_final: bool = False
+    received_at: float = 0.0  # loop.time() when the event arrived
+    detail: str = ""
+
+
+class SpeechToText(Protocol):
+    """Streaming recognition of one call's inbound audio."""
+
+    async def start(self) -> None:
+        """Open the stream (socket, decoder). Raises ProviderError if it cannot."""
+
+    def send_audio(self, mulaw: bytes) -> None:
+        """Queue caller audio (20 ms frames); never blocks the media path."""
+
+    def events(self) -> AsyncIterator[SttEvent]:
+        """Transcripts and VAD events, in order, until close()."""
+        ...
+
+    async def finalize(self) -> None:
+        """Flush what was said so far into a final result (end of call, forced turn end)."""
+
+    async def close(self) -> None:
+        """Finish and release the stream; events() then ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # raw JSON text as the model produced it; parsed (and checked) by the tools
+
+
+@dataclass(frozen=True, slots=True)
+class LlmChunk:
+    """One piece of a streamed reply: text to speak, or (at the end) the tool calls."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+
+
+class LanguageModel(Protocol):
+    def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        """Chat-completions style streaming. Closing the iterator (aclose) cancels the request
+        and closes the HTTP stream. Raises ProviderError on failure or timeout."""
+        ...
+
+
+class TextToSpeech(Protocol):
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """8 kHz mu-law audio for `text`, chunk by chunk as it is produced. Closing the iterator
+        cancels synthesis. Raises ProviderError on failure."""
+        ...
+
+
+@dataclass(slots=True)
+class ProviderTimings:
+    """Per-request timestamps (loop.time()) a provider can report for latency accounting."""
+
+    started: float = 0.0
+    first_output: float | None = None
+    finished: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
