@@ -1,0 +1,208 @@
+"""The receptionist's tools: JSON schemas for the LLM and their execution.
+
+Every failure (bad JSON, missing or invalid fields, a closed or taken slot) comes back to the
+LLM as a tool result `{"ok": false, "error": ...}` it can act on; nothing raises into the call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sipagent.booking.rules import (
+    REASONS,
+    BookingRuleError,
+    ClinicHours,
+    check_slot,
+    normalise_phone,
+    parse_date,
+    resolve_start,
+)
+from sipagent.booking.store import Appointment, BookingStore, SlotTakenError
+from sipagent.providers.base import ToolCall
+
+log = logging.getLogger("sipagent.tools")
+
+
+def _function(
+    name: str, description: str, properties: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
+
+
+TOOL_SCHEMAS: list[dict[str, Any]] = [
+    _function(
+        "book_appointment",
+        "Book a dental appointment once you have the patient's name, phone, date, time and reason.",
+        {
+            "patient_name": {"type": "string", "description": "full name of the patient"},
+            "phone": {"type": "string", "description": "callback phone number"},
+            "preferred_date": {
+                "type": "string",
+                "description": "e.g. 'next Tuesday', '2026-12-01'",
+            },
+            "preferred_time": {"type": "string", "description": "e.g. '3 pm', '10:30'"},
+            "reason": {"type": "string", "enum": list(REASONS)},
+        },
+        ["patient_name", "phone", "preferred_date", "preferred_time", "reason"],
+    ),
+    _function(
+        "check_availability",
+        "List free appointment times on a date before offering them.",
+        {"preferred_date": {"type": "string"}, "reason": {"type": "string", "enum": list(REASONS)}},
+        ["preferred_date"],
+    ),
+    _function(
+        "transfer_to_human",
+        "Transfer the caller to the front desk staff.",
+        {"reason": {"type": "string"}},
+        [],
+    ),
+    _function(
+        "end_call",
+        "Say goodbye and hang up once the caller is done.",
+        {"reason": {"type": "string"}},
+        [],
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    content: str  # JSON for the tool message
+    action: str | None = None  # "transfer" | "hangup": the session acts after speaking
+
+
+def _result(**fields: Any) -> str:
+    return json.dumps(fields, default=str)
+
+
+class ReceptionistTools:
+    def __init__(
+        self,
+        store: BookingStore,
+        hours: ClinicHours,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.hours = hours
+        self.clock = clock
+
+    async def execute(self, tool_call: ToolCall, call_id: str) -> ToolOutcome:
+        try:
+            arguments = json.loads(tool_call.arguments or "{}")
+            if not isinstance(arguments, dict):
+                raise ValueError("arguments must be a JSON object")
+        except ValueError as error:
+            return ToolOutcome(_result(ok=False, error=f"arguments were not valid JSON: {error}"))
+        handler = getattr(self, f"_tool_{tool_call.name}", None)
+        if handler is None:
+            return ToolOutcome(_result(ok=False, error=f"unknown tool {tool_call.name!r}"))
+        try:
+            return await handler(arguments, call_id)
+        except BookingRuleError as error:
+            return ToolOutcome(_result(ok=False, error=str(error)))
+        except Exception as error:  # the call goes on: the LLM apologises and recovers
+            log.exception("tool %s failed", tool_call.name)
+            return ToolOutcome(_result(ok=False, error=f"internal error: {type(error).__name__}"))
+
+    async def _tool_book_appointment(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        missing = [
+            name
+            for name in ("patient_name", "phone", "preferred_date", "preferred_time", "reason")
+            if not str(args.get(name) or "").strip()
+        ]
+        if missing:
+            return ToolOutcome(
+                _result(ok=False, error=f"missing: {', '.join(missing)}; ask the caller")
+            )
+        reason = str(args["reason"]).strip().lower()
+        if reason not in REASONS:
+            return ToolOutcome(
+                _result(ok=False, error=f"reason must be one of {', '.join(REASONS)}")
+            )
+        phone = normalise_phone(str(args["phone"]))
+        now = self.clock()
+        start = resolve_start(
+            str(args["preferred_date"]), str(args["preferred_time"]), self.hours, now
+        )
+        duration = self.hours.durations.get(reason, self.hours.slot_minutes)
+        check_slot(start, duration, self.hours, now)
+        appointment = Appointment(
+            patient_name=str(args["patient_name"]).strip(),
+            phone=phone,
+            start=start,
+            duration_minutes=duration,
+            reason=reason,
+            call_id=call_id,
+        )
+        try:
+            stored = await self.store.book(appointment)
+        except SlotTakenError:
+            free = await self._free_slots(start, duration, now)
+            return ToolOutcome(
+                _result(ok=False, error="that time is already taken", alternatives=free[:3])
+            )
+        return ToolOutcome(
+            _result(
+                ok=True,
+                appointment_id=stored.id,
+                patient_name=stored.patient_name,
+                phone=stored.phone,
+                reason=stored.reason,
+                when=stored.start.strftime("%A %B %-d at %-I:%M %p"),
+                duration_minutes=stored.duration_minutes,
+            )
+        )
+
+    async def _tool_check_availability(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        now = self.clock()
+        day = parse_date(
+            str(args.get("preferred_date") or ""), now.astimezone(self.hours.zone).date()
+        )
+        reason = str(args.get("reason") or "checkup").lower()
+        duration = self.hours.durations.get(reason, self.hours.slot_minutes)
+        start = datetime.combine(day, self.hours.opens, tzinfo=self.hours.zone)
+        free = await self._free_slots(start, duration, now, same_day=True)
+        return ToolOutcome(_result(ok=True, date=day.isoformat(), free_times=free[:8]))
+
+    async def _free_slots(
+        self, around: datetime, duration: int, now: datetime, same_day: bool = False
+    ) -> list[str]:
+        zone = self.hours.zone
+        free: list[str] = []
+        day = around.astimezone(zone).date()
+        for offset in range(0, 1 if same_day else 7):
+            current = day + timedelta(days=offset)
+            slot = datetime.combine(current, self.hours.opens, tzinfo=zone)
+            closing = datetime.combine(current, self.hours.closes, tzinfo=zone)
+            booked = await self.store.booked_between(slot, closing)
+            while slot + timedelta(minutes=duration) <= closing:
+                end = slot + timedelta(minutes=duration)
+                try:
+                    check_slot(slot, duration, self.hours, now)
+                    if not any(a.start < end and slot < a.end for a in booked):
+                        free.append(slot.strftime("%A %B %-d at %-I:%M %p"))
+                except BookingRuleError:
+                    pass
+                slot += timedelta(minutes=self.hours.slot_minutes)
+            if len(free) >= 8:
+                break
+        return free
+
+    async def _tool_transfer_to_human(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        return ToolOutcome(_result(ok=True, transferring=True), action="transfer")
+
+    async def _tool_end_call(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        return ToolOutcome(_result(ok=True, hanging_up=True), action="hangup")

@@ -1,0 +1,140 @@
+import asyncio
+import json
+from datetime import date, datetime, time
+
+import pytest
+
+from sipagent.booking.rules import (
+    BookingRuleError,
+    ClinicHours,
+    normalise_phone,
+    parse_date,
+    parse_time,
+    resolve_start,
+)
+from sipagent.booking.store import InMemoryBookingStore
+from sipagent.providers.base import ToolCall
+from sipagent.tools.receptionist import TOOL_SCHEMAS, ReceptionistTools
+
+HOURS = ClinicHours(timezone="America/New_York")
+WEDNESDAY = datetime(2026, 11, 25, 10, 0, tzinfo=HOURS.zone)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tomorrow", date(2026, 11, 26)),
+        ("day after tomorrow", date(2026, 11, 27)),
+        ("next Tuesday", date(2026, 12, 1)),
+        ("Friday", date(2026, 11, 27)),
+        ("Wednesday", date(2026, 12, 2)),  # today is Wednesday: the next one
+        ("December 3", date(2026, 12, 3)),
+        ("the fifteenth of March", date(2027, 3, 15)),
+        ("3rd of December", date(2026, 12, 3)),
+        ("2026-12-07", date(2026, 12, 7)),
+    ],
+)
+def test_natural_dates(text, expected):
+    assert parse_date(text, WEDNESDAY.date()) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3 pm", time(15)), ("3:30 p.m.", time(15, 30)), ("15:00", time(15)),
+        ("three pm", time(15)), ("ten thirty", time(10, 30)), ("half past two", time(14, 30)),
+        ("noon", time(12)), ("9 in the morning", time(9)), ("at three", time(15)),
+    ],
+)  # fmt: skip
+def test_natural_times(text, expected):
+    assert parse_time(text) == expected
+
+
+def test_phone_numbers_normalised_to_e164():
+    assert normalise_phone("(555) 123-4567") == "+15551234567"
+    assert normalise_phone("five five five one two three four five six seven") == "+15551234567"
+    assert normalise_phone("+44 20 7946 0958") == "+442079460958"
+    with pytest.raises(BookingRuleError, match="10-digit"):
+        normalise_phone("555 1234")
+
+
+def test_dst_change_keeps_local_wall_time():
+    before = datetime(2027, 3, 12, 10, 0, tzinfo=HOURS.zone)  # Friday before the spring change
+    start = resolve_start("Monday", "9 am", HOURS, before)
+    assert start.hour == 9 and start.utcoffset().total_seconds() == -4 * 3600  # EDT after
+
+
+def tools() -> tuple[ReceptionistTools, InMemoryBookingStore]:
+    store = InMemoryBookingStore()
+    return ReceptionistTools(store, HOURS, clock=lambda: WEDNESDAY), store
+
+
+def call(name: str, **arguments) -> ToolCall:
+    return ToolCall(id="call_1", name=name, arguments=json.dumps(arguments))
+
+
+BOOKING = {
+    "patient_name": "Maria Lopez", "phone": "555-123-4567", "preferred_date": "next Tuesday",
+    "preferred_time": "3 pm", "reason": "cleaning",
+}  # fmt: skip
+
+
+async def test_books_and_reports_what_to_read_back():
+    executor, store = tools()
+    outcome = await executor.execute(call("book_appointment", **BOOKING), "call-1")
+    result = json.loads(outcome.content)
+    assert result["ok"] and result["when"] == "Tuesday December 1 at 3:00 PM"
+    assert result["phone"] == "+15551234567"
+    [stored] = store.appointments
+    assert stored.call_id == "call-1" and stored.duration_minutes == 60
+
+
+async def test_double_booking_is_refused_with_alternatives():
+    executor, store = tools()
+    results = await asyncio.gather(
+        *(executor.execute(call("book_appointment", **BOOKING), f"c{i}") for i in range(10))
+    )
+    outcomes = [json.loads(r.content) for r in results]
+    assert sum(o["ok"] for o in outcomes) == 1 and len(store.appointments) == 1
+    refused = next(o for o in outcomes if not o["ok"])
+    assert refused["error"] == "that time is already taken" and refused["alternatives"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"reason": "whitening"}, "reason must be one of"),
+        ({"preferred_date": "Saturday"}, "closed on Saturdays"),
+        ({"preferred_time": "8 pm"}, "open 9:00 AM to 5:00 PM"),
+        ({"preferred_date": "today", "preferred_time": "9 am"}, "already passed"),
+        ({"phone": "12345"}, "10-digit"),
+        ({"patient_name": ""}, "missing: patient_name"),
+    ],
+)
+async def test_invalid_requests_come_back_as_explanations(changes, error):
+    executor, store = tools()
+    outcome = await executor.execute(call("book_appointment", **{**BOOKING, **changes}), "c")
+    result = json.loads(outcome.content)
+    assert not result["ok"] and error in result["error"]
+    assert not store.appointments
+
+
+async def test_bad_json_and_unknown_tools_are_tool_errors():
+    executor, _ = tools()
+    bad = await executor.execute(ToolCall("x", "book_appointment", '{"patient_name": "Ann'), "c")
+    assert "not valid JSON" in json.loads(bad.content)["error"]
+    unknown = await executor.execute(ToolCall("x", "launch_rocket", "{}"), "c")
+    assert "unknown tool" in json.loads(unknown.content)["error"]
+
+
+async def test_availability_and_call_control_tools():
+    executor, _ = tools()
+    free = json.loads(
+        (await executor.execute(call("check_availability", preferred_date="Friday"), "c")).content
+    )
+    assert free["date"] == "2026-11-27" and free["free_times"][0] == "Friday November 27 at 9:00 AM"
+    assert (await executor.execute(call("end_call"), "c")).action == "hangup"
+    assert (await executor.execute(call("transfer_to_human"), "c")).action == "transfer"
+    assert {t["function"]["name"] for t in TOOL_SCHEMAS} == {
+        "book_appointment", "check_availability", "transfer_to_human", "end_call",
+    }  # fmt: skip
