@@ -31,6 +31,14 @@ class CallChannel(Protocol):
         """Drop all queued outgoing audio now; returns the bytes dropped."""
         ...
 
+    def pause(self) -> None:
+        """Go quiet at once, keeping the queued audio (a barge-in not yet confirmed)."""
+        ...
+
+    def resume(self) -> None:
+        """Continue the paused audio."""
+        ...
+
     @property
     def sent_audio_ms(self) -> float: ...
 

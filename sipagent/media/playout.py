@@ -47,6 +47,7 @@ class PlayoutQueue:
         self._in_talkspurt = False
         self.sent_audio_bytes = 0
         self.frames_out = 0
+        self.paused = False
 
     def enqueue(self, audio: bytes) -> None:
         self._buffer += audio
@@ -57,7 +58,7 @@ class PlayoutQueue:
         buffer = self._buffer
         size = self.frame_bytes
         available = len(buffer)
-        if not available:
+        if not available or self.paused:
             self._in_talkspurt = False
             return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
         if available >= size:
@@ -72,11 +73,20 @@ class PlayoutQueue:
         self._in_talkspurt = True
         return OutgoingFrame(payload, marker=marker, voiced=True)
 
+    def pause(self) -> None:
+        """Go quiet at once but keep the queue (a possible barge-in, not yet confirmed)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Continue where pause() stopped; the next voiced frame starts a new talkspurt."""
+        self.paused = False
+
     def flush(self) -> FlushResult:
         """Drop everything queued (barge-in). The next voiced frame starts a new talkspurt."""
         dropped = len(self._buffer)
         self._buffer = bytearray()
         self._in_talkspurt = False
+        self.paused = False
         return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
 
     @property

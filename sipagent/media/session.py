@@ -187,6 +187,17 @@ class RtpSession:
         """
         return self._queue.flush()
 
+    def pause(self) -> None:
+        """Send silence instead of the queued audio, keeping it (tentative barge-in)."""
+        self._queue.pause()
+
+    def resume(self) -> None:
+        self._queue.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._queue.paused
+
     def update_remote(self, remote: tuple[str, int]) -> None:
         """New SDP address (re-INVITE). Latching restarts with the next inbound packet."""
         self._remote = remote

@@ -100,6 +100,14 @@ class Call:
             return 0
         return self.session.flush().dropped_bytes
 
+    def pause(self) -> None:
+        if self.session is not None:
+            self.session.pause()
+
+    def resume(self) -> None:
+        if self.session is not None:
+            self.session.resume()
+
     @property
     def sent_audio_ms(self) -> float:
         return self.session.sent_audio_ms if self.session is not None else 0.0

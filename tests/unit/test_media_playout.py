@@ -141,3 +141,19 @@ def test_pacer_validates_arguments() -> None:
         FramePacer(start=0.0, interval=0)
     with pytest.raises(ValueError):
         FramePacer(start=0.0, max_catch_up_frames=0)
+
+
+def test_pause_holds_the_queue_and_resume_continues_with_a_new_talkspurt():
+    queue = PlayoutQueue()
+    queue.enqueue(bytes(range(1, 161)) * 3)
+    first = queue.next_frame()
+    queue.pause()
+    held = [queue.next_frame() for _ in range(5)]
+    assert all(not frame.voiced and frame.payload == b"\xff" * 160 for frame in held)
+    assert queue.queued_bytes == 320 and queue.sent_audio_bytes == 160  # nothing consumed
+    queue.resume()
+    second = queue.next_frame()
+    assert first.marker and second.marker and second.payload == bytes(range(1, 161))
+    queue.pause()
+    queue.flush()
+    assert not queue.paused  # a flush ends the pause: the next reply plays normally

@@ -1,0 +1,188 @@
+"""Offline LLM: a deterministic, scripted receptionist (no model weights can be shipped).
+
+It fills the same slots as the cloud model (reason, name, date, time, phone), asks for what
+is missing, and emits the same tool calls (`book_appointment`, `end_call`,
+`transfer_to_human`), reading tool results back. Stateless: everything is derived from the
+message history, exactly like a chat-completions model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sipagent.booking.rules import NUMBER_WORDS, BookingRuleError, parse_date, parse_time
+from sipagent.providers.base import LlmChunk, ToolCall
+
+_REASONS = {
+    "cleaning": ("clean",),
+    "checkup": ("checkup", "check-up", "check up", "exam"),
+    "emergency": ("emergency", "pain", "toothache", "broken", "hurts", "swollen"),
+    "consultation": ("consult",),
+}
+_TIME = re.compile(
+    r"\b(?:\d{1,2}(?::\d{2})?\s*(?:a\.?m\.?|p\.?m\.?)|noon|"
+    r"(?:at\s+)?(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\d{1,2})"
+    r"(?:\s+(?:thirty|fifteen|forty-five|o'clock))?\s*(?:a\.?m\.?|p\.?m\.?|in the morning|"
+    r"in the afternoon)?(?=\W|$))",
+    re.IGNORECASE,
+)
+_DATE_WORDS = re.compile(
+    r"\b(today|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|"
+    r"february|march|april|may|june|july|august|september|october|november|december|"
+    r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2})\b",
+    re.IGNORECASE,
+)
+_NAME = re.compile(
+    r"\b(?:my name is|my name's|this is|name is|i am|it's)\s+([a-z][a-z'-]+(?:\s+[a-z][a-z'-]+)?)",
+    re.IGNORECASE,
+)
+_NOT_NAMES = {"calling", "looking", "trying", "here", "just", "a", "the", "not", "going", "fine"}
+_GOODBYE = re.compile(r"\b(bye|goodbye|that's all|that is all|nothing else|no thanks)\b", re.I)
+_HUMAN = re.compile(r"\b(human|real person|receptionist|operator|someone|front desk)\b", re.I)
+
+
+@dataclass(slots=True)
+class Slots:
+    reason: str | None = None
+    name: str | None = None
+    date: str | None = None
+    time: str | None = None
+    phone: str | None = None
+
+    def missing(self) -> list[str]:
+        return [n for n in ("reason", "name", "date", "time", "phone") if not getattr(self, n)]
+
+
+def _phone_digits(text: str) -> str:
+    out = []
+    for token in re.findall(r"[a-z]+|\d", text.lower()):
+        if token.isdigit():
+            out.append(token)
+        elif token in NUMBER_WORDS and NUMBER_WORDS[token] < 10:
+            out.append(str(NUMBER_WORDS[token]))
+    return "".join(out)
+
+
+def extract_slots(user_texts: list[str]) -> Slots:
+    slots = Slots()
+    for text in user_texts:
+        lowered = text.lower()
+        for reason, keys in _REASONS.items():
+            if any(key in lowered for key in keys):
+                slots.reason = reason
+        if (name := _NAME.search(text)) and name.group(1).split()[0].lower() not in _NOT_NAMES:
+            slots.name = " ".join(word.capitalize() for word in name.group(1).split())
+        if date_match := _DATE_WORDS.search(text):
+            phrase = text[max(0, date_match.start() - 5) : date_match.end() + 12]
+            try:
+                parse_date(phrase, date.today())  # only checks it parses
+                slots.date = phrase.strip()
+            except BookingRuleError:
+                pass
+        for time_match in _TIME.finditer(text):
+            candidate = time_match.group(0).strip()
+            if not re.search(r"[ap]\.?m|noon|morning|afternoon|o'clock|^at ", candidate, re.I):
+                continue
+            try:
+                parse_time(candidate)
+                slots.time = candidate
+            except BookingRuleError:
+                pass
+        digits = _phone_digits(text)
+        if len(digits) >= 10:
+            slots.phone = digits[-10:] if len(digits) > 11 else digits
+    return slots
+
+
+class ScriptedReceptionist:
+    """LanguageModel protocol; `offline` is reported in logs and the call records."""
+
+    name = "scripted-receptionist (offline)"
+
+    def __init__(self, clinic_name: str = "Sunrise Dental") -> None:
+        self.clinic_name = clinic_name
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        text, tool_calls = self.reply(messages)
+        for word in re.findall(r"\S+\s*", text):
+            yield LlmChunk(text=word)
+        yield LlmChunk(tool_calls=tool_calls, finish_reason="tool_calls" if tool_calls else "stop")
+
+    def reply(self, messages: list[dict[str, Any]]) -> tuple[str, tuple[ToolCall, ...]]:
+        last = messages[-1] if messages else {"role": "user", "content": ""}
+        user_texts = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
+        if last.get("role") == "tool":
+            return self._after_tool(json.loads(last.get("content") or "{}"), messages), ()
+        latest = user_texts[-1] if user_texts else ""
+        if _HUMAN.search(latest) or latest.strip() == "(keypad) 0":
+            return "Of course, let me transfer you to our front desk.", (
+                ToolCall("call_transfer", "transfer_to_human", '{"reason": "caller asked"}'),
+            )
+        if _GOODBYE.search(latest):
+            return f"Thank you for calling {self.clinic_name}. Goodbye!", (
+                ToolCall("call_end", "end_call", '{"reason": "caller said goodbye"}'),
+            )
+        slots = extract_slots(user_texts)
+        if self._already_booked(messages) and not _DATE_WORDS.search(latest):
+            return "Is there anything else I can help you with?", ()
+        missing = slots.missing()
+        if not missing:
+            arguments = {
+                "patient_name": slots.name, "phone": slots.phone, "preferred_date": slots.date,
+                "preferred_time": slots.time, "reason": slots.reason,
+            }  # fmt: skip
+            return "Let me book that for you.", (
+                ToolCall(f"call_book_{len(messages)}", "book_appointment", json.dumps(arguments)),
+            )
+        ask = {
+            "reason": "Is this for a cleaning, a checkup, an emergency or a consultation?",
+            "name": "May I have your full name, please?",
+            "date": "What day would you like to come in?",
+            "time": "And what time works best for you?",
+            "phone": "What's the best phone number to reach you?",
+        }[missing[0]]
+        acknowledgement = (
+            f"Sure, a {slots.reason}. " if slots.reason and missing[0] == "name" else ""
+        )
+        return acknowledgement + ask, ()
+
+    @staticmethod
+    def _already_booked(messages: list[dict[str, Any]]) -> bool:
+        for message in messages:
+            if message.get("role") == "tool":
+                try:
+                    if json.loads(message.get("content") or "{}").get("appointment_id"):
+                        return True
+                except ValueError:
+                    continue
+        return False
+
+    def _after_tool(self, result: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+        if result.get("hanging_up") or result.get("transferring"):
+            return ""
+        if result.get("ok") and result.get("appointment_id"):
+            return (
+                f"You're all set, {result['patient_name']}: a {result['reason']} on "
+                f"{result['when']}. We have your number as {_spoken_phone(result['phone'])}. "
+                "Is there anything else I can help with?"
+            )
+        if result.get("ok") and "free_times" in result:
+            times = ", ".join(result["free_times"][:3]) or "nothing that day"
+            return f"I have {times}. Which would you like?"
+        alternatives = result.get("alternatives") or []
+        offer = (
+            f" I could do {alternatives[0]} or {alternatives[1]}." if len(alternatives) > 1 else ""
+        )
+        return f"I'm sorry, {result.get('error', 'that did not work')}.{offer} What time would suit you?"
+
+
+def _spoken_phone(e164: str) -> str:
+    digits = e164[-10:]
+    return f"{digits[:3]} {digits[3:6]} {digits[6:]}"

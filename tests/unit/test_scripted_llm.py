@@ -1,0 +1,81 @@
+"""The offline receptionist fills the slots and drives the same tools as the cloud model."""
+
+import json
+from datetime import datetime
+
+from sipagent.booking.rules import ClinicHours
+from sipagent.booking.store import InMemoryBookingStore
+from sipagent.providers.scripted_llm import ScriptedReceptionist, extract_slots
+from sipagent.tools.receptionist import TOOL_SCHEMAS, ReceptionistTools
+
+HOURS = ClinicHours()
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=HOURS.zone)
+
+
+async def converse(user_turns: list[str]):
+    llm = ScriptedReceptionist()
+    store = InMemoryBookingStore()
+    tools = ReceptionistTools(store, HOURS, clock=lambda: NOW)
+    messages = [{"role": "system", "content": "You are Sarah."}]
+    spoken = []
+    for turn in user_turns:
+        messages.append({"role": "user", "content": turn})
+        for _ in range(3):  # tool rounds
+            text, calls = "", ()
+            async for chunk in llm.stream(messages, TOOL_SCHEMAS):
+                text += chunk.text
+                calls = chunk.tool_calls or calls
+            spoken.append(text)
+            if not calls:
+                messages.append({"role": "assistant", "content": text})
+                break
+            messages.append({"role": "assistant", "content": text, "tool_calls": [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}} for c in calls]})  # fmt: skip
+            for c in calls:
+                outcome = await tools.execute(c, "call-1")
+                messages.append({"role": "tool", "tool_call_id": c.id, "content": outcome.content})
+    return spoken, store, messages
+
+
+async def test_full_booking_conversation_in_lower_case_speech():
+    spoken, store, _ = await converse(
+        [
+            "hi i'd like to book a cleaning",
+            "my name is maria lopez",
+            "next tuesday at three pm",
+            "five five five one two three four five six seven",
+            "no thanks bye",
+        ]
+    )
+    assert "full name" in spoken[0] and "what day" in spoken[1].lower()
+    assert "phone number" in spoken[2]
+    [appointment] = store.appointments
+    assert (appointment.patient_name, appointment.reason) == ("Maria Lopez", "cleaning")
+    assert appointment.start.isoformat() == "2026-12-01T15:00:00-05:00"
+    assert appointment.phone == "+15551234567"
+    assert any("You're all set, Maria Lopez" in s and "Tuesday December 1" in s for s in spoken)
+    assert "Goodbye" in spoken[-2] or "Goodbye" in spoken[-1]
+
+
+async def test_refused_time_is_explained_and_a_new_time_books():
+    spoken, store, _ = await converse(
+        ["I need a checkup, this is John Smith, Saturday at 10 am, 555 987 6543", "Monday at 10 am"]
+    )
+    assert any("closed on Saturdays" in s for s in spoken)
+    [appointment] = store.appointments
+    assert appointment.start.strftime("%A %H:%M") == "Monday 10:00"
+
+
+def test_slot_extraction():
+    slots = extract_slots(["it's an emergency, my tooth hurts", "this is ann lee, tomorrow noon"])
+    assert (slots.reason, slots.name, slots.time) == ("emergency", "Ann Lee", "noon")
+    assert slots.date and "tomorrow" in slots.date
+
+
+async def test_human_and_keypad_zero_transfer():
+    llm = ScriptedReceptionist()
+    for text in ("can I talk to a real person", "(keypad) 0"):
+        chunks = [c async for c in llm.stream([{"role": "user", "content": text}], TOOL_SCHEMAS)]
+        assert chunks[-1].tool_calls[0].name == "transfer_to_human"
+        assert json.loads(chunks[-1].tool_calls[0].arguments)
