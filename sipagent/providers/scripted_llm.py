@@ -180,7 +180,8 @@ class ScriptedReceptionist:
         offer = (
             f" I could do {alternatives[0]} or {alternatives[1]}." if len(alternatives) > 1 else ""
         )
-        return f"I'm sorry, {result.get('error', 'that did not work')}.{offer} What time would suit you?"
+        problem = result.get("error", "that did not work")
+        return f"I'm sorry, {problem}.{offer} What time would suit you?"
 
 
 def _spoken_phone(e164: str) -> str:

@@ -29,9 +29,15 @@ async def converse(user_turns: list[str]):
             if not calls:
                 messages.append({"role": "assistant", "content": text})
                 break
-            messages.append({"role": "assistant", "content": text, "tool_calls": [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}} for c in calls]})  # fmt: skip
+            tool_calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in calls
+            ]
+            messages.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
             for c in calls:
                 outcome = await tools.execute(c, "call-1")
                 messages.append({"role": "tool", "tool_call_id": c.id, "content": outcome.content})
