@@ -127,6 +127,8 @@ class RtpSession:
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.talkspurt_started_at: float | None = None
+        self.last_voiced_sent_at: float | None = None
         self._streams_seen = 0
         self._datagrams_in = 0
         self._packets_in = 0
@@ -294,6 +296,11 @@ class RtpSession:
         datagram = self._packetizer.packetize(wire, marker=frame.marker)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(datagram, self.send_address)
+        if frame.voiced:
+            # Wire times for latency accounting (first packet of a reply, last before silence).
+            self.last_voiced_sent_at = self._clock()
+            if frame.marker:
+                self.talkspurt_started_at = self.last_voiced_sent_at
 
     def _deliver_inbound(self, payload: bytes) -> None:
         partial = self._inbound_partial
