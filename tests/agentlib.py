@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from sipagent.config import AgentSettings
 from sipagent.sip.call import Call
 from sipagent.sip.endpoint import SipEndpoint
 
-_next_rtp_base = 21000
+_next_rtp_base = 21000 + (os.getpid() % 40) * 200  # concurrent pytest runs stay apart
 
 
 def free_sip_port() -> int:

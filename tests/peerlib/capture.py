@@ -442,7 +442,9 @@ class Capture:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        args = [which("tcpdump"), "-i", self.interface, "-n", "-s", "0", "-U",
+        # --immediate-mode: packets are written as they arrive, not when a buffer fills, so
+        # stopping tcpdump right after a call loses nothing.
+        args = [which("tcpdump"), "-i", self.interface, "-n", "-s", "0", "-U", "--immediate-mode",
                 "-w", str(self.path), self.bpf_filter]  # fmt: skip
         self._proc = await start_process(args, stdout=asyncio.subprocess.DEVNULL)
         listening = asyncio.Event()
