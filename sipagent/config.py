@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,7 +54,9 @@ def route_source_address(destination_host: str, destination_port: int = 5060) ->
 class AgentSettings(BaseSettings):
     """SIP and media settings of one agent process."""
 
-    model_config = SettingsConfigDict(env_prefix="SIPAGENT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SIPAGENT_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     server: str = Field("", description="registrar/trunk host[:port]; empty = peer-to-peer mode")
     user: str = Field("agent", description="SIP user (AOR user part and auth user)")
@@ -64,13 +66,47 @@ class AgentSettings(BaseSettings):
     bind: str = Field("0.0.0.0:5060", description="local SIP host:port to listen on")
     public_ip: str = Field("", description="address advertised in Contact/SDP")
     rtp_ports: str = Field("20000-20999", description="RTP port range, even ports used")
-    app: str = Field("echo", description="call handler: echo | player")
+    app: str = Field("echo", description="call handler: echo | player | receptionist")
     register_expires: int = Field(300, ge=30, le=86400, description="requested REGISTER expiry")
     keepalive_interval: float = Field(
         1.0, gt=0, description="seconds between registration liveness probes (OPTIONS)"
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    # -- conversation (app "receptionist") ------------------------------------------------
+    stt: str = Field("auto", description="auto | deepgram | offline")
+    llm: str = Field("auto", description="auto | openai | offline")
+    tts: str = Field("auto", description="auto | elevenlabs | offline")
+    deepgram_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("SIPAGENT_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY"),
+    )
+    deepgram_url: str = Field("", description="Deepgram API base (default: Deepgram's cloud)")
+    deepgram_model: str = "nova-3"
+    endpointing_ms: int = Field(300, ge=10, description="Deepgram endpointing window")
+    openai_api_key: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("SIPAGENT_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str = Field(
+        "",
+        validation_alias=AliasChoices("SIPAGENT_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="any OpenAI-compatible server (Ollama, llama.cpp, vLLM)",
+    )
+    openai_model: str = "gpt-4o-mini"
+    elevenlabs_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("SIPAGENT_ELEVENLABS_API_KEY", "ELEVENLABS_API_KEY"),
+    )
+    elevenlabs_base_url: str = ""
+    elevenlabs_voice: str = "21m00Tcm4TlvDq8ikWAM"
+    elevenlabs_model: str = "eleven_turbo_v2_5"
+    barge_in_sensitivity: str = Field("medium", description="low | medium | high")
+    transfer_uri: str = Field("", description="where transfer_to_human sends the caller (REFER)")
+    persona: str = "Sarah"
+    clinic: str = "Sunrise Dental"
+    clinic_timezone: str = "America/New_York"
+    idle_reprompt_seconds: float = 8.0
+    max_call_seconds: float = 900.0
     player_file: str = Field("", description="player app: raw mu-law file to play")
     record_dir: str = Field("", description="player app: where to write what the caller sent")
 

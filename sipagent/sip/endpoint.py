@@ -43,7 +43,8 @@ log = logging.getLogger("sipagent.sip")
 T1 = 0.5  # RFC 3261 timer T1 (RTT estimate)
 T2 = 4.0
 TIMER_B = 64 * T1  # give up on a transaction
-NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "NOTIFY", "REFER", "PRACK", "UPDATE"}
+NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "PRACK", "UPDATE"}
+TRANSFER_NOTIFY_WAIT = 5.0  # after 202 Accepted, how long a failure NOTIFY may take to arrive
 DTMF_SIGNALS = set("0123456789*#ABCD")
 APP_GRACE_SECONDS = 2.0  # after hang-up, the app may finish writing before it is cancelled
 
@@ -326,6 +327,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             )
         elif method == "INFO":
             self._handle_info(request)
+        elif method == "NOTIFY":
+            self._handle_notify(request)
         elif method in NOT_ALLOWED:
             self._respond(request, 405, extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
         else:
@@ -593,6 +596,51 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     and digit in "0123456789*#ABCD"
                 ):
                     call.deliver_digit(digit)
+
+    def _handle_notify(self, request: AgentSIPMessage) -> None:
+        """Progress of our REFER (RFC 3515): the body is a sipfrag status line."""
+        call = self._find_dialog_call(request)
+        if call is None:
+            self._respond(request, 481, reason="Call/Transaction Does Not Exist")
+            return
+        self._respond(request, 200)
+        status_line = request.content.decode("utf-8", "replace").strip().split("\r\n")[0]
+        parts = status_line.split()
+        if len(parts) >= 2 and parts[0] == "SIP/2.0" and parts[1].isdigit():
+            code = int(parts[1])
+            waiter = call.transfer_result
+            if code >= 200 and waiter is not None and not waiter.done():
+                waiter.set_result(code)
+
+    async def transfer(self, call: Call, target_uri: str) -> bool:
+        """Blind transfer with REFER (RFC 3515). True once the caller has been handed over
+        (then we hang up); False if the far end refused or failed, so the app can say so."""
+        if self.client is None or call.state != CallState.CONFIRMED:
+            return False
+        refer = self.client.gen_in_dialog_request(
+            call.dialog,
+            "REFER",
+            extra_headers=f"Refer-To: <{target_uri}>\r\nReferred-By: {self.client.contact}\r\n",
+        )
+        call.transfer_result = asyncio.get_running_loop().create_future()
+        try:
+            destination = parse_uri(call.dialog.next_hop_uri).destination
+            response = await self.request(refer, destination, timeout=8.0)
+        except (TransactionTimeout, UriError) as error:
+            log.warning("call %s: REFER failed: %s", call.call_id, error)
+            return False
+        if not 200 <= response.status_code < 300:
+            log.info("call %s: REFER refused with %d", call.call_id, response.status_code)
+            return False
+        try:
+            final = await asyncio.wait_for(call.transfer_result, TRANSFER_NOTIFY_WAIT)
+        except TimeoutError:
+            final = 200  # accepted and no failure reported: the caller is on their way
+        if final >= 300:
+            log.info("call %s: transfer failed (NOTIFY %d)", call.call_id, final)
+            return False
+        await self.hangup(call, f"transferred to {target_uri}")
+        return True
 
     # -- ending calls -----------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:

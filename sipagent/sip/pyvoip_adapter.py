@@ -41,7 +41,7 @@ from sipagent.sip.digest import DigestChallenge, DigestCredentials
 from sipagent.sip.uri import header_params, name_addr_uri, split_header_values
 
 USER_AGENT = f"sipagent/{__version__} (pyVoIP)"
-ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO")
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
 MAX_MESSAGE_BYTES = 16384
 _SINGLE_VALUED = ("From", "To", "Call-ID", "CSeq", "Content-Length", "Max-Forwards")
 _MULTI_VALUED = ("Via", "Record-Route", "Route", "Contact")
