@@ -62,4 +62,8 @@ def build_app(name: str, settings: AgentSettings) -> CallApp:
         return EchoApp()
     if name == "player":
         return PlayerApp.from_settings(settings)
-    raise ValueError(f"unknown app {name!r}: choose echo or player")
+    if name == "receptionist":
+        from sipagent.apps.receptionist import ReceptionistApp
+
+        return ReceptionistApp.from_settings(settings)
+    raise ValueError(f"unknown app {name!r}: choose echo, player or receptionist")

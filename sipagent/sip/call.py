@@ -49,6 +49,7 @@ class Call:
     invite: ServerInviteTransaction
     rtp_port: int
     hangup_callback: Callable[[Call, str], Awaitable[None]]
+    transfer_callback: Callable[[Call, str], Awaitable[bool]] | None = None
     state: CallState = CallState.RINGING
     session: RtpSession | None = None
     session_version: int = 1
@@ -119,6 +120,12 @@ class Call:
 
     async def hangup(self, reason: str = "app hangup") -> None:
         await self.hangup_callback(self, reason)
+
+    async def transfer(self, target_uri: str) -> bool:
+        """Blind transfer (REFER); False when it could not be done."""
+        if self.transfer_callback is None:
+            return False
+        return await self.transfer_callback(self, target_uri)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -393,6 +393,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             invite=ServerInviteTransaction(request, request.top_via_branch),
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.hangup,
+            transfer_callback=self.transfer,
         )
         self.calls[call.call_id] = call
         log.info(

@@ -1,0 +1,116 @@
+"""Choose each stage's provider from the settings: cloud when its key is set, else offline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipagent.config import AgentSettings
+from sipagent.providers.base import LanguageModel, SpeechToText, TextToSpeech
+
+log = logging.getLogger("sipagent.providers")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    stt: str
+    llm: str
+    tts: str
+
+    @property
+    def offline(self) -> bool:
+        return "offline" in (self.stt, self.llm, self.tts)
+
+
+def choose(settings: AgentSettings) -> ProviderChoice:
+    def pick(requested: str, cloud: str, key: str) -> str:
+        if requested == "auto":
+            return cloud if key else "offline"
+        if requested not in (cloud, "offline"):
+            raise ValueError(f"unknown provider {requested!r}: use auto, {cloud} or offline")
+        if requested == cloud and not key:
+            raise ValueError(f"{cloud} chosen but its API key is not set")
+        return requested
+
+    return ProviderChoice(
+        stt=pick(settings.stt, "deepgram", settings.deepgram_api_key.get_secret_value()),
+        llm=pick(settings.llm, "openai", settings.openai_api_key.get_secret_value()),
+        tts=pick(settings.tts, "elevenlabs", settings.elevenlabs_api_key.get_secret_value()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Providers:
+    """Per-call factories (STT streams are per call) and shared LLM/TTS clients."""
+
+    choice: ProviderChoice
+    new_stt: Callable[[], SpeechToText]
+    llm: LanguageModel
+    tts: TextToSpeech
+    fallback_tts: TextToSpeech | None
+
+
+def build_providers(settings: AgentSettings) -> Providers:
+    choice = choose(settings)
+    offline_tts: TextToSpeech | None = None
+
+    def espeak() -> TextToSpeech:
+        nonlocal offline_tts
+        if offline_tts is None:
+            from sipagent.providers.offline_tts import EspeakTextToSpeech
+
+            offline_tts = EspeakTextToSpeech()
+        return offline_tts
+
+    if choice.stt == "deepgram":
+        from sipagent.providers.deepgram_stt import DeepgramSpeechToText
+
+        def new_stt() -> SpeechToText:
+            return DeepgramSpeechToText(
+                settings.deepgram_api_key.get_secret_value(),
+                model=settings.deepgram_model,
+                endpointing_ms=settings.endpointing_ms,
+                base_url=settings.deepgram_url or None,
+            )
+    else:
+        from sipagent.providers.offline_stt import PocketsphinxSpeechToText
+
+        def new_stt() -> SpeechToText:
+            return PocketsphinxSpeechToText(endpointing_ms=settings.endpointing_ms)
+
+    llm: LanguageModel
+    if choice.llm == "openai":
+        from sipagent.providers.openai_llm import OpenAILanguageModel
+
+        llm = OpenAILanguageModel(
+            api_key=settings.openai_api_key.get_secret_value(),
+            model=settings.openai_model,
+            base_url=settings.openai_base_url or None,
+            # Past this we apologise and retry rather than leave the caller in silence.
+            first_token_timeout=2.0,
+        )
+    else:
+        from sipagent.providers.scripted_llm import ScriptedReceptionist
+
+        llm = ScriptedReceptionist(clinic_name=settings.clinic)
+
+    tts: TextToSpeech
+    if choice.tts == "elevenlabs":
+        from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
+
+        tts = ElevenLabsTextToSpeech(
+            voice_id=settings.elevenlabs_voice,
+            api_key=settings.elevenlabs_api_key.get_secret_value(),
+            model_id=settings.elevenlabs_model,
+            base_url=settings.elevenlabs_base_url or None,
+        )
+        fallback = espeak()
+    else:
+        tts = espeak()
+        fallback = None
+    log.info(
+        "providers: stt=%s llm=%s tts=%s%s",
+        choice.stt, choice.llm, choice.tts, " (OFFLINE MODE)" if choice.offline else "",
+    )  # fmt: skip
+    return Providers(choice, new_stt, llm, tts, fallback)
