@@ -1,0 +1,237 @@
+"""LanguageModel over the OpenAI chat-completions streaming API (or any server that speaks it).
+
+`base_url` points it at Ollama, llama.cpp's server, vLLM, LM Studio... (`OPENAI_BASE_URL` when
+not given). Text deltas are yielded the moment they arrive so speech synthesis can start on the
+first clause; tool calls are only usable whole, so they are reassembled from their deltas and
+handed over once, with the finish reason, in the last chunk.
+
+Timeouts are enforced here rather than left to the HTTP client: a caller on the phone needs a
+bounded wait for the *first token* (the model may legitimately think for a while before it, but
+not forever) and then a much shorter bound *between* chunks (a stream that goes quiet mid-reply
+is dead). httpx-style read timeouts can express neither: they restart on every byte, including
+keep-alive comments, and apply the same bound to both phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from sipagent.providers.base import LlmChunk, ProviderError, ToolCall
+
+DEFAULT_MODEL = "gpt-4o-mini"
+# Local OpenAI-compatible servers ignore the key, but the SDK refuses to start without one.
+_PLACEHOLDER_KEY = "sk-no-key-required"
+
+
+@dataclass(slots=True)
+class _PartialToolCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class OpenAILanguageModel:
+    """`LanguageModel` using `openai.AsyncOpenAI` with `stream=True`.
+
+    One client (and so one HTTP connection pool) per instance: keep the instance for the life of
+    the process and call `aclose()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        model: str = DEFAULT_MODEL,
+        base_url: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        first_token_timeout: float = 10.0,
+        idle_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get("OPENAI_API_KEY") or ""
+        if not key:
+            if base_url is None:
+                raise ProviderError("OpenAI: no API key (pass api_key or set OPENAI_API_KEY)")
+            key = _PLACEHOLDER_KEY
+        self._api_key = key
+        self.model = model
+        self.base_url = base_url
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.extra_body = dict(extra_body or {})
+        self._client = AsyncOpenAI(
+            api_key=key,
+            base_url=base_url,
+            # Retrying would multiply the caller's silence; the conversation layer decides
+            # what to say instead, so a failure must surface at once.
+            max_retries=0,
+            # Only a backstop: the real bounds are first_token_timeout / idle_timeout below.
+            timeout=max(first_token_timeout, idle_timeout, connect_timeout) + 5.0,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _redact(self, text: str) -> str:
+        # Some OpenAI-compatible servers echo the Authorization header or key back in errors.
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _request_kwargs(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        if tools:
+            # An empty `tools` array is a 400 on api.openai.com: omit it instead.
+            kwargs["tools"] = tools
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            # `max_tokens`, not `max_completion_tokens`: it is what the compatible servers
+            # (Ollama, llama.cpp, vLLM) and the gpt-4o family all understand.
+            kwargs["max_tokens"] = self.max_tokens
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return kwargs
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        """Yield text chunks as they arrive, then one chunk with the tool calls and finish reason.
+
+        Raises ProviderError on HTTP/API errors and on timeouts. Closing the generator (or
+        cancelling the task consuming it) closes the HTTP stream, so the server stops generating.
+        """
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + self.first_token_timeout
+        sdk_stream: openai.AsyncStream[Any] | None = None
+        calls: dict[int, _PartialToolCall] = {}
+        finish_reason: str | None = None
+        seen_token = False
+        try:
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    sdk_stream = await self._client.chat.completions.create(
+                        **self._request_kwargs(messages, tools)
+                    )
+                while True:
+                    # Before the first real token only the first-token deadline applies (a
+                    # bare role chunk says nothing about progress); after it, the idle bound.
+                    deadline = loop.time() + self.idle_timeout if seen_token else first_deadline
+                    async with asyncio.timeout_at(deadline):
+                        try:
+                            chunk = await anext(sdk_stream)
+                        except StopAsyncIteration:
+                            break
+                    for choice in chunk.choices:
+                        # `n` is never set, so only choice 0 exists; servers that send extra
+                        # chunks (usage, Azure's content-filter preamble) send no choices.
+                        if choice.index != 0:
+                            continue
+                        delta = choice.delta
+                        if delta is not None:
+                            # A refusal is still something to say to the caller.
+                            text = delta.content or getattr(delta, "refusal", None) or ""
+                            if delta.tool_calls:
+                                seen_token = True
+                                _merge_tool_deltas(calls, delta.tool_calls)
+                            if text:
+                                seen_token = True
+                                yield LlmChunk(text=text)
+                        if choice.finish_reason is not None:
+                            seen_token = True
+                            finish_reason = choice.finish_reason
+            except TimeoutError:
+                phase = "between chunks" if seen_token else "before the first token"
+                limit = self.idle_timeout if seen_token else self.first_token_timeout
+                raise ProviderError(
+                    f"OpenAI ({self.model}): timed out {phase} (no data for {limit:g} s)"
+                ) from None
+            except openai.APIStatusError as exc:
+                # `from None`: the SDK exception carries the response body, which some servers
+                # fill with (a masked form of) the key; our message says what matters.
+                raise ProviderError(self._describe_status(exc)) from None
+            except openai.APIConnectionError as exc:
+                # Timeouts from the HTTP layer are APITimeoutError, a subclass of this.
+                kind = (
+                    "timed out" if isinstance(exc, openai.APITimeoutError) else "connection failed"
+                )
+                cause = exc.__cause__
+                detail = f": {type(cause).__name__}: {cause}" if cause else ""
+                raise ProviderError(self._redact(f"OpenAI ({self.model}): {kind}{detail}")) from exc
+            except openai.OpenAIError as exc:
+                # E.g. an APIError for an `{"error": ...}` event sent in the middle of a stream.
+                raise ProviderError(
+                    self._redact(f"OpenAI ({self.model}): {type(exc).__name__}: {exc}")
+                ) from None
+        finally:
+            if sdk_stream is not None:
+                # On aclose()/cancel this drops the connection (an unfinished HTTP/1.1 body
+                # cannot be reused), which is how the server learns to stop generating.
+                await sdk_stream.close()
+
+        yield LlmChunk(
+            tool_calls=tuple(_finish_tool_call(i, calls[i]) for i in sorted(calls)),
+            finish_reason=finish_reason,
+        )
+
+    def _describe_status(self, exc: openai.APIStatusError) -> str:
+        status = exc.status_code
+        if status in (401, 403):
+            # Never quote the server's text here: OpenAI's own 401 repeats part of the key.
+            return (
+                f"OpenAI ({self.model}): HTTP {status}: authentication failed (check the API key)"
+            )
+        parts = [f"OpenAI ({self.model}): HTTP {status}"]
+        if status == 429:
+            parts.append("rate limited")
+        if exc.code:
+            parts.append(str(exc.code))
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(message, str) and message:
+            parts.append(message[:300])
+        return self._redact(": ".join(parts))
+
+
+def _merge_tool_deltas(calls: dict[int, _PartialToolCall], deltas: list[Any]) -> None:
+    """Fold one chunk's tool-call deltas into the calls assembled so far, keyed by `index`.
+
+    Parallel calls can be interleaved and several can share one chunk, so only `index` says
+    which call a fragment belongs to. The id and name arrive whole in a call's first delta;
+    some servers repeat them later, so the first non-empty value wins rather than being
+    concatenated. Arguments are raw JSON text cut anywhere and are concatenated as is.
+    """
+    for tc in deltas:
+        index = tc.index
+        if index is None:  # off-spec servers: a new id starts a new call, else continue the last
+            index = len(calls) if (tc.id or not calls) else max(calls)
+        slot = calls.setdefault(index, _PartialToolCall())
+        if tc.id and not slot.id:
+            slot.id = tc.id
+        function = tc.function
+        if function is not None:
+            if function.name and not slot.name:
+                slot.name = function.name
+            if function.arguments:
+                slot.arguments.append(function.arguments)
+
+
+def _finish_tool_call(index: int, call: _PartialToolCall) -> ToolCall:
+    # Some local servers omit ids; the conversation still needs one to match tool results.
+    return ToolCall(
+        id=call.id or f"call_{index}",
+        name=call.name,
+        arguments="".join(call.arguments) or "{}",
+    )

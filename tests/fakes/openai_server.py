@@ -1,0 +1,416 @@
+"""A scripted OpenAI chat-completions server on 127.0.0.1, speaking the real streaming wire format.
+
+The provider under test talks to it through the real `openai` SDK, so everything the SDK parses
+(SSE framing, `chat.completion.chunk` objects, tool-call deltas, error bodies, status codes) has
+to look like what api.openai.com sends. Replies are scripted per request; knobs add latency,
+failures and stalls; every request is recorded, including whether the client hung up before
+the reply was finished (that is how tests prove that cancelling closes the HTTP stream).
+
+    async with FakeOpenAIServer([Reply(text="Hello there.")]) as server:
+        llm = OpenAILanguageModel(api_key=server.api_key, base_url=server.base_url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# Argument fragments are cut to these lengths in turn: small and irregular, so cuts land
+# mid-key, mid-string and between a backslash and what it escapes, as real streams do.
+_FRAGMENT_SIZES = (1, 4, 2, 7, 3, 5)
+_POLL = 0.01  # how often a waiting handler looks at its socket for a hang-up
+
+
+@dataclass(frozen=True, slots=True)
+class FakeToolCall:
+    name: str
+    arguments: str  # the exact JSON text the "model" produces; streamed in awkward pieces
+    id: str = ""  # "" -> call_<n> assigned by the server
+
+    @classmethod
+    def of(cls, name: str, args: dict[str, Any], id: str = "") -> FakeToolCall:
+        return cls(name=name, arguments=json.dumps(args, ensure_ascii=False), id=id)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the "model" says for one request: text first (if any), then tool calls (if any)."""
+
+    text: str = ""
+    tool_calls: tuple[FakeToolCall, ...] = ()
+    finish_reason: str | None = None  # None -> "tool_calls" when there are calls, else "stop"
+
+
+ReplyLike = Reply | str
+Script = Sequence[ReplyLike] | Callable[[dict[str, Any]], ReplyLike]
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any  # the decoded JSON body (None when it was not JSON)
+    status: int = 0
+    chunks_sent: int = 0  # SSE `data:` chunk events written (not counting [DONE])
+    chunks_planned: int = 0
+    completed: bool = False  # the whole reply, [DONE] included, was written
+    disconnected: bool = False  # the client hung up before the reply was complete
+    received_at: float = 0.0  # loop.time() when the request arrived
+    first_chunk_at: float | None = None  # loop.time() when the first chunk was written
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # handler is done
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", [])) if isinstance(self.body, dict) else []
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return list(self.body.get("tools", [])) if isinstance(self.body, dict) else []
+
+
+def _mask(key: str) -> str:
+    # How api.openai.com quotes a wrong key back in its 401 message.
+    return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 7 else "***"
+
+
+def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _words(text: str) -> list[str]:
+    # Word-sized content deltas that keep their trailing whitespace, like tokenizer output.
+    return re.findall(r"\s*\S+\s*|\s+", text) or ([text] if text else [])
+
+
+def _fragments(text: str) -> list[str]:
+    sizes = itertools.cycle(_FRAGMENT_SIZES)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        n = next(sizes)
+        out.append(text[i : i + n])
+        i += n
+    return out
+
+
+def plan_deltas(
+    reply: Reply, call_ids: Sequence[str], style: str = "interleaved"
+) -> list[tuple[dict[str, Any], str | None]]:
+    """The (delta, finish_reason) of every chunk of `reply`, in the order they are sent.
+
+    Tool calls follow OpenAI's scheme: the first delta of a call carries index, id, type and
+    the function name (arguments "" or a first fragment); later deltas carry only index and an
+    arguments fragment. "interleaved" mixes parallel calls by index (sometimes two calls in one
+    delta), which a client that assumes one call at a time gets wrong; "sequential" sends them
+    one after the other, as api.openai.com usually does.
+    """
+    deltas: list[tuple[dict[str, Any], str | None]] = []
+    role: dict[str, Any] = {"role": "assistant"}
+    if reply.text:
+        deltas.append(({**role, "content": "", "refusal": None}, None))
+        deltas.extend(({"content": w}, None) for w in _words(reply.text))
+        role = {}
+
+    # One queue of tool-call pieces per call: header first, then argument fragments.
+    queues: list[list[dict[str, Any]]] = []
+    for i, (call, call_id) in enumerate(zip(reply.tool_calls, call_ids, strict=True)):
+        frags = _fragments(call.arguments)
+        # Odd calls carry their first fragment in the header ("partial arguments").
+        first = frags.pop(0) if (i % 2 == 1 and frags) else ""
+        header = {
+            "index": i,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": first},
+        }
+        queues.append([header, *({"index": i, "function": {"arguments": f}} for f in frags)])
+
+    def with_role(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        nonlocal role
+        delta = {**role, "content": None, "tool_calls": pieces} if role else {"tool_calls": pieces}
+        role = {}
+        return delta
+
+    if style == "sequential":
+        for queue in queues:
+            deltas.extend((with_role([piece]), None) for piece in queue)
+    else:
+        for round_no in itertools.count():
+            live = [q for q in queues if q]
+            if not live:
+                break
+            if round_no % 3 == 2 and len(live) > 1:
+                # Several calls' fragments in one delta: legal, and rarely tested.
+                deltas.append((with_role([q.pop(0) for q in live]), None))
+            else:
+                deltas.extend((with_role([q.pop(0)]), None) for q in live)
+
+    finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+    if role:  # empty reply: the role still comes first
+        deltas.append(({**role, "content": ""}, None))
+    deltas.append(({}, finish))
+    return deltas
+
+
+class FakeOpenAIServer:
+    """`POST /v1/chat/completions` with `stream: true`, scripted.
+
+    Knobs (attributes, changeable between requests):
+      first_token_latency  seconds between the response headers and the first chunk
+      inter_token_delay    seconds between chunks
+      stall_after_tokens   after this many chunks stop sending, keep the connection open
+      drop_after_tokens    after this many chunks close the connection abruptly
+      tool_call_style      "interleaved" (default) or "sequential" parallel tool calls
+      fail_next(status, n) answer the next n requests with an error status (500, 429, ...)
+    """
+
+    def __init__(
+        self,
+        replies: Script = (),
+        *,
+        api_key: str = "sk-test-fake-0123456789",
+        first_token_latency: float = 0.0,
+        inter_token_delay: float = 0.0,
+        stall_after_tokens: int | None = None,
+        drop_after_tokens: int | None = None,
+        tool_call_style: str = "interleaved",
+    ) -> None:
+        self.api_key = api_key
+        self.first_token_latency = first_token_latency
+        self.inter_token_delay = inter_token_delay
+        self.stall_after_tokens = stall_after_tokens
+        self.drop_after_tokens = drop_after_tokens
+        self.tool_call_style = tool_call_style
+        self.requests: list[RecordedRequest] = []
+        self._script = replies if callable(replies) else list(replies)
+        self._failures: list[int] = []
+        self._call_counter = itertools.count(1)
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        # Short shutdown grace: a stalled handler must not hold the test up for a minute.
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeOpenAIServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        self._failures.extend([status] * count)
+
+    async def wait_finished(self, index: int = -1, timeout: float = 5.0) -> RecordedRequest:
+        """The recorded request once its handler is done (it has seen the end or a hang-up)."""
+        rec = self.requests[index]
+        await asyncio.wait_for(rec.finished.wait(), timeout)
+        return rec
+
+    # -- request handling ------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            body = None
+        rec = RecordedRequest(
+            path=request.path_qs,
+            headers=dict(request.headers),
+            body=body,
+            received_at=asyncio.get_running_loop().time(),
+        )
+        self.requests.append(rec)
+        try:
+            return await self._respond(request, rec)
+        finally:
+            rec.finished.set()
+
+    def _error(self, rec: RecordedRequest, status: int, body: dict[str, Any]) -> web.Response:
+        rec.status = status
+        headers = {"x-request-id": f"req_fake_{len(self.requests)}"}
+        if status == 429:
+            headers["retry-after"] = "1"
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _respond(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if auth != f"Bearer {self.api_key}":
+            given = auth.removeprefix("Bearer ")
+            msg = f"Incorrect API key provided: {_mask(given)}. Check your key."
+            return self._error(
+                rec, 401, _error_body(msg, "invalid_request_error", "invalid_api_key")
+            )
+        if self._failures:
+            status = self._failures.pop(0)
+            if status == 429:
+                body = _error_body(
+                    "Rate limit reached for requests", "requests", "rate_limit_exceeded"
+                )
+            else:
+                body = _error_body(
+                    "The server had an error while processing your request.", "server_error", None
+                )
+            return self._error(rec, status, body)
+        body = rec.body
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(
+                rec, 400, _error_body("'messages' is required", "invalid_request_error", None)
+            )
+        if not body.get("model"):
+            return self._error(
+                rec, 400, _error_body("'model' is required", "invalid_request_error", None)
+            )
+        if body.get("stream") is not True:
+            return self._error(
+                rec, 400, _error_body("this fake only streams", "invalid_request_error", None)
+            )
+        if "tools" in body and not body["tools"]:
+            # api.openai.com rejects an empty tools array; clients must leave it out.
+            return self._error(
+                rec, 400, _error_body("[] is too short - 'tools'", "invalid_request_error", None)
+            )
+
+        reply = self._next_reply(body)
+        if reply is None:
+            return self._error(rec, 500, _error_body("fake script exhausted", "server_error", None))
+        call_ids = [c.id or f"call_{next(self._call_counter):04d}" for c in reply.tool_calls]
+        deltas = plan_deltas(reply, call_ids, self.tool_call_style)
+        rec.chunks_planned = len(deltas)
+
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            },
+        )
+        resp.enable_chunked_encoding()
+        rec.status = 200
+        await resp.prepare(request)
+        try:
+            await self._stream(request, resp, rec, body, deltas)
+        except ConnectionError:  # aiohttp raises a ConnectionResetError subclass on a hang-up
+            rec.disconnected = True
+        return resp
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply | None:
+        if callable(self._script):
+            got = self._script(body)
+        elif self._script:
+            got = self._script.pop(0)
+        else:
+            return None
+        return Reply(text=got) if isinstance(got, str) else got
+
+    async def _stream(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        rec: RecordedRequest,
+        body: dict[str, Any],
+        deltas: list[tuple[dict[str, Any], str | None]],
+    ) -> None:
+        chunk_id = f"chatcmpl-fake{len(self.requests):06d}"
+        created = int(time.time())
+        model = str(body["model"])
+
+        def frame(payload: dict[str, Any] | str) -> bytes:
+            data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+            return f"data: {data}\n\n".encode()
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+
+        if not await self._pause(request, rec, self.first_token_latency):
+            return
+        for n, (delta, finish) in enumerate(deltas):
+            if n and not await self._pause(request, rec, self.inter_token_delay):
+                return
+            if self.stall_after_tokens is not None and n >= self.stall_after_tokens:
+                await self._pause(request, rec, None)
+                return
+            if self.drop_after_tokens is not None and n >= self.drop_after_tokens:
+                if request.transport is not None:
+                    request.transport.close()
+                return
+            await resp.write(frame(chunk(delta, finish)))
+            if rec.first_chunk_at is None:
+                rec.first_chunk_at = asyncio.get_running_loop().time()
+            rec.chunks_sent += 1
+        options = body.get("stream_options") or {}
+        if options.get("include_usage"):
+            usage = {
+                "prompt_tokens": 10,
+                "completion_tokens": len(deltas),
+                "total_tokens": 10 + len(deltas),
+            }
+            await resp.write(frame({**chunk({}, None), "choices": [], "usage": usage}))
+        await resp.write(frame("[DONE]"))
+        await resp.write_eof()
+        rec.completed = True
+
+    async def _pause(
+        self, request: web.Request, rec: RecordedRequest, seconds: float | None
+    ) -> bool:
+        """Wait `seconds` (None: until hang-up or server stop); False if the client hung up.
+
+        aiohttp does not cancel a handler when its client goes away, so the socket is polled:
+        this is what makes a hang-up during a delay or a stall visible in the record.
+        """
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                rec.disconnected = True
+                return False
+            if self._closing.is_set():
+                return False
+            now = asyncio.get_running_loop().time()
+            if deadline is not None and now >= deadline:
+                return True
+            await asyncio.sleep(_POLL if deadline is None else min(_POLL, deadline - now))
+
+
+def iter_chunk_text(deltas: Sequence[tuple[dict[str, Any], str | None]]) -> Iterator[str]:
+    """The content pieces a plan sends (for tests that check streaming order)."""
+    for delta, _ in deltas:
+        if delta.get("content"):
+            yield delta["content"]
