@@ -192,8 +192,11 @@ class ConversationSession:
                 self._last_caller_voice = now
                 self._last_activity = now
                 self._reprompts = 0
-            self.stt.send_audio(frame)
-            self._apply_barge_in(self.barge_in.on_frame(voiced, now))
+            try:
+                self.stt.send_audio(frame)
+                self._apply_barge_in(self.barge_in.on_frame(voiced, now))
+            except Exception:  # one bad frame must not stop the caller being heard
+                log.exception("[%s] caller audio handling failed", self.call.call_id)
         self._end()  # the call ended
 
     def _apply_barge_in(self, event: BargeInEvent) -> None:
@@ -323,6 +326,7 @@ class ConversationSession:
         previous_reply = self._reply
         timings = timings or TurnTimings()
         if user_text is not None:
+            log.info("[%s] caller: %s", self.call.call_id, user_text)
             self.messages.append({"role": "user", "content": user_text})
             self.turns.append(Turn("user", user_text, timings=timings))
         self._reply_task = asyncio.get_running_loop().create_task(
@@ -509,6 +513,10 @@ class ConversationSession:
         if interrupted:
             self._replace_reply_history(reply, heard)
         if reply.text.strip() or heard:
+            log.info(
+                "[%s] agent%s: %s", self.call.call_id, " (interrupted)" if interrupted else "",
+                heard if interrupted else reply.text.strip(),
+            )  # fmt: skip
             self.turns.append(
                 Turn("assistant", reply.text.strip(), heard, interrupted, reply.timings)
             )

@@ -40,6 +40,12 @@ def choose(settings: AgentSettings) -> ProviderChoice:
     )
 
 
+def _deepgram_endpoint(url: str) -> dict[str, str]:
+    if not url:
+        return {}
+    return {"ws_url": url} if url.startswith(("ws://", "wss://")) else {"base_url": url}
+
+
 @dataclass(frozen=True, slots=True)
 class Providers:
     """Per-call factories (STT streams are per call) and shared LLM/TTS clients."""
@@ -71,7 +77,7 @@ def build_providers(settings: AgentSettings) -> Providers:
                 settings.deepgram_api_key.get_secret_value(),
                 model=settings.deepgram_model,
                 endpointing_ms=settings.endpointing_ms,
-                base_url=settings.deepgram_url or None,
+                **_deepgram_endpoint(settings.deepgram_url),
             )
     else:
         from sipagent.providers.offline_stt import PocketsphinxSpeechToText

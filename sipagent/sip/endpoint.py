@@ -392,7 +392,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             media=media,
             invite=ServerInviteTransaction(request, request.top_via_branch),
             rtp_port=rtp_socket.getsockname()[1],
-            hangup_callback=self.hangup,
+            hangup_callback=self.app_hangup,
             transfer_callback=self.transfer,
         )
         self.calls[call.call_id] = call
@@ -524,7 +524,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             # Let the last queued audio play out before the BYE.
             while call.queued_ms > 0 and call.state != CallState.ENDED:
                 await asyncio.sleep(0.02)
-            await self.hangup(call, "app finished")
+            await self.app_hangup(call, "app finished")
 
     def _handle_bye(self, request: AgentSIPMessage) -> None:
         call = self._find_dialog_call(request)
@@ -644,15 +644,33 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return True
 
     # -- ending calls -----------------------------------------------------------------------
-    async def hangup(self, call: Call, reason: str) -> None:
-        """Our side ends the call: BYE through the dialog's route set (D1, D6)."""
+    async def hangup(self, call: Call, reason: str, *, wait_for_app: bool = True) -> None:
+        """Our side ends the call: BYE through the dialog's route set (D1, D6).
+
+        Runs in its own task: whoever asked (often the app itself, whose task is about to be
+        cancelled) cannot cut the BYE transaction or the media clean-up short.
+        """
         if call.state == CallState.ENDED or self.client is None:
+            return
+        await asyncio.shield(self._spawn(self._hangup(call, reason, wait_for_app)))
+
+    async def app_hangup(self, call: Call, reason: str) -> None:
+        """An app hanging up its own call: do not wait for that app to finish first."""
+        await self.hangup(call, reason, wait_for_app=False)
+
+    async def _hangup(self, call: Call, reason: str, wait_for_app: bool) -> None:
+        assert self.client is not None
+        if call.state == CallState.ENDED:
             return
         if call.state == CallState.RINGING:
             await self._end_call(call, reason)
             return
         bye = self.client.gen_bye(call.dialog)
-        await self._end_call(call, reason)
+        bye_task = self._spawn(self._send_bye(call, bye))
+        await self._end_call(call, reason, wait_for_app=wait_for_app)
+        await bye_task
+
+    async def _send_bye(self, call: Call, bye: OutgoingRequest) -> None:
         try:
             destination = parse_uri(call.dialog.next_hop_uri).destination
             response = await self.request(bye, destination, timeout=8.0)
@@ -661,7 +679,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         except (TransactionTimeout, UriError) as error:
             log.warning("call %s: BYE not answered: %s", call.call_id, error)
 
-    async def _end_call(self, call: Call, reason: str) -> None:
+    async def _end_call(self, call: Call, reason: str, *, wait_for_app: bool = True) -> None:
         if call.state == CallState.ENDED:
             return
         log.info("call %s ended: %s", call.call_id, reason)
@@ -671,7 +689,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.ended_calls.append(call)
         del self.ended_calls[:-100]
         app_task = call.app_task
-        if app_task is not None and not app_task.done() and app_task is not asyncio.current_task():
+        if wait_for_app and app_task is not None and not app_task.done():
             _, pending = await asyncio.wait({app_task}, timeout=APP_GRACE_SECONDS)
             for task in pending:
                 task.cancel()

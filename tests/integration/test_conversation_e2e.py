@@ -1,0 +1,227 @@
+"""The receptionist end to end over SIP: a SIPp caller speaks, the agent (real provider SDKs
+against wire-protocol fakes) answers, books, reads back, is interrupted, recovers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from agentlib import running_agent, wait_until
+from fakes.deepgram_server import FakeDeepgramServer
+from fakes.elevenlabs_server import FakeElevenLabsServer, expected_audio
+from fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
+from peerlib.capture import rtp_packets
+
+from sipagent.conversation.chunker import SentenceChunker
+from sipagent.sip.call import CallState
+
+pytestmark = [pytest.mark.peers]
+
+SILENCE = b"\xff"
+
+
+def caller_audio(audio, tmp_path: Path, script: list[tuple[float, str]], tail: float) -> Path:
+    """Raw mu-law: for each (silence before, text) the silence then espeak's speech."""
+    data = bytearray()
+    for gap, text in script:
+        data += SILENCE * int(gap * 8000)
+        data += audio.speech_ulaw(text).read_bytes()
+    data += SILENCE * int(tail * 8000)
+    data += SILENCE * (-len(data) % 160)
+    path = tmp_path / "caller.ulaw"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def agent_settings(deepgram, openai, elevenlabs) -> dict:
+    return {
+        "app": "receptionist",
+        "deepgram_api_key": deepgram.api_key,
+        "deepgram_url": deepgram.url,
+        "openai_api_key": openai.api_key,
+        "openai_base_url": openai.base_url,
+        "elevenlabs_api_key": elevenlabs.api_key,
+        "elevenlabs_base_url": elevenlabs.base_url,
+        "idle_reprompt_seconds": 30.0,
+    }
+
+
+def receptionist_replies(request: dict) -> Reply:
+    """What a good model would answer, decided from the conversation so far."""
+    last = request["messages"][-1]
+    if last["role"] == "tool":
+        result = json.loads(last["content"])
+        if result.get("appointment_id"):
+            return Reply(f"You're booked for a {result['reason']} on {result['when']}. "
+                         "Anything else?")  # fmt: skip
+        return Reply("")
+    text = last["content"].lower()
+    if "bye" in text:
+        return Reply("Thanks for calling, goodbye!", (FakeToolCall.of("end_call", {}, "call_e"),))
+    if "keypad" in text:
+        return Reply("Thanks, I have your number.")
+    if "book" in text:
+        return Reply("", (FakeToolCall.of("book_appointment", {
+            "patient_name": "Maria Lopez", "phone": "555 123 4567",
+            "preferred_date": "next Tuesday", "preferred_time": "3 pm", "reason": "cleaning",
+        }, "call_b"),))  # fmt: skip
+    return Reply("Of course. How can I help you with that?")
+
+
+def spoken_audio(text: str) -> list[bytes]:
+    """What the fake TTS returns for `text`, sentence chunk by chunk, as the agent asks it."""
+    chunker = SentenceChunker()
+    return [expected_audio(chunk) for chunk in chunker.feed(text) + chunker.flush()]
+
+
+def heard_all(text: str, heard: bytes) -> bool:
+    return all(audio in heard for audio in spoken_audio(text))
+
+
+def agent_stream(capture, media_port: int) -> bytes:
+    """The agent's voiced audio as the caller received it, silence removed (the fake TTS
+    never produces 0xFF, so pauses and padding drop out and sentences read contiguously)."""
+    packets = [p for p in rtp_packets(capture.datagrams(), dst_port=media_port) if p.pt == 0]
+    return b"".join(p.payload for p in packets).replace(SILENCE, b"")
+
+
+async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio, tmp_path):
+    caller = caller_audio(
+        audio, tmp_path,
+        [(5.0, "I would like to book a cleaning for next Tuesday at three pm, my name is Maria "
+               "Lopez and my number is five five five one two three four five six seven."),
+         (9.0, "No, that's all. Bye.")],
+        tail=6.0,
+    )  # fmt: skip
+    transcripts = [
+        "I would like to book a cleaning for next Tuesday at 3 pm, my name is Maria Lopez "
+        "and my number is 555 123 4567.",
+        "No, that's all. Bye.",
+    ]
+    async with (
+        FakeDeepgramServer(transcripts) as deepgram,
+        FakeOpenAIServer(receptionist_replies) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(**agent_settings(deepgram, openai, elevenlabs)) as agent,
+    ):
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 40000}, timeout=50)  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+            await wait_until(lambda: bool(agent.ended_calls), 45, "the agent to hang up")
+            result = (await runner.wait()).check()
+        call = agent.ended_calls[0]
+        app = agent.app
+        session = app.sessions[call.call_id]
+    assert call.end_reason == "agent ended the call"
+    assert "BYE" in result.received_requests()
+    [appointment] = app.store.appointments
+    assert (appointment.patient_name, appointment.reason) == ("Maria Lopez", "cleaning")
+    assert appointment.phone == "+15551234567" and appointment.call_id == call.call_id
+    assert appointment.start.strftime("%A %H:%M") == "Tuesday 15:00"
+    # The tool result went back to the model, which read the booking back.
+    second = openai.requests[1]
+    assert second.messages[-1]["role"] == "tool" and '"ok": true' in second.messages[-1]["content"]
+    readback = next(t for t in session.turns if t.role == "assistant" and "booked" in t.text)
+    heard = agent_stream(cap, runner.media_port)
+    greeting = app.conversation.greeting
+    for text in (greeting, readback.text, "Thanks for calling, goodbye!"):
+        assert heard_all(text, heard), f"caller did not hear {text!r}"
+    # Per-turn timings were recorded from the wire.
+    user_turn = session.turns[1]
+    assert user_turn.role == "user" and user_turn.timings.caller_speech_end is not None
+    assert user_turn.timings.stt_final > user_turn.timings.caller_speech_end
+    for name in ("llm_first_token", "tts_first_byte", "first_reply_packet"):
+        assert getattr(readback.timings, name) is not None, name
+
+
+async def test_barge_in_silences_the_agent_and_keeps_only_what_was_heard(
+    sipp, capture, audio, tmp_path
+):
+    # The caller talks over the greeting (which lasts ~4 s) after 1.5 s.
+    caller = caller_audio(
+        audio, tmp_path, [(1.5, "Sorry, actually I have a toothache, it is an emergency.")],
+        tail=6.0,
+    )  # fmt: skip
+    async with (
+        FakeDeepgramServer(["Sorry, actually I have a toothache, it is an emergency."]) as dg,
+        FakeOpenAIServer(
+            lambda request: Reply("I'm sorry to hear that. Let's get you in today.")
+        ) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(**agent_settings(dg, openai, elevenlabs)) as agent,
+    ):
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 9000})  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+            await wait_until(lambda: bool(agent.ended_calls), 15, "the caller to hang up")
+            (await runner.wait()).check()
+        call = agent.ended_calls[0]
+        session = agent.app.sessions[call.call_id]
+    greeting_turn = session.turns[0]
+    assert greeting_turn.interrupted
+    greeting = agent.app.conversation.greeting
+    assert greeting.startswith(greeting_turn.heard_text) and greeting_turn.heard_text != greeting
+    assert any(
+        m["role"] == "assistant" and "[interrupted by the caller]" in (m["content"] or "")
+        for m in openai.requests[0].messages
+    )
+    timings = greeting_turn.timings
+    # Two steps: the line goes quiet on the caller's voice (pause), then words confirm it.
+    assert timings.barge_in_onset < timings.last_voiced_packet <= timings.barge_in_decision + 0.05
+    heard = agent_stream(cap, runner.media_port)
+    assert not heard_all(greeting, heard)  # the greeting was cut off on the wire
+    assert heard_all("I'm sorry to hear that. Let's get you in today.", heard)  # the reply
+
+
+async def test_llm_failure_is_spoken_around_and_tts_falls_back(sipp, capture, audio, tmp_path):
+    caller = caller_audio(audio, tmp_path, [(5.0, "I want to book a checkup.")], tail=8.0)
+    async with (
+        FakeDeepgramServer(["I want to book a checkup."]) as deepgram,
+        FakeOpenAIServer(lambda request: Reply("Sure, what day works for you?")) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(**agent_settings(deepgram, openai, elevenlabs)) as agent,
+    ):
+        openai.fail_next(500, 1)
+        elevenlabs.fail_next(500, 1)  # the greeting's TTS fails: the offline voice says it
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 12000}, timeout=20)  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+            await wait_until(lambda: bool(agent.ended_calls), 20, "the caller to hang up")
+            (await runner.wait()).check()
+        session = agent.app.sessions[agent.ended_calls[0].call_id]
+    heard = agent_stream(cap, runner.media_port)
+    first, *rest = spoken_audio(agent.app.conversation.greeting)
+    assert first not in heard and all(audio in heard for audio in rest)
+    assert any("tts" in error for error in session.provider_errors)
+    assert len(heard) > 8000  # its first sentence was spoken by the offline voice instead
+    assert any("llm" in error for error in session.provider_errors)
+    assert heard_all("Sorry, just one moment.", heard)
+    assert heard_all("Sure, what day works for you?", heard)
+    assert len(openai.requests) == 2  # one failure, one retry
+
+
+async def test_keypad_digits_reach_the_model(sipp, tmp_path):
+    from peerlib.capture import write_dtmf_pcap
+
+    async with (
+        FakeDeepgramServer([]) as deepgram,
+        FakeOpenAIServer(receptionist_replies) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(**agent_settings(deepgram, openai, elevenlabs)) as agent,
+    ):
+        host, port = agent.local_address
+        pcap = write_dtmf_pcap(tmp_path / "dtmf.pcap", "5551234567#", pt=101)
+        runner = sipp("uac_dtmf.xml", remote=f"{host}:{port}", service="agent",
+                      params={"DTMF_PCAP": pcap, "HOLD_MS": 9000, "PRE_MS": 4500})  # fmt: skip
+        await runner.start(wait_bound=False)
+        await wait_until(lambda: len(openai.requests) >= 1, 15, "the keypad turn")
+        (await runner.wait()).check()
+    assert openai.requests[0].messages[-1] == {"role": "user", "content": "(keypad) 5551234567"}
+    assert agent.ended_calls[0].state == CallState.ENDED
