@@ -44,13 +44,25 @@ def serve(
     bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
     public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
     rtp_ports: Annotated[str | None, _option("RTP port range, e.g. 20000-20999")] = None,
-    app_name: Annotated[str | None, typer.Option("--app", help="echo | player")] = None,
+    app_name: Annotated[
+        str | None, typer.Option("--app", help="echo | player | receptionist")
+    ] = None,
     register_expires: Annotated[int | None, _option("requested registration lifetime, s")] = None,
     keepalive_interval: Annotated[float | None, _option("registration probe interval, s")] = None,
     ring_seconds: Annotated[float | None, _option("ring this long before answering")] = None,
     max_calls: Annotated[int | None, _option("concurrent calls before 486 Busy")] = None,
     player_file: Annotated[str | None, _option("player app: raw mu-law file to play")] = None,
     record_dir: Annotated[str | None, _option("player app: recordings dir")] = None,
+    stt: Annotated[str | None, _option("receptionist STT: auto | deepgram | offline")] = None,
+    llm: Annotated[str | None, _option("receptionist LLM: auto | openai | offline")] = None,
+    tts: Annotated[str | None, _option("receptionist TTS: auto | elevenlabs | offline")] = None,
+    openai_model: Annotated[
+        str | None, _option("chat model (any OpenAI-compatible server)")
+    ] = None,
+    transfer_uri: Annotated[str | None, _option("SIP URI transfer_to_human REFERs to")] = None,
+    barge_in_sensitivity: Annotated[str | None, _option("low | medium | high")] = None,
+    persona: Annotated[str | None, _option("receptionist's name")] = None,
+    clinic: Annotated[str | None, _option("clinic name")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run the agent: register when a server is set, answer calls with the chosen app."""
@@ -60,7 +72,9 @@ def serve(
         "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports, "app": app_name,
         "register_expires": register_expires, "keepalive_interval": keepalive_interval,
         "ring_seconds": ring_seconds, "max_calls": max_calls, "player_file": player_file,
-        "record_dir": record_dir,
+        "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
+        "openai_model": openai_model, "transfer_uri": transfer_uri,
+        "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,
         "password": SecretStr(password) if password is not None else None,
     }  # fmt: skip
     try:
@@ -70,6 +84,9 @@ def serve(
         raise typer.Exit(2) from error
     try:
         asyncio.run(run_agent(settings))
+    except ValueError as error:  # e.g. a provider chosen without its key
+        console.print(f"[red]cannot start:[/red] {error}")
+        raise typer.Exit(2) from error
     except OSError as error:
         console.print(f"[red]cannot start:[/red] {error}")
         raise typer.Exit(1) from error
