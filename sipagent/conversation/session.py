@@ -208,13 +208,12 @@ class ConversationSession:
         elif event.action == BargeInAction.RESUME:
             self.call.resume()
         elif event.action == BargeInAction.INTERRUPT:
-            self.call.flush()
             reply = self._reply
             if reply is not None:
                 reply.timings.barge_in_onset = event.caller_onset
                 reply.timings.barge_in_decision = event.at
-            log.info("barge-in: %r", event.transcript)
-            asyncio.get_running_loop().create_task(self._cancel_reply(interrupted=True))
+            log.info("[%s] barge-in: %r", self.call.call_id, event.transcript)
+            self._interrupt_reply()
 
     # -- transcripts ------------------------------------------------------------------------
     async def _consume_transcripts(self) -> None:
@@ -322,35 +321,27 @@ class ConversationSession:
         forced_tool: ToolCall | None = None,
         then_hangup: bool = False,
     ) -> None:
-        previous = self._reply_task
-        previous_reply = self._reply
+        # A new turn while we speak: stop talking first, keeping what was heard in history.
+        self._interrupt_reply()
         timings = timings or TurnTimings()
         if user_text is not None:
             log.info("[%s] caller: %s", self.call.call_id, user_text)
             self.messages.append({"role": "user", "content": user_text})
             self.turns.append(Turn("user", user_text, timings=timings))
+        reply = _Reply(self.call.sent_audio_ms, timings, len(self.messages))
+        self._reply = reply
+        self.state = "thinking"
         self._reply_task = asyncio.get_running_loop().create_task(
-            self._run_reply(previous, previous_reply, timings, greeting, forced_tool, then_hangup)
+            self._run_reply(reply, greeting, forced_tool, then_hangup)
         )
 
     async def _run_reply(
         self,
-        previous: asyncio.Task[None] | None,
-        previous_reply: _Reply | None,
-        timings: TurnTimings,
+        reply: _Reply,
         fixed_text: str | None,
         forced_tool: ToolCall | None,
         then_hangup: bool,
     ) -> None:
-        if previous is not None and not previous.done():
-            # The caller took a new turn while we spoke: stop talking, keep what was heard.
-            self.call.flush()
-            await self._interrupt_task(previous)
-            if previous_reply is not None:
-                self._record_assistant(previous_reply, interrupted=True)
-        reply = _Reply(self.call.sent_audio_ms, timings, len(self.messages))
-        self._reply = reply
-        self.state = "thinking"
         action: str | None = None
         try:
             if fixed_text is not None:
@@ -368,9 +359,10 @@ class ConversationSession:
         except Exception:
             log.exception("reply failed")
         finally:
-            self.barge_in.set_agent_speaking(False)
-            self.state = "listening"
-            self._last_activity = self.clock()
+            if self._reply is reply:  # an interrupted reply must not touch its successor
+                self.barge_in.set_agent_speaking(False)
+                self.state = "listening"
+                self._last_activity = self.clock()
         self._record_assistant(reply, interrupted=False)
         if then_hangup or action == "hangup":
             await self.call.hangup("agent ended the call")
@@ -488,22 +480,30 @@ class ConversationSession:
             reply.timings.first_reply_packet = _session_time(self.call, "talkspurt_started_at")
 
     # -- interruption -----------------------------------------------------------------------
-    async def _interrupt_task(self, task: asyncio.Task[None]) -> None:
+    def _interrupt_reply(self) -> None:
+        """Stop the reply being spoken, now: flush the line, cancel its LLM/TTS streams, and
+        record what the caller heard (the audio count is exact at this moment)."""
+        task, reply = self._reply_task, self._reply
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        self.call.flush()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        self._reply_task = None
+        self._reply = None
+        self.barge_in.set_agent_speaking(False)
+        self.state = "listening"
+        if reply is not None:
+            reply.timings.last_voiced_packet = _session_time(self.call, "last_voiced_sent_at")
+            self._record_assistant(reply, interrupted=True)
 
-    async def _cancel_reply(self, interrupted: bool = False) -> None:
+    async def _cancel_reply(self) -> None:
+        """At the end of the call: stop whatever is still being said."""
         task = self._reply_task
         if task is None or task.done() or task is asyncio.current_task():
             return
-        reply = self._reply
-        await self._interrupt_task(task)
-        self.barge_in.set_agent_speaking(False)
-        self.state = "listening"
-        if reply is not None and interrupted:
-            reply.timings.last_voiced_packet = _session_time(self.call, "last_voiced_sent_at")
-            self._record_assistant(reply, interrupted=True)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     def _record_assistant(self, reply: _Reply, *, interrupted: bool) -> None:
         if any(turn.timings is reply.timings for turn in self.turns if turn.role == "assistant"):

@@ -68,9 +68,16 @@ def _phone_digits(text: str) -> str:
     return "".join(out)
 
 
+def normalise_spoken(text: str) -> str:
+    """Recogniser spellings to what the parsers read: "p m"/"p.m." -> "pm", "forty five" ->
+    "forty-five"."""
+    text = re.sub(r"\b([ap])\.?\s?m\b\.?", r"\1m", text, flags=re.IGNORECASE)
+    return re.sub(r"\bforty\s+five\b", "forty-five", text, flags=re.IGNORECASE)
+
+
 def extract_slots(user_texts: list[str]) -> Slots:
     slots = Slots()
-    for text in user_texts:
+    for text in map(normalise_spoken, user_texts):
         lowered = text.lower()
         for reason, keys in _REASONS.items():
             if any(key in lowered for key in keys):

@@ -85,3 +85,15 @@ async def test_human_and_keypad_zero_transfer():
         chunks = [c async for c in llm.stream([{"role": "user", "content": text}], TOOL_SCHEMAS)]
         assert chunks[-1].tool_calls[0].name == "transfer_to_human"
         assert json.loads(chunks[-1].tool_calls[0].arguments)
+
+
+def test_recogniser_spellings():
+    slots = extract_slots(
+        [
+            "i'd like a checkup",
+            "next tuesday at three p m",
+            "five five five oh one two three four five six",
+        ]
+    )
+    assert slots.time == "at three pm" and slots.phone == "5550123456"
+    assert extract_slots(["ten forty five a m"]).time == "ten forty-five am"
