@@ -33,6 +33,7 @@ from sipagent.sip.sdp import (
     NoCommonCodec,
     SdpError,
     build_answer,
+    build_offer,
     negotiate,
     parse_audio_offer,
 )
@@ -51,6 +52,15 @@ APP_GRACE_SECONDS = 2.0  # after hang-up, the app may finish writing before it i
 
 class TransactionTimeout(Exception):
     """No final response within Timer F / our shorter registration deadline."""
+
+
+class DialError(Exception):
+    """An outbound call was not answered: busy, declined, not found, unreachable."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(f"{status_code} {reason}" if status_code else reason)
+        self.status_code = status_code
+        self.reason = reason
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -74,6 +84,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.registration: RegistrationPolicy | None = None
         self._pending: dict[str, asyncio.Future[AgentSIPMessage]] = {}
         self._error_transactions: dict[str, ServerInviteTransaction] = {}
+        self._invite_responses: dict[str, asyncio.Queue[AgentSIPMessage]] = {}
+        self._answer_acks: dict[str, tuple[bytes, tuple[str, int]]] = {}  # re-ACK 2xx repeats
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
         self._rtp_ports: RtpPortAllocator | None = None
@@ -180,6 +192,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     # -- client transactions ----------------------------------------------------------------
     def _handle_response(self, response: AgentSIPMessage) -> None:
+        invite_queue = self._invite_responses.get(response.top_via_branch)
+        if invite_queue is not None:
+            invite_queue.put_nowait(response)
+            return
+        if response.cseq_method == "INVITE" and 200 <= response.status_code < 300:
+            ack = self._answer_acks.get(response.call_id)
+            if ack is not None:  # the 2xx was retransmitted: our ACK was lost, send it again
+                self._send(*ack)
+            return
         future = self._pending.get(response.top_via_branch)
         if future is None:
             log.debug("stray response %s for %s", response.status_code, response.cseq_method)
@@ -513,9 +534,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             call.state = CallState.CONFIRMED
             call.app_task = self._spawn(self._run_app(call))
 
-    async def _run_app(self, call: Call) -> None:
+    async def _run_app(self, call: Call, app: CallApp | None = None) -> None:
         try:
-            await self.app.handle(call)
+            await (app or self.app).handle(call)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -643,6 +664,145 @@ class SipEndpoint(asyncio.DatagramProtocol):
         await self.hangup(call, f"transferred to {target_uri}")
         return True
 
+    # -- outbound calls ---------------------------------------------------------------------
+    async def dial(
+        self, target_uri: str, app: CallApp | None = None, *, ring_timeout: float = 60.0
+    ) -> Call:
+        """Call `target_uri` (RFC 3261 UAC): offer PCMU/PCMA/telephone-event, answer digest
+        challenges, ACK the 2xx, start media and the app. Raises DialError if not answered."""
+        assert self.client is not None and self._rtp_ports is not None
+        target = parse_uri(target_uri)
+        server = self.settings.server_address
+        # With a registrar/trunk configured it is our outbound proxy; else go straight there.
+        destination = (server.host, server.port) if server else target.destination
+        rtp_socket = self._rtp_ports.allocate()
+        rtp_port = rtp_socket.getsockname()[1]
+        call_id, from_tag = self.client.gen_call_id(), self.client.gen_tag()
+        session_id = int(time.time())
+        offer = build_offer(
+            local_address=self.client.myIP, local_port=rtp_port, session_id=session_id
+        )
+        challenges: dict[str, DigestChallenge] = {}
+        try:
+            for cseq in range(1, 4):
+                invite = self.client.gen_invite_request(
+                    target_uri, offer, call_id=call_id, from_tag=from_tag, cseq=cseq,
+                    authorization=tuple(challenges.values()),
+                )  # fmt: skip
+                response = await self._invite_transaction(invite, destination, ring_timeout)
+                if response.status_code in (401, 407):
+                    self._send(
+                        self.client.gen_ack_for_failure(invite, response, target_uri), destination
+                    )
+                    header = (
+                        "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
+                    )
+                    challenge = parse_challenge(
+                        response.first(header) or "", proxy=response.status_code == 407
+                    )
+                    if header in challenges and not challenge.stale:
+                        raise DialError(response.status_code, "credentials refused")
+                    challenges[header] = challenge
+                    continue
+                break
+            if not 200 <= response.status_code < 300:
+                self._send(
+                    self.client.gen_ack_for_failure(invite, response, target_uri), destination
+                )
+                raise DialError(response.status_code, response.reason)
+        except (TransactionTimeout, DigestError, SdpError) as error:
+            rtp_socket.close()
+            self._rtp_ports.release(rtp_port)
+            raise DialError(0, str(error)) from error
+        except DialError:
+            rtp_socket.close()
+            self._rtp_ports.release(rtp_port)
+            raise
+        return await self._confirm_outbound(response, from_tag, rtp_socket, app, session_id)
+
+    async def _invite_transaction(
+        self, invite: OutgoingRequest, destination: tuple[str, int], ring_timeout: float
+    ) -> AgentSIPMessage:
+        """INVITE client transaction: retransmit until a provisional (Timer A), then wait for
+        the final response as long as it rings."""
+        queue: asyncio.Queue[AgentSIPMessage] = asyncio.Queue()
+        self._invite_responses[invite.branch] = queue
+        loop = asyncio.get_running_loop()
+        interval, deadline, provisional = T1, loop.time() + TIMER_B, False
+        try:
+            self._send(invite.data, destination)
+            while True:
+                wait = (
+                    (deadline - loop.time())
+                    if provisional
+                    else min(interval, deadline - loop.time())
+                )
+                if wait <= 0:
+                    raise TransactionTimeout("INVITE not answered")
+                try:
+                    response = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    if not provisional:
+                        interval *= 2
+                        self._send(invite.data, destination)
+                    continue
+                if response.status_code >= 200:
+                    return response
+                if not provisional:
+                    provisional, deadline = True, loop.time() + ring_timeout
+        finally:
+            self._invite_responses.pop(invite.branch, None)
+
+    async def _confirm_outbound(
+        self,
+        answer: AgentSIPMessage,
+        from_tag: str,
+        rtp_socket: Any,
+        app: CallApp | None,
+        session_id: int,
+    ) -> Call:
+        assert self.client is not None
+        dialog = self.client.new_uac_dialog(answer, from_tag)
+        ack = self.client.gen_ack_for_answer(dialog, answer.cseq)
+        ack_destination = parse_uri(dialog.next_hop_uri).destination
+        self._send(ack.data, ack_destination)
+        self._answer_acks[answer.call_id] = (ack.data, ack_destination)
+        try:
+            media = negotiate(parse_audio_offer(answer.content))
+        except (SdpError, NoCommonCodec) as error:
+            log.warning("outbound call %s: unusable answer SDP: %s", answer.call_id, error)
+            media = None
+        call = Call(
+            call_id=answer.call_id,
+            caller=dialog.remote_party,
+            dialog=dialog,
+            media=media or NegotiatedMedia("0.0.0.0", 0, 0, "PCMU", None, "inactive"),
+            invite=ServerInviteTransaction(answer, ""),
+            rtp_port=rtp_socket.getsockname()[1],
+            hangup_callback=self.app_hangup,
+            transfer_callback=self.transfer,
+            session_id=session_id,
+        )
+        self.calls[call.call_id] = call
+        if media is None:
+            await self.hangup(call, "no usable media in the answer")
+            raise DialError(488, "answer had no codec we offered")
+        call.session = await RtpSession.open(
+            sock=rtp_socket,
+            remote=(media.remote_address, media.remote_port),
+            payload_type=media.payload_type,
+            telephone_event_pt=media.telephone_event_pt,
+            on_audio=call.deliver_audio,
+            on_dtmf=call.deliver_digit,
+            call_id=call.call_id,
+        )
+        call.state = CallState.CONFIRMED
+        call.answered_at = time.time()
+        log.info("outbound call %s answered: %s", call.call_id, media.codec)
+        if app is not None:
+            call.app_task = self._spawn(self._run_app(call, app))
+        return call
+
     # -- ending calls -----------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str, *, wait_for_app: bool = True) -> None:
         """Our side ends the call: BYE through the dialog's route set (D1, D6).
@@ -686,6 +846,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.invite.stop_retransmitting()
         call.mark_ended(reason)
         self.calls.pop(call.call_id, None)
+        self._answer_acks.pop(call.call_id, None)
         self.ended_calls.append(call)
         del self.ended_calls[:-100]
         app_task = call.app_task

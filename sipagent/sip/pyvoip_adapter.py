@@ -473,6 +473,82 @@ class AgentSIPClient(SIPClient):
             route_set=invite.values("Record-Route"),  # D6: UAS keeps the received order
         )
 
+    # pyVoIP's gen_invite hard-codes the server as target, 0.0.0.0-prone addresses and an
+    # SDP listing every codec; ours targets any URI and offers exactly what we speak.
+    def gen_invite_request(  # type: ignore[override]
+        self,
+        target_uri: str,
+        sdp_offer: str,
+        *,
+        call_id: str,
+        from_tag: str,
+        cseq: int,
+        authorization: tuple[DigestChallenge, ...] = (),
+    ) -> OutgoingRequest:
+        branch = self.gen_branch()
+        body = sdp_offer.encode()
+        message = (
+            f"INVITE {target_uri} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + f"From: <{self.aor}>;tag={from_tag}\r\n"
+            + f"To: <{target_uri}>\r\n"
+            + f"Call-ID: {call_id}\r\n"
+            + f"CSeq: {cseq} INVITE\r\n"
+            + f"Contact: {self.contact}\r\n"
+            + "".join(self.gen_authorization(c, "INVITE", target_uri) for c in authorization)
+            + f"Allow: {', '.join(ALLOWED_METHODS)}\r\n"
+            + f"User-Agent: {USER_AGENT}\r\n"
+            + "Content-Type: application/sdp\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return OutgoingRequest(message.encode() + body, "INVITE", branch, call_id, cseq)
+
+    def gen_ack_for_failure(
+        self, invite: OutgoingRequest, response: AgentSIPMessage, target_uri: str
+    ) -> bytes:
+        """ACK for a non-2xx final: part of the INVITE transaction (same branch, RFC 17.1.1.3)."""
+        return (
+            f"ACK {target_uri} SIP/2.0\r\n"
+            + self._via(invite.branch)
+            + "Max-Forwards: 70\r\n"
+            + f"From: {response.first('From')}\r\n"
+            + f"To: {response.first('To')}\r\n"
+            + f"Call-ID: {invite.call_id}\r\n"
+            + f"CSeq: {invite.cseq} ACK\r\n"
+            + "Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    def new_uac_dialog(self, response: AgentSIPMessage, from_tag: str) -> DialogState:
+        """The dialog a 2xx to our INVITE creates (RFC 3261 12.1.2: route set reversed)."""
+        to_value = response.first("To") or ""
+        return DialogState(
+            call_id=response.call_id,
+            local_tag=from_tag,
+            remote_tag=response.to_tag or "",
+            local_party=f"<{self.aor}>",
+            remote_party=to_value,
+            remote_target=response.contact_uri or name_addr_uri(to_value),
+            route_set=list(reversed(response.values("Record-Route"))),
+            local_cseq=response.cseq,
+        )
+
+    def gen_ack_for_answer(self, dialog: DialogState, cseq: int) -> OutgoingRequest:
+        """ACK for a 2xx: its own transaction, sent along the dialog's route set."""
+        branch = self.gen_branch()
+        message = (
+            f"ACK {dialog.remote_target} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + "".join(f"Route: {route}\r\n" for route in dialog.route_set)
+            + f"From: {dialog.local_party};tag={dialog.local_tag}\r\n"
+            + f"To: {dialog.remote_party}\r\n"
+            + f"Call-ID: {dialog.call_id}\r\n"
+            + f"CSeq: {cseq} ACK\r\n"
+            + "Content-Length: 0\r\n\r\n"
+        )
+        return OutgoingRequest(message.encode(), "ACK", branch, dialog.call_id, cseq)
+
     # D1: our BYE carries our own Via; D6: it follows the route set.
     def gen_bye(self, dialog: DialogState) -> OutgoingRequest:  # type: ignore[override]
         return self.gen_in_dialog_request(dialog, "BYE")
