@@ -77,3 +77,45 @@ class DtmfDetector:
         self._seen.append(press)
         self.digits_detected += 1
         return digit
+
+
+class DtmfSender:
+    """Key presses as RFC 4733 events, one packet per 20 ms frame slot: a start packet with
+    the marker, packets of growing duration, then the end packet three times. Pure: the media
+    tick asks for the next packet while digits are pending."""
+
+    def __init__(self, tone_ms: int = 100, gap_ms: int = 60, volume: int = 10) -> None:
+        self.tone_frames = max(1, tone_ms // 20)
+        self.gap_frames = max(1, gap_ms // 20)
+        self.volume = volume
+        self._digits: deque[str] = deque()
+        self._step = 0  # frame slot within the current digit (tone, 3 end packets, gap)
+
+    def press(self, digits: str) -> None:
+        for digit in digits.upper():
+            if digit not in DTMF_DIGITS:
+                raise ValueError(f"not a DTMF key: {digit!r}")
+            self._digits.append(digit)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._digits)
+
+    def next_packet(self) -> tuple[bytes, bool, bool] | None:
+        """(payload, marker, event_start) for this frame slot, or None for a silent gap slot.
+        The RTP timestamp stays at the event start for all its packets (RFC 4733 2.3.1)."""
+        if not self._digits:
+            return None
+        step = self._step
+        self._step += 1
+        event = DTMF_DIGITS.index(self._digits[0])
+        tone_samples = self.tone_frames * 160
+        if step < self.tone_frames:
+            payload = struct.pack("!BBH", event, self.volume, (step + 1) * 160)
+            return payload, step == 0, step == 0
+        if step < self.tone_frames + 3:
+            return struct.pack("!BBH", event, 0x80 | self.volume, tone_samples), False, False
+        if step >= self.tone_frames + 3 + self.gap_frames - 1:
+            self._digits.popleft()
+            self._step = 0
+        return None

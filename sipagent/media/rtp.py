@@ -143,14 +143,21 @@ class RtpPacketizer:
     def next_timestamp(self) -> int:
         return self._timestamp
 
-    def packetize(self, payload: bytes, marker: bool = False, samples: int | None = None) -> bytes:
+    def packetize(
+        self,
+        payload: bytes,
+        marker: bool = False,
+        samples: int | None = None,
+        payload_type: int | None = None,
+    ) -> bytes:
         """Build the next packet; the timestamp then advances by `samples`.
 
         `samples` defaults to len(payload), which is right for G.711 (one byte per sample).
+        `payload_type` overrides the stream's (telephone-event packets share its sequence).
         """
         datagram = _HEADER.pack(
             RTP_VERSION << 6,
-            (0x80 if marker else 0) | self.payload_type,
+            (0x80 if marker else 0) | (self.payload_type if payload_type is None else payload_type),
             self._sequence,
             self._timestamp,
             self._ssrc,

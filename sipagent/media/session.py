@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, PCMU, from_wire, silence_frame, to_wire
-from sipagent.media.dtmf import DtmfDetector
+from sipagent.media.dtmf import DtmfDetector, DtmfSender
 from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
 from sipagent.media.playout import FlushResult, FramePacer, PlayoutQueue
 from sipagent.media.rtp import (
@@ -121,6 +121,8 @@ class RtpSession:
         self._filter = InboundRtpFilter(allowed)
         self._jitter_buffer = JitterBuffer()
         self._dtmf = DtmfDetector()
+        self._dtmf_out = DtmfSender()
+        self._dtmf_start_timestamp = 0
         self._inbound_partial = bytearray()  # re-cuts non-20 ms packets into 160-byte frames
 
         self._pacer: FramePacer | None = None
@@ -290,7 +292,35 @@ class RtpSession:
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
 
+    def send_digits(self, digits: str) -> None:
+        """Press keys (RFC 4733 events); they replace the audio slots while they play."""
+        if self._telephone_event_pt is None:
+            raise ValueError("the far end did not offer telephone-event")
+        self._dtmf_out.press(digits)
+
+    def _send_dtmf_slot(self) -> None:
+        assert self._telephone_event_pt is not None
+        packet = self._dtmf_out.next_packet()
+        packetizer = self._packetizer
+        if packet is None:  # the gap between two keys: plain silence keeps the clock
+            datagram = packetizer.packetize(self._wire_silence)
+        else:
+            payload, marker, event_start = packet
+            if event_start:
+                self._dtmf_start_timestamp = packetizer.next_timestamp
+            # Every packet of an event carries its start timestamp; time still moves on.
+            skew = (packetizer.next_timestamp - self._dtmf_start_timestamp) % 2**32
+            packetizer.skip((2**32 - skew) % 2**32)
+            datagram = packetizer.packetize(
+                payload, marker, samples=skew + FRAME_SAMPLES, payload_type=self._telephone_event_pt
+            )
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(datagram, self.send_address)
+
     def _send_next_frame(self) -> None:
+        if self._dtmf_out.active:
+            self._send_dtmf_slot()
+            return
         frame = self._queue.next_frame()
         wire = to_wire(frame.payload, self._payload_type) if frame.voiced else self._wire_silence
         datagram = self._packetizer.packetize(wire, marker=frame.marker)

@@ -102,6 +102,11 @@ class Call:
             return 0
         return self.session.flush().dropped_bytes
 
+    def send_digits(self, digits: str) -> None:
+        """Press keys towards the far end (RFC 4733), e.g. a simulated caller typing."""
+        if self.session is not None:
+            self.session.send_digits(digits)
+
     def pause(self) -> None:
         if self.session is not None:
             self.session.pause()

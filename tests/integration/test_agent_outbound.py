@@ -76,3 +76,16 @@ async def test_agent_calls_agent_through_the_registrar(kamailio, tmp_path):
         await wait_until(lambda: not callee.calls, 5, "callee saw the BYE")
         assert callee.ended_calls[-1].end_reason == "caller hung up"
         assert call.bye_status == 200
+
+
+async def test_keys_sent_as_rfc4733_arrive_once_each(tmp_path):
+    record_dir = tmp_path / "rec"
+    async with running_agent(record_dir=record_dir) as callee, running_agent() as caller:
+        host, port = callee.local_address
+        call = await caller.dial(f"sip:agent@{host}:{port}")
+        assert call.media.telephone_event_pt == 101
+        call.send_digits("0123456789*#")
+        await asyncio.sleep(12 * 0.24 + 0.5)
+        await caller.hangup(call, "done")
+        await wait_until(lambda: bool(callee.ended_calls), 5, "callee hung up")
+    assert next(record_dir.glob("*.digits")).read_text() == "0123456789*#"
