@@ -9,6 +9,7 @@ import signal
 
 from sipagent.apps.base import build_app
 from sipagent.config import AgentSettings
+from sipagent.observability.status import start_status_server
 from sipagent.sip.endpoint import SipEndpoint
 
 log = logging.getLogger("sipagent")
@@ -17,6 +18,7 @@ log = logging.getLogger("sipagent")
 async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
     endpoint = SipEndpoint(settings, build_app(settings.app, settings))
     await endpoint.start()
+    status = await start_status_server(endpoint, settings.status_bind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -29,3 +31,5 @@ async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = No
     finally:
         log.info("shutting down: hanging up %d call(s)", len(endpoint.calls))
         await endpoint.stop()
+        if status is not None:  # after the endpoint: a last scrape still sees the hang-ups
+            await status.stop()

@@ -73,6 +73,9 @@ class AgentSettings(BaseSettings):
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    status_bind: str = Field(
+        "127.0.0.1:8089", description="status/metrics HTTP host:port; empty = disabled"
+    )
     # -- conversation (app "receptionist") ------------------------------------------------
     stt: str = Field("auto", description="auto | deepgram | offline")
     llm: str = Field("auto", description="auto | openai | offline")
@@ -121,6 +124,13 @@ class AgentSettings(BaseSettings):
     def _check_bind(cls, value: str) -> str:
         parse_host_port(value, 5060)
         return value
+
+    @field_validator("status_bind")
+    @classmethod
+    def _check_status_bind(cls, value: str) -> str:
+        if value.strip():  # empty disables the status server
+            parse_host_port(value, 8089)
+        return value.strip()
 
     @property
     def server_address(self) -> HostPort | None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from sipagent.agent import run_agent
+from sipagent.cli.monitor import monitor
 from sipagent.config import AgentSettings
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
@@ -51,6 +52,9 @@ def serve(
     keepalive_interval: Annotated[float | None, _option("registration probe interval, s")] = None,
     ring_seconds: Annotated[float | None, _option("ring this long before answering")] = None,
     max_calls: Annotated[int | None, _option("concurrent calls before 486 Busy")] = None,
+    status_bind: Annotated[
+        str | None, _option('status/metrics HTTP host:port (default 127.0.0.1:8089; "" = off)')
+    ] = None,
     player_file: Annotated[str | None, _option("player app: raw mu-law file to play")] = None,
     record_dir: Annotated[str | None, _option("player app: recordings dir")] = None,
     stt: Annotated[str | None, _option("receptionist STT: auto | deepgram | offline")] = None,
@@ -75,6 +79,7 @@ def serve(
         "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
         "openai_model": openai_model, "transfer_uri": transfer_uri,
         "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,
+        "status_bind": status_bind,
         "password": SecretStr(password) if password is not None else None,
     }  # fmt: skip
     try:
@@ -90,6 +95,34 @@ def serve(
     except OSError as error:
         console.print(f"[red]cannot start:[/red] {error}")
         raise typer.Exit(1) from error
+
+
+@app.command()
+def demo(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
+) -> None:
+    """The embedded default: an offline agent and a simulated caller talk over loopback SIP/RTP;
+    prints the transcript, per-turn latency and the stored appointment."""
+    from sipagent.demo import print_report, run_demo
+
+    out = Console()
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+    )
+    out.print("[bold]sipagent demo[/]: offline receptionist + simulated caller on 127.0.0.1")
+    try:
+        result = asyncio.run(run_demo(out))
+    except OSError as error:
+        console.print(f"[red]cannot start:[/red] {error}")
+        raise typer.Exit(1) from error
+    print_report(out, result)
+    if not result.appointments:
+        console.print("[red]no appointment was booked[/red]")
+        raise typer.Exit(1)
+
+
+app.command()(monitor)
 
 
 @app.callback()

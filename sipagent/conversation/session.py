@@ -452,7 +452,7 @@ class ConversationSession:
             await speaker.finish()
         finally:
             await speaker.close()
-        reply.text += text
+        reply.text = f"{reply.text} {text.strip()}".strip()
         return text.strip(), tool_calls
 
     async def _speak_text(self, text: str, reply: _Reply) -> None:
@@ -464,7 +464,7 @@ class ConversationSession:
             await speaker.finish()
         finally:
             await speaker.close()
-        reply.text += text
+        reply.text = f"{reply.text} {text}".strip()
 
     def _audio_started(self, reply: _Reply) -> None:
         if not reply.started_speaking:

@@ -193,19 +193,22 @@ def build_offer(
     *, local_address: str, local_port: int, session_id: int, session_version: int = 1
 ) -> str:
     """Our offer for outbound calls: PCMU, PCMA and telephone-event 101."""
-    return "\r\n".join(
-        [
-            "v=0",
-            f"o=sipagent {session_id} {session_version} IN IP4 {local_address}",
-            "s=sipagent",
-            f"c=IN IP4 {local_address}",
-            "t=0 0",
-            f"m=audio {local_port} RTP/AVP 0 8 101",
-            "a=rtpmap:0 PCMU/8000",
-            "a=rtpmap:8 PCMA/8000",
-            "a=rtpmap:101 telephone-event/8000",
-            "a=fmtp:101 0-15",
-            "a=ptime:20",
-            "a=sendrecv",
-        ]
-    ) + "\r\n"
+    return (
+        "\r\n".join(
+            [
+                "v=0",
+                f"o=sipagent {session_id} {session_version} IN IP4 {local_address}",
+                "s=sipagent",
+                f"c=IN IP4 {local_address}",
+                "t=0 0",
+                f"m=audio {local_port} RTP/AVP 0 8 101",
+                "a=rtpmap:0 PCMU/8000",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15",
+                "a=ptime:20",
+                "a=sendrecv",
+            ]
+        )
+        + "\r\n"
+    )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
@@ -193,13 +194,18 @@ class AppointmentSlot(Base):
     transaction as the status change), so the constraint needs no partial-index support,
     which keeps it identical on SQLite and PostgreSQL (an exclusion constraint would be
     PostgreSQL-only).
+
+    `slot_start` is the block's start in Unix seconds (UTC), an integer rather than a
+    timestamp on purpose: SQLite keeps timestamps as text, where "15:00:00" and
+    "15:00:00.000000" are different values, so uniqueness would hinge on every writer
+    formatting alike. An integer is the same value for the same instant whoever writes it.
     """
 
     __tablename__ = "appointment_slots"
     __table_args__ = (UniqueConstraint("slot_start", name=SLOT_UNIQUE_CONSTRAINT),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    slot_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    slot_start: Mapped[int] = mapped_column(BigInteger)
     appointment_id: Mapped[int] = mapped_column(
         ForeignKey("appointments.id", ondelete="CASCADE"), index=True
     )

@@ -224,7 +224,7 @@ class SqlBookingStore:
 
     def _occupy(self, session: Session, record: AppointmentRecord) -> None:
         rows = [
-            {"slot_start": slot, "appointment_id": record.id}
+            {"slot_start": int(slot.timestamp()), "appointment_id": record.id}
             for slot in slot_starts(record.start_at, record.end_at, self.slot_minutes)
         ]
         session.execute(insert(AppointmentSlot), rows)

@@ -1,0 +1,234 @@
+"""`sipagent demo`: the embedded default, end to end on loopback with no keys and no trunk.
+
+An agent (offline providers) answers on 127.0.0.1; a simulated caller, a second SIP user agent
+in the same process, dials it over real SIP/RTP, speaks its lines with the offline voice (and
+types its phone number on the keypad, RFC 4733), listens until the agent stops talking, and
+answers what was asked. Then the transcript, the per-turn latency and the stored appointment
+are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sipagent.apps.base import CallChannel
+from sipagent.apps.echo import EchoApp
+from sipagent.apps.receptionist import ReceptionistApp
+from sipagent.config import AgentSettings
+from sipagent.conversation.session import ConversationSession, Turn
+from sipagent.providers.base import TextToSpeech
+from sipagent.providers.offline_tts import EspeakTextToSpeech
+from sipagent.sip.endpoint import SipEndpoint
+
+AGENT_SILENT_AFTER = 0.8  # seconds of agent silence that end its turn, for the caller
+MAX_CALLER_TURNS = 10
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def choose_answer(question: str) -> str:
+    """What the simulated caller says to the agent's last words ("#..." = keypad)."""
+    asked = question.lower()
+    if "anything else" in asked:
+        return "No, thanks, goodbye."
+    if "phone" in asked or "number" in asked:
+        return "#5550123456#"
+    if "name" in asked:
+        return "My name is David Miller."
+    if "what day" in asked or "what time" in asked or "suit you" in asked:
+        return "Next Tuesday at three pm."
+    if "cleaning, a checkup" in asked:
+        return "A cleaning, please."
+    return "I'd like to book a cleaning for next Tuesday at three pm."
+
+
+class SimulatedCaller:
+    """A CallApp for the dialling side: listens for the agent to finish, then answers."""
+
+    def __init__(
+        self,
+        tts: TextToSpeech,
+        agent_said: Callable[[], str],
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tts = tts
+        self.agent_said = agent_said
+        self.on_line = on_line
+        self.lines: list[str] = []
+        self._agent_voice_at: float | None = None
+
+    async def handle(self, call: CallChannel) -> None:
+        loop = asyncio.get_running_loop()
+        listener = asyncio.create_task(self._listen(call))
+        try:
+            for _ in range(MAX_CALLER_TURNS):
+                if not await self._agent_turn_done(call):
+                    return  # the agent hung up
+                line = choose_answer(self.agent_said())
+                self.lines.append(line)
+                if self.on_line is not None:
+                    self.on_line(line)
+                if line.startswith("#"):
+                    call.send_digits(line.strip("#") + "#")
+                    await asyncio.sleep(0.24 * len(line))
+                else:
+                    async with contextlib.aclosing(self.tts.synthesize(line)) as audio:
+                        async for chunk in audio:
+                            call.play(chunk)
+                    while call.queued_ms > 0:
+                        await asyncio.sleep(0.02)
+                self._agent_voice_at = None
+                if line.endswith("goodbye."):
+                    deadline = loop.time() + 15
+                    while loop.time() < deadline and not listener.done():
+                        await asyncio.sleep(0.1)
+                    return
+        finally:
+            listener.cancel()
+
+    async def _listen(self, call: CallChannel) -> None:
+        loop = asyncio.get_running_loop()
+        async for frame in call.frames():
+            if audioop.rms(audioop.ulaw2lin(frame, 2), 2) > 100:  # mu-law silence decodes to 0
+                self._agent_voice_at = loop.time()
+
+    async def _agent_turn_done(self, call: CallChannel) -> bool:
+        """Wait for the agent to have spoken and then fallen silent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            if getattr(call, "state", None) == "ended":
+                return False
+            heard = self._agent_voice_at
+            if heard is not None and loop.time() - heard > AGENT_SILENT_AFTER:
+                return True
+        return False
+
+
+@dataclass
+class DemoResult:
+    turns: list[Turn]
+    appointments: list[Any]
+    offline: bool
+    call_id: str
+
+
+async def run_demo(console: Console, *, rtp_base: int = 21600) -> DemoResult:
+    agent_settings = AgentSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        bind=f"127.0.0.1:{_free_udp_port()}",
+        rtp_ports=f"{rtp_base}-{rtp_base + 99}",
+        app="receptionist",
+        stt="offline",
+        llm="offline",
+        tts="offline",
+        idle_reprompt_seconds=20.0,
+    )
+    app = ReceptionistApp.from_settings(agent_settings)
+    agent = SipEndpoint(agent_settings, app)
+    caller_settings = AgentSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        bind=f"127.0.0.1:{_free_udp_port()}",
+        rtp_ports=f"{rtp_base + 100}-{rtp_base + 199}",
+        user="caller",
+    )
+    caller = SipEndpoint(caller_settings, EchoApp())
+    await agent.start()
+    await caller.start()
+    try:
+        host, port = agent.local_address
+
+        def agent_said() -> str:
+            session: ConversationSession | None = next(iter(app.sessions.values()), None)
+            if session is None:
+                return ""
+            spoken = [t for t in session.turns if t.role == "assistant"]
+            return spoken[-1].text if spoken else ""
+
+        # The caller speaks with a different voice than the agent's (and one the offline
+        # recogniser knows well).
+        simulated = SimulatedCaller(
+            EspeakTextToSpeech(voice="en-us"),
+            agent_said,
+            lambda line: console.print(f"  [cyan]caller[/]: {line}"),
+        )
+        with console.status(f"dialling sip:agent@{host}:{port} over loopback SIP/RTP ..."):
+            call = await caller.dial(f"sip:agent@{host}:{port}", simulated)
+        console.print(f"[green]answered[/] ({call.media.codec}); the conversation:")
+        deadline = asyncio.get_running_loop().time() + 120
+        while call.call_id in caller.calls and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        if call.call_id in caller.calls:
+            await caller.hangup(call, "demo timed out")
+        session = app.sessions.get(call.call_id)
+        return DemoResult(
+            turns=list(session.turns) if session else [],
+            appointments=list(getattr(app.store, "appointments", [])),
+            offline=app.providers.choice.offline,
+            call_id=call.call_id,
+        )
+    finally:
+        await caller.stop()
+        await agent.stop()
+
+
+def _ms(later: float | None, earlier: float | None) -> str:
+    return "-" if later is None or earlier is None else f"{(later - earlier) * 1000:.0f}"
+
+
+def print_report(console: Console, result: DemoResult) -> None:
+    transcript = Table(title="Transcript", show_lines=False)
+    transcript.add_column("who")
+    transcript.add_column("said")
+    for turn in result.turns:
+        text = turn.heard_text + " [interrupted]" if turn.interrupted else turn.text
+        transcript.add_row("caller" if turn.role == "user" else "agent", text)
+    console.print(transcript)
+
+    latency = Table(title="Per-turn latency (ms, from the caller's last voiced frame)")
+    for column in ("agent reply", "STT final", "LLM first token", "TTS first byte", "first RTP"):
+        latency.add_column(column, justify="right" if column != "agent reply" else "left")
+    for turn in result.turns:
+        timings = turn.timings
+        if turn.role != "assistant" or timings.caller_speech_end is None:
+            continue
+        start = timings.caller_speech_end
+        latency.add_row(
+            turn.text if len(turn.text) <= 28 else turn.text[:27] + "…",
+            _ms(timings.stt_final, start),
+            _ms(timings.llm_first_token, start),
+            _ms(timings.tts_first_byte, start),
+            _ms(timings.first_reply_packet, start),
+        )
+    console.print(latency)
+
+    for appointment in result.appointments:
+        stored = Table(title=f"Appointment #{appointment.id} as stored", show_header=False)
+        stored.add_column("field", style="bold")
+        stored.add_column("value")
+        for field_name, value in (
+            ("patient", appointment.patient_name),
+            ("phone", appointment.phone),
+            ("when", appointment.start.strftime("%A %Y-%m-%d %H:%M %Z")),
+            ("reason", appointment.reason),
+            ("duration", f"{appointment.duration_minutes} min"),
+            ("call", appointment.call_id),
+        ):
+            stored.add_row(field_name, str(value))
+        console.print(stored)
+    if result.offline:
+        console.print("[yellow]offline mode[/]: pocketsphinx STT, scripted receptionist, espeak-ng")

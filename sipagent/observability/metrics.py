@@ -1,0 +1,348 @@
+"""Prometheus metrics of one agent, folded in by polling its public state.
+
+The endpoint keeps only the last 100 ended calls and its RTP/jitter counters are per call, so
+Prometheus counters cannot be computed at scrape time from what is still there: every poll
+adds what changed since the previous one (per-call deltas), and every turn, barge-in event and
+provider error is folded exactly once, tracked by call id and list index. Each agent gets its
+own CollectorRegistry so two agents in one process (tests) never share or clash on series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sipagent.observability.snapshot import (
+    STAGE_NAMES,
+    conversation_sessions,
+    provider_error_stage,
+    stage_latencies,
+)
+from sipagent.sip.call import Call, CallState
+from sipagent.sip.registration import RegistrationState
+
+if TYPE_CHECKING:
+    from sipagent.conversation.session import ConversationSession, Turn
+    from sipagent.media.session import RtpSessionStats
+    from sipagent.sip.endpoint import SipEndpoint
+
+# Phone latency lives between ~50 ms (one stage) and a few seconds (a slow LLM turn).
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+REGISTRATION_STATES = (*(str(state) for state in RegistrationState), "peer-to-peer")
+CONVERSATION_STATES = ("listening", "thinking", "speaking")
+PROVIDER_STAGES = ("stt", "llm", "tts", "fallback_tts")
+
+SETTLE_SECONDS = 2.0  # an assistant turn's first-packet stamp may still arrive this long after
+FINISH_AFTER_SECONDS = 10.0  # after hang-up: app grace (2 s) and media close are long over
+
+
+@dataclass(slots=True)
+class _CallProgress:
+    """What has already been folded in for one call."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    lost: int = 0
+    late: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    turns: int = 0  # turns[:turns] are in the histograms
+    barge_in_events: int = 0
+    provider_errors: int = 0
+    ended_seen: bool = False
+    finished: bool = False  # everything folded; the call is no longer looked at
+
+
+def loop_time() -> float:
+    """The clock of the endpoint's and the conversations' stamps (the event loop's)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # polled from outside a loop (tests): asyncio's clock is monotonic
+        return time.monotonic()
+
+
+def _delta(new: int, old: int) -> int:
+    # A counter that went backwards was reset at the source: all of its new value is new.
+    return new - old if new >= old else new
+
+
+class AgentMetrics:
+    """Prometheus series for one agent. Call `poll(endpoint)` regularly (and before scrapes)."""
+
+    def __init__(
+        self,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        finish_after: float = FINISH_AFTER_SECONDS,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.settle_seconds = settle_seconds
+        self.finish_after = finish_after
+        r = self.registry
+        self.calls_active = Gauge(
+            "sipagent_calls_active", "Calls in progress (ringing or answered)", registry=r
+        )
+        self.calls_total = Counter(
+            "sipagent_calls", "Inbound calls accepted (INVITEs that got a dialog)", registry=r
+        )
+        self.call_duration = Histogram(
+            "sipagent_call_duration_seconds", "Answered calls: answer to hang-up",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.answer_time = Histogram(
+            "sipagent_answer_seconds", "INVITE received to 200 OK sent (includes ring time)",
+            buckets=ANSWER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.registration_state = Gauge(
+            "sipagent_registration_state", "1 for the current registration state",
+            ["state"], registry=r,
+        )  # fmt: skip
+        self.registration_expires = Gauge(
+            "sipagent_registration_expires_seconds",
+            "Seconds until the registrar binding expires (0 when not registered)", registry=r,
+        )  # fmt: skip
+        self.registration_failures = Counter(
+            "sipagent_registration_failures", "Failed REGISTERs and lost bindings", registry=r
+        )
+        self.conversations = Gauge(
+            "sipagent_conversations", "Active conversations by state", ["state"], registry=r
+        )
+        self.turn_latency = Histogram(
+            "sipagent_turn_latency_seconds",
+            "Per-turn latency by stage: stt_final (speech end -> final transcript), "
+            "llm_first_token, tts_first_byte, first_packet (-> first RTP packet), "
+            "voice_to_voice (caller speech end -> first reply packet), barge_in_decision, "
+            "barge_in_onset_to_silence",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.turns = Counter("sipagent_turns", "Conversation turns", ["role"], registry=r)
+        self.barge_ins = Counter(
+            "sipagent_barge_ins", "Replies interrupted by the caller", registry=r
+        )
+        self.barge_in_false_alarms = Counter(
+            "sipagent_barge_in_false_alarms",
+            "Tentative barge-ins (agent paused) that resumed: noise, cough, backchannel",
+            registry=r,
+        )
+        self.rtp_packets = Counter(
+            "sipagent_rtp_packets", "RTP packets (in: accepted)", ["direction"], registry=r
+        )
+        self.rtp_dropped = Counter(
+            "sipagent_rtp_dropped", "Inbound datagrams dropped, by reason", ["reason"], registry=r
+        )
+        self.jitter_lost = Counter(
+            "sipagent_jitter_buffer_lost", "Inbound frames never played (lost)", registry=r
+        )
+        self.jitter_late = Counter(
+            "sipagent_jitter_buffer_late", "Inbound packets that came too late", registry=r
+        )
+        self.jitter_worst = Gauge(
+            "sipagent_rtp_jitter_worst_seconds",
+            "Highest RFC 3550 interarrival jitter among active calls", registry=r,
+        )  # fmt: skip
+        self.provider_errors = Counter(
+            "sipagent_provider_errors", "STT/LLM/TTS provider failures", ["stage"], registry=r
+        )
+        self.sip_malformed = Counter(
+            "sipagent_sip_malformed", "SIP datagrams dropped as malformed", ["kind"], registry=r
+        )
+        # Labelled series only appear once used; the known ones start at 0 so rate() works
+        # from the first failure on.
+        for stage in STAGE_NAMES:
+            self.turn_latency.labels(stage)
+        for direction in ("in", "out"):
+            self.rtp_packets.labels(direction)
+        for stage in PROVIDER_STAGES:
+            self.provider_errors.labels(stage)
+        for role in ("user", "assistant"):
+            self.turns.labels(role)
+
+        # Plain running totals for /status (reading them back from the registry is clumsy).
+        self.totals: dict[str, int] = dict.fromkeys(
+            (
+                "calls", "turns", "barge_ins", "barge_in_false_alarms", "provider_errors",
+                "sip_malformed", "rtp_packets_in", "rtp_packets_out", "jitter_lost",
+                "jitter_late", "registration_failures",
+            ),
+            0,
+        )  # fmt: skip
+        self.rtp_dropped_totals: Tally[str] = Tally()
+        # RTP stats of the active calls from the last poll: computing them sorts a minute of
+        # tick samples per call, so /status reuses these instead of asking again.
+        self.media_stats: dict[str, RtpSessionStats] = {}
+        self.last_poll: float | None = None
+        self._calls: dict[str, _CallProgress] = {}
+        self._sip_malformed_seen: dict[str, int] = {}
+        self._answers_seen = 0
+        self._registration_failures_seen = 0
+
+    @property
+    def rtp_dropped_by_reason(self) -> dict[str, int]:
+        return dict(self.rtp_dropped_totals)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of this agent's registry."""
+        return generate_latest(self.registry)
+
+    # -- polling ----------------------------------------------------------------------------
+    def poll(self, endpoint: SipEndpoint, now: float | None = None) -> None:
+        """Fold in everything that changed since the last poll. Idempotent when nothing did."""
+        now = time.time() if now is None else now
+        sessions = conversation_sessions(endpoint)
+        # Ended calls first so that a live entry wins should an id be in both for a moment.
+        live: dict[str, Call] = {call.call_id: call for call in endpoint.ended_calls}
+        live.update(endpoint.calls)
+        media_stats: dict[str, RtpSessionStats] = {}
+        for call_id, call in live.items():
+            progress = self._calls.get(call_id)
+            if progress is None:
+                progress = self._calls[call_id] = _CallProgress()
+                self.calls_total.inc()
+                self.totals["calls"] += 1
+            if progress.finished:
+                continue
+            ended = call.state == CallState.ENDED
+            if ended and not progress.ended_seen:
+                progress.ended_seen = True
+                if call.answered_at is not None and call.ended_at is not None:
+                    self.call_duration.observe(max(0.0, call.ended_at - call.answered_at))
+            final = ended and (call.ended_at is None or now - call.ended_at >= self.finish_after)
+            if call.session is not None:
+                stats = call.session.stats
+                self._fold_media(stats, progress)
+                if not ended:
+                    media_stats[call_id] = stats
+            session = sessions.get(call_id)
+            if session is not None:
+                self._fold_conversation(session, progress, now, final=final)
+            progress.finished = final
+        # Forget calls the endpoint no longer lists: they can never come back, and this keeps
+        # the bookkeeping as small as the endpoint's own history.
+        for call_id in self._calls.keys() - live.keys():
+            del self._calls[call_id]
+        self.media_stats = media_stats
+
+        active = [call for call in endpoint.calls.values() if call.state != CallState.ENDED]
+        self.calls_active.set(len(active))
+        states = Tally(sessions[c.call_id].state for c in active if c.call_id in sessions)
+        for state in CONVERSATION_STATES:
+            self.conversations.labels(state).set(states.get(state, 0))
+        self.jitter_worst.set(
+            max((s.jitter.jitter_ms / 1000 for s in media_stats.values()), default=0.0)
+        )
+        self._fold_registration(endpoint)
+        self._fold_endpoint_counters(endpoint)
+        self.last_poll = now
+
+    def poll_if_stale(self, endpoint: SipEndpoint, max_age: float = 0.2) -> None:
+        """Poll unless a poll just happened (a dashboard and a scraper may ask at once)."""
+        now = time.time()
+        if self.last_poll is None or now - self.last_poll >= max_age or now < self.last_poll:
+            self.poll(endpoint, now)
+
+    # -- folding ----------------------------------------------------------------------------
+    def _fold_media(self, stats: RtpSessionStats, progress: _CallProgress) -> None:
+        jitter = stats.jitter
+        for direction, new, old in (
+            ("in", stats.packets_in, progress.packets_in),
+            ("out", stats.packets_out, progress.packets_out),
+        ):
+            if added := _delta(new, old):
+                self.rtp_packets.labels(direction).inc(added)
+                self.totals[f"rtp_packets_{direction}"] += added
+        if added := _delta(jitter.lost, progress.lost):
+            self.jitter_lost.inc(added)
+            self.totals["jitter_lost"] += added
+        if added := _delta(jitter.late, progress.late):
+            self.jitter_late.inc(added)
+            self.totals["jitter_late"] += added
+        for reason, count in stats.dropped.items():
+            if added := _delta(count, progress.dropped.get(reason, 0)):
+                self.rtp_dropped.labels(reason).inc(added)
+                self.rtp_dropped_totals[reason] += added
+        progress.packets_in, progress.packets_out = stats.packets_in, stats.packets_out
+        progress.lost, progress.late = jitter.lost, jitter.late
+        progress.dropped = dict(stats.dropped)
+
+    def _fold_conversation(
+        self, session: ConversationSession, progress: _CallProgress, now: float, *, final: bool
+    ) -> None:
+        turns = session.turns
+        # In order, and stop at the first unsettled turn: "turns[:progress.turns] are folded"
+        # is then all the state needed to never fold one twice.
+        while progress.turns < len(turns):
+            turn = turns[progress.turns]
+            if turn.role == "assistant" and not final and now - turn.at < self.settle_seconds:
+                break
+            self._observe_turn(turn)
+            progress.turns += 1
+
+        events = session.barge_in_events
+        for event in events[progress.barge_in_events :]:
+            action = str(event.action)
+            if action == "interrupt":
+                self.barge_ins.inc()
+                self.totals["barge_ins"] += 1
+            elif action == "resume":
+                self.barge_in_false_alarms.inc()
+                self.totals["barge_in_false_alarms"] += 1
+        progress.barge_in_events = len(events)
+
+        errors = session.provider_errors
+        for entry in errors[progress.provider_errors :]:
+            self.provider_errors.labels(provider_error_stage(entry)).inc()
+            self.totals["provider_errors"] += 1
+        progress.provider_errors = len(errors)
+
+    def _observe_turn(self, turn: Turn) -> None:
+        # The caller's turn and the reply to it share one TurnTimings object: the caller's turn
+        # contributes the STT stage (known when it is created, and kept even if no reply is
+        # ever recorded), the reply everything after it. No stage is counted twice.
+        spans = stage_latencies(turn.timings)
+        if turn.role == "assistant":
+            spans.pop("stt_final", None)
+        else:
+            spans = {stage: s for stage, s in spans.items() if stage == "stt_final"}
+        for stage, seconds in spans.items():
+            self.turn_latency.labels(stage).observe(seconds)
+        role = turn.role if turn.role in ("user", "assistant") else "other"
+        self.turns.labels(role).inc()
+        self.totals["turns"] += 1
+
+    def _fold_registration(self, endpoint: SipEndpoint) -> None:
+        policy = endpoint.registration
+        current = str(policy.status.state) if policy is not None else "peer-to-peer"
+        for state in REGISTRATION_STATES:
+            self.registration_state.labels(state).set(1 if state == current else 0)
+        if policy is None:
+            self.registration_expires.set(0)
+            return
+        status = policy.status
+        expires_at = status.expires_at
+        registered = status.state == RegistrationState.REGISTERED and expires_at is not None
+        self.registration_expires.set(
+            max(0.0, expires_at - loop_time()) if registered and expires_at else 0.0
+        )
+        if added := _delta(status.failures, self._registration_failures_seen):
+            self.registration_failures.inc(added)
+            self.totals["registration_failures"] += added
+        self._registration_failures_seen = status.failures
+
+    def _fold_endpoint_counters(self, endpoint: SipEndpoint) -> None:
+        for kind, count in endpoint.dropped.items():
+            if added := _delta(count, self._sip_malformed_seen.get(kind, 0)):
+                self.sip_malformed.labels(kind).inc(added)
+                self.totals["sip_malformed"] += added
+            self._sip_malformed_seen[kind] = count
+        answers = endpoint.answer_times
+        # The list only grows today; were it ever trimmed, skipping beats counting twice.
+        self._answers_seen = min(self._answers_seen, len(answers))
+        for seconds in answers[self._answers_seen :]:
+            self.answer_time.observe(seconds)
+        self._answers_seen = len(answers)
