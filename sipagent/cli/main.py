@@ -98,6 +98,51 @@ def serve(
 
 
 @app.command()
+def register(
+    server: Annotated[str, typer.Option(help="registrar/trunk host[:port]")],
+    user: Annotated[str | None, _option("SIP user")] = None,
+    password: Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")] = None,
+    auth_user: Annotated[str | None, _option("digest username if not the SIP user")] = None,
+    domain: Annotated[str | None, _option("SIP domain (default: server host)")] = None,
+    bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
+    public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 8.0,
+) -> None:
+    """Register once, print the outcome with diagnostics, unregister. Exit 0 registered,
+    1 rejected (auth/forbidden/unknown user), 2 bad settings, 3 registrar unreachable."""
+    from sipagent.cli.register import EXIT_BAD_SETTINGS, check_registration
+
+    overrides = {
+        "server": server, "user": user, "auth_user": auth_user, "domain": domain, "bind": bind,
+        "public_ip": public_ip, "password": SecretStr(password) if password is not None else None,
+    }  # fmt: skip
+    try:
+        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        console.print(f"[red]invalid settings:[/red] {error}")
+        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+    out = Console()
+    try:
+        outcome = asyncio.run(check_registration(settings, timeout))
+    except OSError as error:
+        console.print(f"[red]cannot bind {settings.bind}:[/red] {error}")
+        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+    status = outcome.status
+    colour = "green" if outcome.exit_code == 0 else "red"
+    out.print(f"[{colour}]{status.state}[/]: {status.reason or 'OK'}")
+    out.print(f"  registrar   {status.registrar}")
+    out.print(f"  AOR         sip:{settings.user}@{settings.sip_domain}")
+    out.print(f"  contact     {outcome.contact} (advertised {outcome.advertised})")
+    if status.seen_from:
+        out.print(f"  seen from   {status.seen_from}")
+    if status.granted_expires:
+        out.print(f"  expires     {status.granted_expires} s (unregistered again on exit)")
+    if outcome.nat_warning:
+        out.print(f"[yellow]warning[/]: {outcome.nat_warning}")
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
 def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
 ) -> None:

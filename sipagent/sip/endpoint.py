@@ -37,7 +37,7 @@ from sipagent.sip.sdp import (
     negotiate,
     parse_audio_offer,
 )
-from sipagent.sip.uri import UriError, name_addr_uri, parse_uri
+from sipagent.sip.uri import UriError, header_params, name_addr_uri, parse_uri
 
 log = logging.getLogger("sipagent.sip")
 
@@ -249,6 +249,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             response = await self.request(
                 outgoing, self.registrar_destination, timeout=4.0, max_interval=1.0
             )
+            self._note_seen_from(response)
             if response.status_code not in (401, 407):
                 return response
             header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
@@ -264,6 +265,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 return response  # our credentials were refused
             challenges[header] = challenge
         return response
+
+    def _note_seen_from(self, response: AgentSIPMessage) -> None:
+        """NAT diagnostics: the registrar's view of our address, from our Via (RFC 3581)."""
+        if self.registration is None:
+            return
+        vias = response.values("Via")
+        params = header_params(vias[0]) if vias else {}
+        if params.get("received") or params.get("rport"):
+            host = params.get("received") or self.client.myIP if self.client else ""
+            self.registration.status.seen_from = f"{host}:{params.get('rport') or '?'}"
 
     async def _registration_loop(self) -> None:
         assert self.registration is not None and self.client is not None

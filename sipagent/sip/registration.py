@@ -30,6 +30,7 @@ class RegistrationStatus:
     last_status_code: int | None = None
     successes: int = 0
     failures: int = 0
+    seen_from: str = ""  # our address as the registrar saw it (Via received/rport)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class RegistrationStatus:
             "last_status_code": self.last_status_code,
             "successes": self.successes,
             "failures": self.failures,
+            "seen_from": self.seen_from,
         }
 
 

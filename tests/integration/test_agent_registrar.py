@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
-from agentlib import running_agent, wait_until
+from agentlib import free_sip_port, running_agent, wait_until
 from peerlib.capture import write_dtmf_pcap
 from test_agent_calls import assert_same_frames, recording
 
@@ -155,3 +156,37 @@ async def test_dtmf_digits_reach_the_app_once_each(sipp, tmp_path):
         await wait_until(lambda: bool(agent.ended_calls), 5, "call ended")
     digits = next(record_dir.glob("*.digits")).read_text()
     assert digits == "15550123#*"
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, output.decode()
+
+
+@pytest.mark.parametrize(
+    ("password", "exit_code", "expected"),
+    [("agentpw", 0, "registered: OK"), ("wrong-pass", 1, "authentication failed")],
+)
+async def test_register_command(kamailio, password, exit_code, expected):
+    kam = await kamailio(qop=True)
+    code, text = await run_cli(
+        "register", "--server", kam.address, "--password", password,
+        "--bind", f"127.0.0.1:{free_sip_port()}",
+    )  # fmt: skip
+    assert code == exit_code, text
+    assert expected in text and "contact     <sip:agent@127.0.0.1:" in text
+    assert password not in text
+    assert await kam.registered_contacts("agent") == []  # unregistered on exit
+
+
+async def test_register_command_unreachable():
+    code, text = await run_cli(
+        "register", "--server", "127.0.0.1:9", "--bind", f"127.0.0.1:{free_sip_port()}",
+        "--timeout", "6",
+    )  # fmt: skip
+    assert code == 3, text
+    assert "no answer from registrar 127.0.0.1:9" in text
