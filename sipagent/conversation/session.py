@@ -30,6 +30,7 @@ from sipagent.conversation.barge_in import (
 )
 from sipagent.conversation.chunker import SentenceChunker
 from sipagent.conversation.heard import SpokenChunk, heard_text
+from sipagent.conversation.idle import IdleAction, IdlePolicy
 from sipagent.providers.base import (
     LanguageModel,
     ProviderError,
@@ -151,9 +152,12 @@ class ConversationSession:
         self._reply_task: asyncio.Task[None] | None = None
         self._reply: _Reply | None = None
         self._done = asyncio.Event()
-        self._last_activity = self.clock()
-        self._reprompts = 0
-        self._started = self.clock()
+        self.idle = IdlePolicy(
+            self.clock(),
+            reprompt_after=self.settings.idle_reprompt_seconds,
+            max_reprompts=self.settings.idle_max_reprompts,
+            max_call=self.settings.max_call_seconds,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -190,8 +194,7 @@ class ConversationSession:
                 voiced = False
             if voiced:
                 self._last_caller_voice = now
-                self._last_activity = now
-                self._reprompts = 0
+                self.idle.caller_active(now)
             try:
                 self.stt.send_audio(frame)
                 self._apply_barge_in(self.barge_in.on_frame(voiced, now))
@@ -242,7 +245,7 @@ class ConversationSession:
         if speaking and is_backchannel(text):
             return  # "mhm" while we talk is not a turn
         timings = TurnTimings(caller_speech_end=self._last_caller_voice, stt_final=now)
-        self._last_activity = now
+        self.idle.caller_active(now)
         self._start_reply(text, timings=timings)
 
     # -- keypad -----------------------------------------------------------------------------
@@ -264,7 +267,7 @@ class ConversationSession:
                 except StopAsyncIteration:
                     return
                 next_digit = asyncio.ensure_future(anext(iterator))
-                self._last_activity = self.clock()
+                self.idle.caller_active(self.clock())
                 if digit == "#":
                     self._keypad_entry(digits)
                     digits = ""
@@ -283,11 +286,22 @@ class ConversationSession:
 
     # -- idle and call length ---------------------------------------------------------------
     async def _watchdog(self) -> None:
-        settings = self.settings
         while True:
             await asyncio.sleep(0.25)
             now = self.clock()
-            if now - self._started > settings.max_call_seconds:
+            busy = self._reply_task is not None and not self._reply_task.done()
+            if busy or self._pending_finals:
+                self.idle.agent_active(now)
+            action = self.idle.tick(now)
+            if action == IdleAction.REPROMPT:
+                self._start_reply(None, greeting="Are you still there?")
+            elif action == IdleAction.HANG_UP:
+                self._start_reply(
+                    None, greeting="I haven't heard anything, so I'll hang up now. Goodbye!",
+                    then_hangup=True,
+                )  # fmt: skip
+                return
+            elif action == IdleAction.TIME_LIMIT:
                 self._start_reply(
                     None,
                     greeting="I'm sorry, we've reached the time limit for this call. "
@@ -295,21 +309,6 @@ class ConversationSession:
                     then_hangup=True,
                 )
                 return
-            busy = self._reply_task is not None and not self._reply_task.done()
-            if busy or self._pending_finals:
-                self._last_activity = now
-                continue
-            if now - self._last_activity < settings.idle_reprompt_seconds:
-                continue
-            self._reprompts += 1
-            self._last_activity = now
-            if self._reprompts > settings.idle_max_reprompts:
-                self._start_reply(
-                    None, greeting="I haven't heard anything, so I'll hang up now. Goodbye!",
-                    then_hangup=True,
-                )  # fmt: skip
-                return
-            self._start_reply(None, greeting="Are you still there?")
 
     # -- replies ----------------------------------------------------------------------------
     def _start_reply(
@@ -362,7 +361,7 @@ class ConversationSession:
             if self._reply is reply:  # an interrupted reply must not touch its successor
                 self.barge_in.set_agent_speaking(False)
                 self.state = "listening"
-                self._last_activity = self.clock()
+                self.idle.agent_active(self.clock())
         self._record_assistant(reply, interrupted=False)
         if then_hangup or action == "hangup":
             await self.call.hangup("agent ended the call")

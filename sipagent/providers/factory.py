@@ -110,6 +110,8 @@ def build_providers(settings: AgentSettings) -> Providers:
             api_key=settings.elevenlabs_api_key.get_secret_value(),
             model_id=settings.elevenlabs_model,
             base_url=settings.elevenlabs_base_url or None,
+            # Past this the sentence is spoken by the offline voice instead (no dead air).
+            first_byte_timeout=1.5,
         )
         fallback = espeak()
     else:
