@@ -61,6 +61,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from fakes.loopback import LoopbackServer
+
 with warnings.catch_warnings():
     # stdlib audioop warns on import on 3.11/3.12 (audioop-lts replaces it on >= 3.13); the
     # fake must load under `-W error` runs too.
@@ -466,7 +468,7 @@ class FakeListenConnection:
         return [m for m in self.sent if m.get("type") == type_]
 
 
-class FakeDeepgramServer:
+class FakeDeepgramServer(LoopbackServer):
     """`GET /v1/listen` websocket, scripted (see the module docstring for the timing model)."""
 
     def __init__(
@@ -486,6 +488,7 @@ class FakeDeepgramServer:
         drops: int = 1,
         required_params: Collection[str] = REQUIRED_PARAMS,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.final_latency = final_latency
         self.interim_interval = interim_interval
@@ -502,38 +505,20 @@ class FakeDeepgramServer:
         self.connections: list[FakeListenConnection] = []
         self.rejected: list[Rejection] = []
         self.model_uuid = str(uuid.uuid4())
-        self._runner: web.AppRunner | None = None
-        self._port = 0
         self._live: dict[int, web.Request] = {}
         self._changed = asyncio.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/listen", self._handle)
-        # Short shutdown grace: a connection the client left open must not hold a test up.
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         for index, request in list(self._live.items()):
             self.connections[index].closed_by = self.connections[index].closed_by or "server_stop"
             if request.transport is not None:
                 request.transport.abort()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDeepgramServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def url(self) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from fakes.loopback import LoopbackServer
+
 SAMPLE_RATE = 8000
 MS_PER_CHAR = 55
 MIN_MS = 200
@@ -72,7 +74,7 @@ class RecordedTtsRequest:
         return str(self.body.get("text", "")) if isinstance(self.body, dict) else ""
 
 
-class FakeElevenLabsServer:
+class FakeElevenLabsServer(LoopbackServer):
     """Knobs (attributes, changeable between requests):
       first_byte_latency   seconds from the response headers to the first audio chunk
       speed                how many times faster than real time audio is sent (None: no pacing)
@@ -89,6 +91,7 @@ class FakeElevenLabsServer:
         speed: float | None = 20.0,
         drop_after_bytes: int | None = None,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.first_byte_latency = first_byte_latency
         self.speed = speed
@@ -96,31 +99,13 @@ class FakeElevenLabsServer:
         self.requests: list[RecordedTtsRequest] = []
         self._failures: list[int] = []
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._handle)
-        # Short shutdown grace so a handler still pacing audio never holds a test up.
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeElevenLabsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def base_url(self) -> str:

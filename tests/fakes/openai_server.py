@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from fakes.loopback import LoopbackServer
+
 # Argument fragments are cut to these lengths in turn: small and irregular, so cuts land
 # mid-key, mid-string and between a backslash and what it escapes, as real streams do.
 _FRAGMENT_SIZES = (1, 4, 2, 7, 3, 5)
@@ -160,7 +162,7 @@ def plan_deltas(
     return deltas
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """`POST /v1/chat/completions` with `stream: true`, scripted.
 
     Knobs (attributes, changeable between requests):
@@ -183,6 +185,7 @@ class FakeOpenAIServer:
         drop_after_tokens: int | None = None,
         tool_call_style: str = "interleaved",
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.first_token_latency = first_token_latency
         self.inter_token_delay = inter_token_delay
@@ -194,33 +197,15 @@ class FakeOpenAIServer:
         self._failures: list[int] = []
         self._call_counter = itertools.count(1)
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
-        # Short shutdown grace: a stalled handler must not hold the test up for a minute.
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAIServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,45 @@
+"""What every fake provider server shares: an aiohttp app on 127.0.0.1:free port."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from aiohttp import web
+
+
+class LoopbackServer:
+    """Subclasses add their routes in `routes(app)`; `port` is known once started."""
+
+    def __init__(self) -> None:
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        # Short shutdown grace: a handler still streaming or a connection the client left
+        # open must not hold a test up.
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
