@@ -534,29 +534,24 @@ class AgentSIPClient(SIPClient):
         )
 
     def gen_ack_for_answer(self, dialog: DialogState, cseq: int) -> OutgoingRequest:
-        """ACK for a 2xx: its own transaction, sent along the dialog's route set."""
-        branch = self.gen_branch()
-        message = (
-            f"ACK {dialog.remote_target} SIP/2.0\r\n"
-            + self._via(branch)
-            + "Max-Forwards: 70\r\n"
-            + "".join(f"Route: {route}\r\n" for route in dialog.route_set)
-            + f"From: {dialog.local_party};tag={dialog.local_tag}\r\n"
-            + f"To: {dialog.remote_party}\r\n"
-            + f"Call-ID: {dialog.call_id}\r\n"
-            + f"CSeq: {cseq} ACK\r\n"
-            + "Content-Length: 0\r\n\r\n"
-        )
-        return OutgoingRequest(message.encode(), "ACK", branch, dialog.call_id, cseq)
+        """ACK for a 2xx: its own transaction, along the route set, with the INVITE's CSeq."""
+        return self.gen_in_dialog_request(dialog, "ACK", cseq=cseq)
 
     # D1: our BYE carries our own Via; D6: it follows the route set.
     def gen_bye(self, dialog: DialogState) -> OutgoingRequest:  # type: ignore[override]
         return self.gen_in_dialog_request(dialog, "BYE")
 
     def gen_in_dialog_request(
-        self, dialog: DialogState, method: str, extra_headers: str = "", body: str = ""
+        self,
+        dialog: DialogState,
+        method: str,
+        extra_headers: str = "",
+        body: str = "",
+        cseq: int | None = None,
     ) -> OutgoingRequest:
-        dialog.local_cseq += 1
+        if cseq is None:
+            dialog.local_cseq += 1
+            cseq = dialog.local_cseq
         branch = self.gen_branch()
         encoded_body = body.encode()
         message = (
@@ -567,12 +562,12 @@ class AgentSIPClient(SIPClient):
             + f"From: {dialog.local_party};tag={dialog.local_tag}\r\n"
             + f"To: {dialog.remote_party}\r\n"
             + f"Call-ID: {dialog.call_id}\r\n"
-            + f"CSeq: {dialog.local_cseq} {method}\r\n"
+            + f"CSeq: {cseq} {method}\r\n"
             + f"Contact: {self.contact}\r\n"
             + f"User-Agent: {USER_AGENT}\r\n"
             + extra_headers
             + f"Content-Length: {len(encoded_body)}\r\n\r\n"
         )
         return OutgoingRequest(
-            message.encode() + encoded_body, method, branch, dialog.call_id, dialog.local_cseq
+            message.encode() + encoded_body, method, branch, dialog.call_id, cseq
         )
