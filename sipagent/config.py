@@ -76,6 +76,11 @@ class AgentSettings(BaseSettings):
     status_bind: str = Field(
         "127.0.0.1:8089", description="status/metrics HTTP host:port; empty = disabled"
     )
+    database_url: str = Field(
+        "sqlite:///sipagent.db",
+        validation_alias=AliasChoices("SIPAGENT_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user:pw@host/db",
+    )
     # -- conversation (app "receptionist") ------------------------------------------------
     stt: str = Field("auto", description="auto | deepgram | offline")
     llm: str = Field("auto", description="auto | openai | offline")

@@ -8,6 +8,7 @@ database is enough (`sqlite3` from the standard library, `psycopg` for PostgreSQ
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -172,17 +173,60 @@ def alembic_config(url: str | URL | None = None) -> Config:
     return config
 
 
-def upgrade(url: str | URL | None = None, revision: str = "head") -> None:
+# Alembic keeps the running migration's context in module globals (`alembic.context`, `op`),
+# so two migrations in one process at once would trample each other: run them one by one.
+_ALEMBIC_LOCK = threading.Lock()
+
+
+def upgrade(
+    url: str | URL | None = None, revision: str = "head", *, engine: Engine | None = None
+) -> None:
     """Migrate the database to `revision` (used by `sipagent db upgrade` and agent start).
 
     Safe to run from several agent processes at once: the migration transaction takes a
-    PostgreSQL advisory lock / SQLite's write lock before reading the current revision."""
-    command.upgrade(alembic_config(url), revision)
+    PostgreSQL advisory lock / SQLite's write lock before reading the current revision.
+    `engine` migrates through an existing engine instead of a URL: the only way to reach a
+    `sqlite:///:memory:` database, which exists inside its engine alone."""
+    if engine is not None:
+        _migrate_with_engine(engine, "upgrade", revision)
+        return
+    config = alembic_config(url)
+    with _ALEMBIC_LOCK:
+        command.upgrade(config, revision)
 
 
-def downgrade(url: str | URL | None, revision: str) -> None:
+def downgrade(url: str | URL | None, revision: str, *, engine: Engine | None = None) -> None:
     """Migrate the database down to `revision` ("base" drops every table)."""
-    command.downgrade(alembic_config(url), revision)
+    if engine is not None:
+        _migrate_with_engine(engine, "downgrade", revision)
+        return
+    config = alembic_config(url)
+    with _ALEMBIC_LOCK:
+        command.downgrade(config, revision)
+
+
+def _migrate_with_engine(engine: Engine, direction: str, revision: str) -> None:
+    config = alembic_config(engine.url)
+    with _ALEMBIC_LOCK, engine.connect().execution_options(**WRITE_OPTIONS) as connection:
+        config.attributes["connection"] = connection
+        # Foreign keys off while migrating, as env.py does for its own engines (batch mode's
+        # table rebuilds must not cascade). The pragma is a no-op inside a transaction, so it
+        # goes to the driver connection directly, before SQLAlchemy begins one.
+        raw: Any = (
+            connection.connection.dbapi_connection if engine.dialect.name == "sqlite" else None
+        )
+        enforced = raw.execute("PRAGMA foreign_keys").fetchone()[0] if raw is not None else 0
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            getattr(command, direction)(config, revision)
+            # env.py ran the migration in its own transaction on this connection; leave
+            # nothing open when the connection goes back to the pool.
+            if connection.in_transaction():
+                connection.commit()
+        finally:
+            if raw is not None:
+                raw.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
 
 
 def current_revision(url: str | URL | None = None) -> str | None:

@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,6 +47,7 @@ log = logging.getLogger("sipagent.storage")
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = 4
+_E164 = re.compile(r"\+\d{8,15}")
 
 
 class AppointmentNotFoundError(LookupError):
@@ -111,6 +112,29 @@ def run_with_retries(operation: Callable[[], T], attempts: int = RETRY_ATTEMPTS)
     raise AssertionError("unreachable")
 
 
+def link_bookings_to_call(session: Session, sip_call_id: str) -> None:
+    """Point this Call-ID's unlinked appointments at its call row (when there is one).
+
+    The booking and the call row are written by different transactions that may overlap
+    (the recorder is asynchronous), and under READ COMMITTED neither sees the other's
+    uncommitted row, so linking inside either transaction can miss. Both sides therefore run
+    this in a new transaction *after* their own commit: whichever commits second is then
+    guaranteed to see the other's row, so the link is always made by one of them."""
+    session.execute(
+        update(AppointmentRecord)
+        .where(
+            AppointmentRecord.sip_call_id == sip_call_id,
+            AppointmentRecord.call_id.is_(None),
+        )
+        .values(
+            call_id=select(CallRecord.id)
+            .where(CallRecord.sip_call_id == sip_call_id)
+            .scalar_subquery()
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
@@ -155,7 +179,7 @@ class SqlBookingStore:
     def __init__(self, engine: Engine, slot_minutes: int = 30, *, timezone: str = "UTC") -> None:
         if slot_minutes <= 0 or (24 * 60) % slot_minutes:
             raise ValueError(f"slot_minutes must divide a day, got {slot_minutes}")
-        _zone(timezone)
+        ZoneInfo(timezone)  # fail at start-up on a misspelt zone, not on the first booking
         self.engine = engine
         self.slot_minutes = slot_minutes
         self.timezone = timezone
@@ -170,6 +194,8 @@ class SqlBookingStore:
     async def book(self, appointment: Appointment) -> Appointment:
         """Store a booked appointment; SlotTakenError if any of its slots is taken."""
         self._validate(appointment.start, appointment.duration_minutes, appointment.reason)
+        if not _E164.fullmatch(appointment.phone):
+            raise ValueError(f"phone must be E.164 (+ and 8-15 digits), got {appointment.phone!r}")
         return await asyncio.to_thread(run_with_retries, lambda: self._book(appointment))
 
     async def booked_between(self, start: datetime, end: datetime) -> list[Appointment]:
@@ -272,7 +298,17 @@ class SqlBookingStore:
                     f"{appointment.start.isoformat()} overlaps a booked appointment"
                 ) from None
             raise
+        self._link_call_after_commit(record)
         return _to_appointment(record)
+
+    def _link_call_after_commit(self, record: AppointmentRecord) -> None:
+        if record.call_id is not None or not record.sip_call_id:
+            return
+        try:
+            with self._write.begin() as session:
+                link_bookings_to_call(session, record.sip_call_id)
+        except Exception:  # the booking stands; only its link to the call record is missing
+            log.exception("could not link appointment %d to call %s", record.id, record.sip_call_id)
 
     def _booked_between(self, start: datetime, end: datetime) -> list[Appointment]:
         with self._read() as session:
@@ -336,10 +372,7 @@ class SqlBookingStore:
                 assert old is not None
                 source = _to_appointment(old)
                 if call_id is not None:
-                    source = Appointment(
-                        source.patient_name, source.phone, source.start,
-                        source.duration_minutes, source.reason, call_id=call_id,
-                    )  # fmt: skip
+                    source = replace(source, call_id=call_id)
                 record = self._insert_booked(session, source, new_start, rescheduled_from=old.id)
         except IntegrityError as error:
             if _is_slot_conflict(error):
@@ -347,6 +380,7 @@ class SqlBookingStore:
                     f"{new_start.isoformat()} overlaps a booked appointment"
                 ) from None
             raise
+        self._link_call_after_commit(record)
         return _to_appointment(record)
 
 
@@ -540,16 +574,10 @@ class CallRecorder:
                 for name, value in fields.items():
                     if value is not None:
                         setattr(record, name, value)
-            session.flush()
-            session.execute(
-                update(AppointmentRecord)
-                .where(
-                    AppointmentRecord.sip_call_id == sip_call_id,
-                    AppointmentRecord.call_id.is_(None),
-                )
-                .values(call_id=record.id)
-                .execution_options(synchronize_session=False)
-            )
+        # After the commit, in its own transaction: see link_bookings_to_call for why. (A
+        # failure here re-runs the whole, idempotent, start under run_with_retries.)
+        with self._write.begin() as session:
+            link_bookings_to_call(session, sip_call_id)
         return True
 
     def _turn(self, sip_call_id: str, index: int, fields: dict[str, Any]) -> bool:
