@@ -177,13 +177,21 @@ async def run_demo(console: Console, *, rtp_base: int = 21600) -> DemoResult:
         session = app.sessions.get(call.call_id)
         return DemoResult(
             turns=list(session.turns) if session else [],
-            appointments=list(getattr(app.store, "appointments", [])),
+            appointments=await _booked_by(app, call.call_id),
             offline=app.providers.choice.offline,
             call_id=call.call_id,
         )
     finally:
         await caller.stop()
         await agent.stop()
+
+
+async def _booked_by(app: ReceptionistApp, call_id: str) -> list[Any]:
+    """The appointments as stored in the database, read back (not what the tool returned)."""
+    if app.recorder is not None:
+        await app.recorder.drain()
+    for_call = getattr(app.store, "for_call", None)
+    return list(await for_call(call_id)) if for_call is not None else []
 
 
 def _ms(later: float | None, earlier: float | None) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ async def running_agent(
     *, record_dir: Path | None = None, **overrides: Any
 ) -> AsyncIterator[SipEndpoint]:
     settings_values: dict[str, Any] = {
+        # A fresh SQLite file per agent: tests never share or leave a database behind.
+        "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='sipagent-db-')}/agent.db",
         "bind": f"127.0.0.1:{free_sip_port()}",
         "rtp_ports": rtp_range(),
         "app": "player",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +15,7 @@ from sipagent.config import AgentSettings
 from sipagent.conversation.barge_in import BargeInSettings
 from sipagent.conversation.session import ConversationSession, ConversationSettings
 from sipagent.providers.factory import Providers, build_providers
+from sipagent.storage import CallRecorder, SqlBookingStore, make_engine, upgrade
 from sipagent.tools.receptionist import ReceptionistTools
 
 log = logging.getLogger("sipagent.receptionist")
@@ -25,12 +28,14 @@ class ReceptionistApp:
         conversation: ConversationSettings,
         hours: ClinicHours,
         store: BookingStore | None = None,
+        recorder: CallRecorder | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.providers = providers
         self.conversation = conversation
         self.hours = hours
         self.store = store or InMemoryBookingStore()
+        self.recorder = recorder
         self.clock = clock or (lambda: datetime.now(hours.zone))
         self.sessions: dict[str, ConversationSession] = {}
 
@@ -49,7 +54,12 @@ class ReceptionistApp:
             max_call_seconds=settings.max_call_seconds,
             transfer_uri=settings.transfer_uri,
         )
-        return cls(build_providers(settings), conversation, ClinicHours(settings.clinic_timezone))
+        hours = ClinicHours(settings.clinic_timezone)
+        # Schema first (automatic upgrade at start), then the store and the call records.
+        upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        store = SqlBookingStore(engine, hours.slot_minutes, timezone=hours.timezone)
+        return cls(build_providers(settings), conversation, hours, store, CallRecorder(engine))
 
     async def handle(self, call: CallChannel) -> None:
         now = self.clock()
@@ -65,4 +75,35 @@ class ReceptionistApp:
             today=now.strftime("%A %B %-d, %Y, %-I:%M %p %Z"),
         )
         self.sessions[call.call_id] = session
-        await session.run()
+        recorder = self.recorder
+        if recorder is None:
+            await session.run()
+            return
+        dialog = getattr(call, "dialog", None)
+        recorder.spawn(
+            recorder.record_call_start(
+                call.call_id,
+                from_uri=getattr(dialog, "remote_party", ""),
+                to_uri=getattr(dialog, "local_party", ""),
+                started_at=getattr(call, "started_at", None),
+                answered_at=getattr(call, "answered_at", None),
+                offline_mode=self.providers.choice.offline,
+            )
+        )
+        session.on_turn = lambda index, turn: recorder.spawn(
+            recorder.record_turn(call.call_id, index, turn)
+        )
+        try:
+            await session.run()
+        finally:
+            ended = getattr(call, "ended", None)
+            if ended is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), 5)
+            recorder.spawn(
+                recorder.record_call_end(
+                    call.call_id,
+                    ended_at=getattr(call, "ended_at", None),
+                    end_reason=getattr(call, "end_reason", ""),
+                )
+            )

@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 
 from sipagent.agent import run_agent
 from sipagent.cli.monitor import monitor
+from sipagent.cli.records import appointments_app, calls_app
 from sipagent.config import AgentSettings
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
@@ -140,6 +141,31 @@ def register(
     if outcome.nat_warning:
         out.print(f"[yellow]warning[/]: {outcome.nat_warning}")
     raise typer.Exit(outcome.exit_code)
+
+
+app.add_typer(calls_app, name="calls")
+app.add_typer(appointments_app, name="appointments")
+db_app = typer.Typer(help="Database schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Migrate the database at SIPAGENT_DATABASE_URL / DATABASE_URL (default sqlite:///sipagent.db)."""
+    from sqlalchemy.engine import make_url
+
+    from sipagent.storage import current_revision, upgrade
+
+    url = AgentSettings().database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        upgrade(url, revision)
+    except Exception as error:
+        console.print(f"[red]upgrade of {shown} failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    Console().print(f"{shown} is at revision {current_revision(url)}")
 
 
 @app.command()

@@ -165,9 +165,7 @@ def _totals(status: Mapping[str, Any]) -> Panel:
     grid.add_row(
         "RTP in / out", f"{totals.get('rtp_packets_in', 0)} / {totals.get('rtp_packets_out', 0)}"
     )
-    grid.add_row(
-        "lost / late", f"{totals.get('jitter_lost', 0)} / {totals.get('jitter_late', 0)}"
-    )
+    grid.add_row("lost / late", f"{totals.get('jitter_lost', 0)} / {totals.get('jitter_late', 0)}")
     grid.add_row("provider errors", str(totals.get("provider_errors", 0)))
     grid.add_row("malformed SIP", str(totals.get("sip_malformed", 0)))
     return Panel(grid, title="Totals", title_align="left")
@@ -206,7 +204,11 @@ def _calls(status: Mapping[str, Any]) -> Table:
 
 def _turns(status: Mapping[str, Any]) -> Table:
     now = _get(status, "agent", "now")
-    table = Table(title="Recent turns (agent replies)", title_justify="left", expand=True)
+    table = Table(
+        title="Recent turns (agent replies; stage latencies in ms)",
+        title_justify="left",
+        expand=True,
+    )
     table.add_column("When", justify="right")
     table.add_column("Caller", overflow="fold")
     for _, title in TURN_COLUMNS:
@@ -257,11 +259,11 @@ def _errors(status: Mapping[str, Any]) -> Panel:
         lines.append(f"{error.get('message', '')}\n", style="red")
     malformed = errors.get("sip_malformed") or {}
     if malformed:
-        counts = ", ".join(f"{kind} ×{count}" for kind, count in sorted(malformed.items()))
+        counts = ", ".join(f"{kind}: {count}" for kind, count in sorted(malformed.items()))
         lines.append(f"malformed SIP: {counts}\n", style="yellow")
     dropped = errors.get("rtp_dropped") or {}
     if dropped:
-        counts = ", ".join(f"{reason} ×{count}" for reason, count in sorted(dropped.items()))
+        counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(dropped.items()))
         lines.append(f"dropped RTP: {counts}\n", style="yellow")
     if not lines.plain:
         lines = _dim("no errors")

@@ -121,6 +121,7 @@ class ConversationSession:
         settings: ConversationSettings | None = None,
         fallback_tts: TextToSpeech | None = None,
         transfer: Callable[[str], Awaitable[bool]] | None = None,
+        on_turn: Callable[[int, Turn], None] | None = None,
         today: str = "",
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -132,6 +133,7 @@ class ConversationSession:
         self.tools = tools
         self.settings = settings or ConversationSettings()
         self.transfer = transfer
+        self.on_turn = on_turn
         self.clock = clock or asyncio.get_running_loop().time
         self.messages: list[dict[str, Any]] = [
             {
@@ -326,7 +328,7 @@ class ConversationSession:
         if user_text is not None:
             log.info("[%s] caller: %s", self.call.call_id, user_text)
             self.messages.append({"role": "user", "content": user_text})
-            self.turns.append(Turn("user", user_text, timings=timings))
+            self._add_turn(Turn("user", user_text, timings=timings))
         reply = _Reply(self.call.sent_audio_ms, timings, len(self.messages))
         self._reply = reply
         self.state = "thinking"
@@ -516,9 +518,15 @@ class ConversationSession:
                 "[%s] agent%s: %s", self.call.call_id, " (interrupted)" if interrupted else "",
                 heard if interrupted else reply.text.strip(),
             )  # fmt: skip
-            self.turns.append(
-                Turn("assistant", reply.text.strip(), heard, interrupted, reply.timings)
-            )
+            self._add_turn(Turn("assistant", reply.text.strip(), heard, interrupted, reply.timings))
+
+    def _add_turn(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        if self.on_turn is not None:
+            try:
+                self.on_turn(len(self.turns) - 1, turn)
+            except Exception:  # persistence trouble never reaches the caller
+                log.exception("[%s] recording a turn failed", self.call.call_id)
 
     def _replace_reply_history(self, reply: _Reply, heard: str) -> None:
         """History keeps only what the caller heard of an interrupted reply, marked, so the

@@ -15,7 +15,8 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from sipagent.observability.snapshot import (
     STAGE_NAMES,
@@ -186,9 +187,14 @@ class AgentMetrics:
     def rtp_dropped_by_reason(self) -> dict[str, int]:
         return dict(self.rtp_dropped_totals)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of this agent's registry."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) of this agent's registry in the format the scraper accepts.
+
+        Negotiated like prometheus_client's own handler: OpenMetrics or text 1.0.0 when the
+        Accept header asks for it, the classic text format 0.0.4 otherwise (curl, old servers).
+        """
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     # -- polling ----------------------------------------------------------------------------
     def poll(self, endpoint: SipEndpoint, now: float | None = None) -> None:

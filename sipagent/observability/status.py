@@ -20,8 +20,6 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from sipagent.config import HostPort, parse_host_port
 from sipagent.observability.metrics import AgentMetrics
 from sipagent.observability.snapshot import Redactor, build_status
@@ -142,9 +140,10 @@ class StatusServer:
             loop_now=asyncio.get_running_loop().time(),
         )
 
-    def metrics_text(self) -> bytes:
+    def metrics_text(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) for a scrape with this Accept header."""
         self.poll()
-        return self.metrics.exposition()
+        return self.metrics.exposition(accept)
 
     async def _poll_loop(self) -> None:
         # Between scrapes too: the endpoint keeps only the last 100 ended calls, and counters
@@ -191,9 +190,10 @@ class StatusServer:
         head_only = method == "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n", False
-        host = next(
-            (v for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "host"), None
-        )
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+        }
+        host = headers.get("host")
         if host is not None and _is_loopback(self.bind.host) and not _is_loopback(_host_of(host)):
             return 403, "text/plain", b"forbidden host\n", head_only
         path = urlsplit(target).path.rstrip("/") or "/"
@@ -202,7 +202,8 @@ class StatusServer:
                 body = json.dumps(self.status(), default=str, separators=(",", ":")).encode()
                 return 200, "application/json", body, head_only
             if path == "/metrics":
-                return 200, CONTENT_TYPE_LATEST, self.metrics_text(), head_only
+                body, content_type = self.metrics_text(headers.get("accept", ""))
+                return 200, content_type, body, head_only
         except Exception:
             log.exception("status request %s failed", path)
             return 500, "text/plain", b"internal error\n", head_only

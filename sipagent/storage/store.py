@@ -208,6 +208,10 @@ class SqlBookingStore:
     async def get(self, appointment_id: int) -> Appointment | None:
         return await asyncio.to_thread(self._get, appointment_id)
 
+    async def for_call(self, sip_call_id: str) -> list[Appointment]:
+        """What one call booked (any status), by start time."""
+        return await asyncio.to_thread(self._query, AppointmentRecord.sip_call_id == sip_call_id)
+
     async def find_by_phone(
         self, phone: str, *, include_inactive: bool = False
     ) -> list[Appointment]:
@@ -327,6 +331,14 @@ class SqlBookingStore:
         with self._read() as session:
             record = session.get(AppointmentRecord, appointment_id)
             return _to_appointment(record) if record is not None else None
+
+    def _query(self, *conditions: Any) -> list[Appointment]:
+        query = select(AppointmentRecord).where(*conditions)
+        with self._read() as session:
+            records = session.scalars(
+                query.order_by(AppointmentRecord.start_at, AppointmentRecord.id)
+            ).all()
+            return [_to_appointment(r) for r in records]
 
     def _find_by_phone(self, phone: str, include_inactive: bool) -> list[Appointment]:
         query = select(AppointmentRecord).where(AppointmentRecord.phone == phone)

@@ -12,9 +12,12 @@ from fakes.deepgram_server import FakeDeepgramServer
 from fakes.elevenlabs_server import FakeElevenLabsServer, expected_audio
 from fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
 from peerlib.capture import rtp_packets
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sipagent.conversation.chunker import SentenceChunker
 from sipagent.sip.call import CallState
+from sipagent.storage.models import AppointmentRecord, CallRecord
 
 pytestmark = [pytest.mark.peers]
 
@@ -32,6 +35,15 @@ def caller_audio(audio, tmp_path: Path, script: list[tuple[float, str]], tail: f
     path = tmp_path / "caller.ulaw"
     path.write_bytes(bytes(data))
     return path
+
+
+def stored_call_and_turns(engine, call_id: str):
+    with Session(engine) as db:
+        call = db.scalars(select(CallRecord).where(CallRecord.sip_call_id == call_id)).one()
+        turns = sorted(call.turns, key=lambda t: t.index)
+        appointment = db.scalars(select(AppointmentRecord)).one()
+        assert appointment.call_id == call.id
+        return call, turns
 
 
 def agent_settings(deepgram, openai, elevenlabs) -> dict:
@@ -115,9 +127,15 @@ async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio
         call = agent.ended_calls[0]
         app = agent.app
         session = app.sessions[call.call_id]
+        await app.recorder.drain()
+        [appointment] = await app.store.for_call(call.call_id)
+        stored_call, stored_turns = stored_call_and_turns(app.store.engine, call.call_id)
     assert call.end_reason == "agent ended the call"
     assert "BYE" in result.received_requests()
-    [appointment] = app.store.appointments
+    # The call and its turns are in the database, linked to the booking.
+    assert stored_call.end_reason == "agent ended the call" and stored_call.ended_at
+    assert [t.role for t in stored_turns] == [t.role for t in session.turns]
+    assert stored_turns[1].text == session.turns[1].text and stored_turns[2].first_reply_packet_ms
     assert (appointment.patient_name, appointment.reason) == ("Maria Lopez", "cleaning")
     assert appointment.phone == "+15551234567" and appointment.call_id == call.call_id
     assert appointment.start.strftime("%A %H:%M") == "Tuesday 15:00"

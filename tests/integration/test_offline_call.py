@@ -78,8 +78,8 @@ async def test_offline_booking_call(sipp, tmp_path):
         result = (await runner.wait()).check()
         call = agent.ended_calls[0]
         session = agent.app.sessions[call.call_id]
+        appointments = await agent.app.store.for_call(call.call_id)
     transcript = "\n".join(f"{t.role}: {t.text}" for t in session.turns)
-    appointments = agent.app.store.appointments
     assert len(appointments) == 1, transcript
     [appointment] = appointments
     assert (appointment.patient_name, appointment.reason) == ("David Miller", "cleaning"), (
