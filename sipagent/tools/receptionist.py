@@ -64,6 +64,28 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         ["preferred_date"],
     ),
     _function(
+        "find_appointments",
+        "Look up a returning caller's booked appointments by their phone number.",
+        {"phone": {"type": "string"}},
+        ["phone"],
+    ),
+    _function(
+        "cancel_appointment",
+        "Cancel a booked appointment (get its id from find_appointments first).",
+        {"appointment_id": {"type": "integer"}},
+        ["appointment_id"],
+    ),
+    _function(
+        "reschedule_appointment",
+        "Move a booked appointment to a new date and time.",
+        {
+            "appointment_id": {"type": "integer"},
+            "new_date": {"type": "string"},
+            "new_time": {"type": "string"},
+        },
+        ["appointment_id", "new_date", "new_time"],
+    ),
+    _function(
         "transfer_to_human",
         "Transfer the caller to the front desk staff.",
         {"reason": {"type": "string"}},
@@ -86,6 +108,25 @@ class ToolOutcome:
 
 def _result(**fields: Any) -> str:
     return json.dumps(fields, default=str)
+
+
+def _describe(appointment: Appointment) -> dict[str, Any]:
+    return {
+        "appointment_id": appointment.id,
+        "patient_name": appointment.patient_name,
+        "reason": appointment.reason,
+        "when": appointment.start.strftime("%A %B %-d at %-I:%M %p"),
+        "status": appointment.status,
+    }
+
+
+def _appointment_id(args: dict[str, Any]) -> int:
+    try:
+        return int(args.get("appointment_id"))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise BookingRuleError(
+            "appointment_id must be the number find_appointments gave"
+        ) from error
 
 
 class ReceptionistTools:
@@ -138,7 +179,9 @@ class ReceptionistTools:
             str(args["preferred_date"]), str(args["preferred_time"]), self.hours, now
         )
         duration = self.hours.durations.get(reason, self.hours.slot_minutes)
-        check_slot(start, duration, self.hours, now)
+        refused = await self._refusal(start, duration, now)
+        if refused is not None:
+            return refused
         appointment = Appointment(
             patient_name=str(args["patient_name"]).strip(),
             phone=phone,
@@ -165,6 +208,56 @@ class ReceptionistTools:
                 duration_minutes=stored.duration_minutes,
             )
         )
+
+    async def _refusal(self, start: datetime, duration: int, now: datetime) -> ToolOutcome | None:
+        """A closed or past time is refused with the nearest times that are possible."""
+        try:
+            check_slot(start, duration, self.hours, now)
+        except BookingRuleError as error:
+            around = max(start, now + timedelta(days=1))
+            free = await self._free_slots(around, duration, now)
+            return ToolOutcome(_result(ok=False, error=str(error), alternatives=free[:3]))
+        return None
+
+    async def _tool_find_appointments(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        phone = normalise_phone(str(args.get("phone") or ""))
+        found = await self.store.find_by_phone(phone)
+        return ToolOutcome(
+            _result(ok=True, phone=phone, appointments=[_describe(a) for a in found])
+        )
+
+    async def _tool_cancel_appointment(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        appointment_id = _appointment_id(args)
+        try:
+            cancelled = await self.store.cancel(appointment_id)
+        except LookupError:
+            return ToolOutcome(
+                _result(ok=False, error=f"no booked appointment #{appointment_id}; find it first")
+            )
+        return ToolOutcome(_result(ok=True, cancelled=_describe(cancelled)))
+
+    async def _tool_reschedule_appointment(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
+        appointment_id = _appointment_id(args)
+        current = await self.store.get(appointment_id)
+        if current is None or current.status != "booked":
+            return ToolOutcome(
+                _result(ok=False, error=f"no booked appointment #{appointment_id}; find it first")
+            )
+        now = self.clock()
+        start = resolve_start(
+            str(args.get("new_date") or ""), str(args.get("new_time") or ""), self.hours, now
+        )
+        refused = await self._refusal(start, current.duration_minutes, now)
+        if refused is not None:
+            return refused
+        try:
+            moved = await self.store.reschedule(appointment_id, start, call_id=call_id)
+        except SlotTakenError:
+            free = await self._free_slots(start, current.duration_minutes, now)
+            return ToolOutcome(
+                _result(ok=False, error="that time is already taken", alternatives=free[:3])
+            )
+        return ToolOutcome(_result(ok=True, rescheduled=_describe(moved)))
 
     async def _tool_check_availability(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
         now = self.clock()

@@ -136,5 +136,85 @@ async def test_availability_and_call_control_tools():
     assert (await executor.execute(call("end_call"), "c")).action == "hangup"
     assert (await executor.execute(call("transfer_to_human"), "c")).action == "transfer"
     assert {t["function"]["name"] for t in TOOL_SCHEMAS} == {
-        "book_appointment", "check_availability", "transfer_to_human", "end_call",
+        "book_appointment", "check_availability", "find_appointments", "cancel_appointment",
+        "reschedule_appointment", "transfer_to_human", "end_call",
     }  # fmt: skip
+
+
+async def test_closed_times_come_back_with_alternatives():
+    executor, _ = tools()
+    outcome = await executor.execute(
+        call("book_appointment", **{**BOOKING, "preferred_date": "Saturday"}), "c"
+    )
+    result = json.loads(outcome.content)
+    assert "closed on Saturdays" in result["error"]
+    assert result["alternatives"][0] == "Monday November 30 at 9:00 AM"
+
+
+async def test_returning_caller_finds_reschedules_and_cancels():
+    executor, store = tools()
+    await executor.execute(call("book_appointment", **BOOKING), "c1")
+    found = json.loads(
+        (await executor.execute(call("find_appointments", phone="555 123 4567"), "c2")).content
+    )
+    [appointment] = found["appointments"]
+    assert appointment["when"] == "Tuesday December 1 at 3:00 PM"
+    moved = json.loads((await executor.execute(call(
+        "reschedule_appointment", appointment_id=appointment["appointment_id"],
+        new_date="Wednesday", new_time="10 am"), "c2")).content)  # fmt: skip
+    assert moved["ok"] and moved["rescheduled"]["when"] == "Wednesday December 2 at 10:00 AM"
+    new_id = moved["rescheduled"]["appointment_id"]
+    assert [a.status for a in store.appointments] == ["rescheduled", "booked"]
+    cancelled = json.loads(
+        (await executor.execute(call("cancel_appointment", appointment_id=new_id), "c2")).content
+    )
+    assert cancelled["ok"] and cancelled["cancelled"]["status"] == "cancelled"
+    again = json.loads(
+        (await executor.execute(call("cancel_appointment", appointment_id=new_id), "c2")).content
+    )
+    assert not again["ok"] and "find it first" in again["error"]
+    bad = json.loads(
+        (await executor.execute(call("cancel_appointment", appointment_id="x"), "c2")).content
+    )
+    assert not bad["ok"] and "appointment_id" in bad["error"]
+
+
+async def test_reschedule_onto_a_taken_time_keeps_the_booking():
+    executor, store = tools()
+    await executor.execute(call("book_appointment", **BOOKING), "c1")
+    other = {
+        **BOOKING,
+        "patient_name": "Ann Lee",
+        "phone": "555 987 6543",
+        "preferred_time": "10 am",
+    }
+    await executor.execute(call("book_appointment", **other), "c2")
+    moved = json.loads((await executor.execute(call(
+        "reschedule_appointment", appointment_id=1, new_date="next Tuesday", new_time="10 am"
+    ), "c3")).content)  # fmt: skip
+    assert not moved["ok"] and moved["error"] == "that time is already taken"
+    assert [a.status for a in store.appointments] == ["booked", "booked"]
+
+
+async def test_the_same_tools_over_the_sql_store(tmp_path):
+    from sipagent.storage import SqlBookingStore, make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path}/tools.db"
+    upgrade(url)
+    store = SqlBookingStore(make_engine(url), HOURS.slot_minutes, timezone=HOURS.timezone)
+    executor = ReceptionistTools(store, HOURS, clock=lambda: WEDNESDAY)
+    booked = json.loads((await executor.execute(call("book_appointment", **BOOKING), "c1")).content)
+    taken = json.loads((await executor.execute(call("book_appointment", **BOOKING), "c2")).content)
+    assert booked["ok"] and not taken["ok"] and taken["alternatives"]
+    found = json.loads(
+        (await executor.execute(call("find_appointments", phone="5551234567"), "c3")).content
+    )
+    appointment_id = found["appointments"][0]["appointment_id"]
+    moved = json.loads((await executor.execute(call(
+        "reschedule_appointment", appointment_id=appointment_id, new_date="Thursday",
+        new_time="2 pm"), "c3")).content)  # fmt: skip
+    assert moved["rescheduled"]["when"] == "Thursday November 26 at 2:00 PM"
+    new_id = moved["rescheduled"]["appointment_id"]
+    outcome = await executor.execute(call("cancel_appointment", appointment_id=new_id), "c3")
+    cancelled = json.loads(outcome.content)
+    assert cancelled["ok"] and not await store.find_by_phone("+15551234567")
