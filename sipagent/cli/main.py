@@ -36,15 +36,24 @@ def _option(help_text: str) -> typer.models.OptionInfo:
     return typer.Option(help=help_text, show_default=False)
 
 
+# The SIP account options `serve` and `register` share.
+UserOption = Annotated[str | None, _option("SIP user")]
+PasswordOption = Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")]
+AuthUserOption = Annotated[str | None, _option("digest username if not the SIP user")]
+DomainOption = Annotated[str | None, _option("SIP domain (default: server host)")]
+BindOption = Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")]
+PublicIpOption = Annotated[str | None, _option("address advertised in Contact/SDP")]
+
+
 @app.command()
 def serve(
     server: Annotated[str | None, _option("registrar host[:port]; empty: peer-to-peer")] = None,
-    user: Annotated[str | None, _option("SIP user")] = None,
-    password: Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")] = None,
-    auth_user: Annotated[str | None, _option("digest username if not the SIP user")] = None,
-    domain: Annotated[str | None, _option("SIP domain (default: server host)")] = None,
-    bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
-    public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    auth_user: AuthUserOption = None,
+    domain: DomainOption = None,
+    bind: BindOption = None,
+    public_ip: PublicIpOption = None,
     rtp_ports: Annotated[str | None, _option("RTP port range, e.g. 20000-20999")] = None,
     app_name: Annotated[
         str | None, typer.Option("--app", help="echo | player | receptionist")
@@ -101,12 +110,12 @@ def serve(
 @app.command()
 def register(
     server: Annotated[str, typer.Option(help="registrar/trunk host[:port]")],
-    user: Annotated[str | None, _option("SIP user")] = None,
-    password: Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")] = None,
-    auth_user: Annotated[str | None, _option("digest username if not the SIP user")] = None,
-    domain: Annotated[str | None, _option("SIP domain (default: server host)")] = None,
-    bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
-    public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    auth_user: AuthUserOption = None,
+    domain: DomainOption = None,
+    bind: BindOption = None,
+    public_ip: PublicIpOption = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 8.0,
 ) -> None:
     """Register once, print the outcome with diagnostics, unregister. Exit 0 registered,
