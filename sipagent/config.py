@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,20 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return first, last
 
 
+def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
+    """'1.2.3.0/24, 5.6.7.8' -> networks (a bare address is a /32 or /128)."""
+    networks = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                networks.append(ip_network(item.strip(), strict=False))
+            except ValueError as error:
+                raise ValueError(
+                    f"bad address or CIDR {item.strip()!r} in allowed sources"
+                ) from error
+    return networks
+
+
 def route_source_address(destination_host: str, destination_port: int = 5060) -> str:
     """The local address the kernel would use to reach `destination_host` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -73,6 +88,9 @@ class AgentSettings(BaseSettings):
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    allowed_sources: str = Field(
+        "", description="comma-separated CIDRs allowed to INVITE us (others get 403); empty = any"
+    )
     status_bind: str = Field(
         "127.0.0.1:8089", description="status/metrics HTTP host:port; empty = disabled"
     )
@@ -123,6 +141,16 @@ class AgentSettings(BaseSettings):
     def _check_rtp_ports(cls, value: str) -> str:
         parse_port_range(value)
         return value
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _check_allowed_sources(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def allowed_networks(self) -> list[IPv4Network | IPv6Network]:
+        return parse_networks(self.allowed_sources)
 
     @field_validator("bind")
     @classmethod

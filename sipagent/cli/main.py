@@ -62,6 +62,9 @@ def serve(
     keepalive_interval: Annotated[float | None, _option("registration probe interval, s")] = None,
     ring_seconds: Annotated[float | None, _option("ring this long before answering")] = None,
     max_calls: Annotated[int | None, _option("concurrent calls before 486 Busy")] = None,
+    allowed_sources: Annotated[
+        str | None, _option("CIDRs allowed to INVITE us, comma-separated; others get 403")
+    ] = None,
     status_bind: Annotated[
         str | None, _option('status/metrics HTTP host:port (default 127.0.0.1:8089; "" = off)')
     ] = None,
@@ -86,6 +89,7 @@ def serve(
         "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports, "app": app_name,
         "register_expires": register_expires, "keepalive_interval": keepalive_interval,
         "ring_seconds": ring_seconds, "max_calls": max_calls, "player_file": player_file,
+        "allowed_sources": allowed_sources,
         "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
         "openai_model": openai_model, "transfer_uri": transfer_uri,
         "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import Any, cast
 
 from sipagent.apps.base import CallApp
@@ -89,7 +90,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
         self._rtp_ports: RtpPortAllocator | None = None
-        self.answer_times: list[float] = []  # INVITE received -> 200 OK sent, seconds
+        self.answer_times: list[float] = []
+        self._allowed_networks = (
+            settings.allowed_networks
+        )  # INVITE received -> 200 OK sent, seconds
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -383,6 +387,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 self._send(existing.invite.last_response, self.client.response_destination(request))
             return
         received_at = time.perf_counter()
+        if not self._source_allowed(request):
+            log.warning("INVITE %s from %s refused: not in allowed sources", request.call_id,
+                        request.source)  # fmt: skip
+            self._reject_invite(request, 403, "Forbidden")
+            return
         # D5: 100 Trying at once stops the caller's INVITE retransmissions.
         self._respond(request, 100, reason="Trying")
         if len(self.calls) >= self.settings.max_calls:
@@ -440,6 +449,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.invite.last_response = ringing
         self._send(ringing, self.client.response_destination(request))
         self._spawn(self._answer(call, rtp_socket, received_at))
+
+    def _source_allowed(self, request: AgentSIPMessage) -> bool:
+        """Signalling-IP allowlist (e.g. a trunk provider's ranges); empty allows everyone."""
+        networks = self._allowed_networks
+        if not networks or request.source is None:
+            return True
+        try:
+            source = ip_address(request.source[0])
+        except ValueError:
+            return False
+        return any(source in network for network in networks)
 
     def _reject_invite(
         self,

@@ -141,3 +141,22 @@ async def test_invite_retransmissions_reinvite_and_bye():
         assert agent.ended_calls[-1].end_reason == "caller hung up"
     media_a.close()
     media_b.close()
+
+
+async def test_invites_from_outside_the_allowed_sources_get_403():
+    async with running_agent(allowed_sources="10.0.0.0/8, 192.0.2.7") as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        uac.send(request("INVITE", uac, port, cseq=1, sdp=sdp(40000)), agent.local_address)
+        await uac.collect(0.5)
+        assert uac.statuses("INVITE") == [403] and not agent.calls
+    async with running_agent(allowed_sources="127.0.0.0/8") as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        uac.send(request("INVITE", uac, port, cseq=1, sdp=sdp(40000)), agent.local_address)
+        await uac.collect(0.5)
+        assert 200 in uac.statuses("INVITE")
+        to_tag = next(m for m in uac.received if m.status_code == 200).to_tag
+        uac.send(request("BYE", uac, port, cseq=2, to_tag=to_tag, branch="z9hG4bKb2"),
+                 agent.local_address)  # fmt: skip
+        await uac.collect(0.3)
