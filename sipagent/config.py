@@ -5,9 +5,13 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from sipagent.clinic import ClinicProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +131,34 @@ class AgentSettings(BaseSettings):
     elevenlabs_voice: str = "21m00Tcm4TlvDq8ikWAM"
     elevenlabs_model: str = "eleven_turbo_v2_5"
     barge_in_sensitivity: str = Field("medium", description="low | medium | high")
+    # The clinic profile comes from a TOML file (default: the packaged Sunrise Dental one);
+    # these, when set, override single fields of it.
+    clinic_file: str = Field("", description="clinic TOML (persona, hours, services, ...)")
     transfer_uri: str = Field("", description="where transfer_to_human sends the caller (REFER)")
-    persona: str = "Sarah"
-    clinic: str = "Sunrise Dental"
-    clinic_timezone: str = "America/New_York"
+    persona: str = ""
+    clinic: str = ""
+    clinic_timezone: str = ""
+
+    def clinic_profile(self) -> ClinicProfile:
+        """The clinic file with this process's overrides applied."""
+        from dataclasses import replace
+
+        from sipagent.clinic import load_clinic
+
+        profile = load_clinic(self.clinic_file or None)
+        if self.clinic_timezone:
+            profile = replace(
+                profile,
+                timezone=self.clinic_timezone,
+                hours=replace(profile.hours, timezone=self.clinic_timezone),
+            )
+        return replace(
+            profile,
+            name=self.clinic or profile.name,
+            persona=self.persona or profile.persona,
+            transfer_uri=self.transfer_uri or profile.transfer_uri,
+        )
+
     idle_reprompt_seconds: float = 8.0
     max_call_seconds: float = 900.0
     player_file: str = Field("", description="player app: raw mu-law file to play")

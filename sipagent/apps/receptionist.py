@@ -41,25 +41,23 @@ class ReceptionistApp:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> ReceptionistApp:
-        greeting = (
-            f"Thank you for calling {settings.clinic}, this is {settings.persona}. "
-            "How can I help you?"
-        )
+        profile = settings.clinic_profile()
         conversation = ConversationSettings(
-            persona=settings.persona,
-            clinic=settings.clinic,
-            greeting=greeting,
+            persona=profile.persona,
+            clinic=profile.name,
+            greeting=profile.greeting,
             barge_in=BargeInSettings.for_sensitivity(settings.barge_in_sensitivity),
             idle_reprompt_seconds=settings.idle_reprompt_seconds,
             max_call_seconds=settings.max_call_seconds,
-            transfer_uri=settings.transfer_uri,
+            transfer_uri=profile.transfer_uri,
         )
-        hours = ClinicHours(settings.clinic_timezone)
+        hours = profile.hours
         # Schema first (automatic upgrade at start), then the store and the call records.
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         store = SqlBookingStore(engine, hours.slot_minutes, timezone=hours.timezone)
-        return cls(build_providers(settings), conversation, hours, store, CallRecorder(engine))
+        providers = build_providers(settings, clinic_name=profile.name)
+        return cls(providers, conversation, hours, store, CallRecorder(engine))
 
     async def handle(self, call: CallChannel) -> None:
         now = self.clock()

@@ -78,6 +78,7 @@ def serve(
     ] = None,
     transfer_uri: Annotated[str | None, _option("SIP URI transfer_to_human REFERs to")] = None,
     barge_in_sensitivity: Annotated[str | None, _option("low | medium | high")] = None,
+    clinic_file: Annotated[str | None, _option("clinic TOML: persona, hours, services")] = None,
     persona: Annotated[str | None, _option("receptionist's name")] = None,
     clinic: Annotated[str | None, _option("clinic name")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
@@ -93,6 +94,7 @@ def serve(
         "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
         "openai_model": openai_model, "transfer_uri": transfer_uri,
         "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,
+        "clinic_file": clinic_file,
         "status_bind": status_bind,
         "password": SecretStr(password) if password is not None else None,
     }  # fmt: skip

@@ -42,7 +42,7 @@ def _local(value: datetime | None, zone: str) -> str:
 @calls_app.command("list")
 def calls_list(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
     """Recent calls."""
-    zone = AgentSettings().clinic_timezone
+    zone = AgentSettings().clinic_profile().timezone
     with _session() as db:
         turn_counts = (
             select(TurnRecord.call_id, func.count().label("turns"))
@@ -107,7 +107,7 @@ def appointments_list(
     include_cancelled: Annotated[bool, typer.Option(help="also cancelled/rescheduled")] = False,
 ) -> None:
     """Appointments of one day (default: from today on)."""
-    zone = ZoneInfo(AgentSettings().clinic_timezone)
+    zone = ZoneInfo(AgentSettings().clinic_profile().timezone)
     start_day = date.fromisoformat(day) if day else datetime.now(zone).date()
     start = datetime.combine(start_day, time(0), tzinfo=zone)
     query = select(AppointmentRecord).where(AppointmentRecord.start_at >= start)

@@ -57,7 +57,7 @@ class Providers:
     fallback_tts: TextToSpeech | None
 
 
-def build_providers(settings: AgentSettings) -> Providers:
+def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental") -> Providers:
     choice = choose(settings)
     offline_tts: TextToSpeech | None = None
 
@@ -99,7 +99,7 @@ def build_providers(settings: AgentSettings) -> Providers:
     else:
         from sipagent.providers.scripted_llm import ScriptedReceptionist
 
-        llm = ScriptedReceptionist(clinic_name=settings.clinic)
+        llm = ScriptedReceptionist(clinic_name=clinic_name)
 
     tts: TextToSpeech
     if choice.tts == "elevenlabs":
