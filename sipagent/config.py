@@ -161,6 +161,9 @@ class AgentSettings(BaseSettings):
 
     idle_reprompt_seconds: float = 8.0
     max_call_seconds: float = 900.0
+    record_calls_dir: str = Field(
+        "", description="write each call as a stereo WAV (caller left, agent right) here"
+    )
     player_file: str = Field("", description="player app: raw mu-law file to play")
     record_dir: str = Field("", description="player app: where to write what the caller sent")
 

@@ -103,5 +103,6 @@ class ReceptionistApp:
                     call.call_id,
                     ended_at=getattr(call, "ended_at", None),
                     end_reason=getattr(call, "end_reason", ""),
+                    recording_path=getattr(call, "recording_path", None),
                 )
             )

@@ -70,6 +70,9 @@ def serve(
     ] = None,
     player_file: Annotated[str | None, _option("player app: raw mu-law file to play")] = None,
     record_dir: Annotated[str | None, _option("player app: recordings dir")] = None,
+    record_calls_dir: Annotated[
+        str | None, _option("save each call as a stereo WAV (caller left, agent right)")
+    ] = None,
     stt: Annotated[str | None, _option("receptionist STT: auto | deepgram | offline")] = None,
     llm: Annotated[str | None, _option("receptionist LLM: auto | openai | offline")] = None,
     tts: Annotated[str | None, _option("receptionist TTS: auto | elevenlabs | offline")] = None,
@@ -90,7 +93,7 @@ def serve(
         "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports, "app": app_name,
         "register_expires": register_expires, "keepalive_interval": keepalive_interval,
         "ring_seconds": ring_seconds, "max_calls": max_calls, "player_file": player_file,
-        "allowed_sources": allowed_sources,
+        "allowed_sources": allowed_sources, "record_calls_dir": record_calls_dir,
         "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
         "openai_model": openai_model, "transfer_uri": transfer_uri,
         "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,

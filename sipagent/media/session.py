@@ -22,6 +22,7 @@ from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, PCMU, from_wire, si
 from sipagent.media.dtmf import DtmfDetector, DtmfSender
 from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
 from sipagent.media.playout import FlushResult, FramePacer, PlayoutQueue
+from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.rtp import (
     FilterVerdict,
     InboundRtpFilter,
@@ -129,6 +130,7 @@ class RtpSession:
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.recorder: TwoChannelRecorder | None = None  # set to record the call (debugging)
         self.talkspurt_started_at: float | None = None
         self.last_voiced_sent_at: float | None = None
         self._streams_seen = 0
@@ -322,6 +324,8 @@ class RtpSession:
             self._send_dtmf_slot()
             return
         frame = self._queue.next_frame()
+        if self.recorder is not None:
+            self.recorder.agent_frame(frame.payload)
         wire = to_wire(frame.payload, self._payload_type) if frame.voiced else self._wire_silence
         datagram = self._packetizer.packetize(wire, marker=frame.marker)
         if self._transport is not None and not self._transport.is_closing():
@@ -343,6 +347,8 @@ class RtpSession:
             del partial[:FRAME_BYTES]
 
     def _call_on_audio(self, frame: bytes) -> None:
+        if self.recorder is not None:
+            self.recorder.caller_frame(frame)
         try:
             self._on_audio(frame)
         except Exception:

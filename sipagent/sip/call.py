@@ -59,6 +59,7 @@ class Call:
     ended_at: float | None = None
     end_reason: str = ""
     app_task: asyncio.Task[None] | None = None
+    recording_path: str | None = None
     bye_status: int | None = None  # final response to our BYE, when we hung up
     transfer_result: asyncio.Future[int] | None = None  # final sipfrag status of our REFER
     _frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any, cast
 
 from sipagent.apps.base import CallApp
 from sipagent.config import AgentSettings
 from sipagent.media.ports import RtpPortAllocator
+from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
 from sipagent.sip.call import Call, CallState, ServerInviteTransaction
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
@@ -450,6 +453,25 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._send(ringing, self.client.response_destination(request))
         self._spawn(self._answer(call, rtp_socket, received_at))
 
+    def _start_recording(self, call: Call) -> None:
+        if self.settings.record_calls_dir and call.session is not None:
+            call.session.recorder = TwoChannelRecorder()
+            safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", call.call_id)
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(call.started_at))
+            call.recording_path = str(
+                Path(self.settings.record_calls_dir) / f"{stamp}-{safe_id}.wav"
+            )
+
+    def _write_recording(self, call: Call) -> None:
+        recorder = call.session.recorder if call.session is not None else None
+        if recorder is None or call.recording_path is None:
+            return
+        try:
+            recorder.write(Path(call.recording_path))
+        except OSError as error:
+            log.error("call %s: could not write recording: %s", call.call_id, error)
+            call.recording_path = None
+
     def _source_allowed(self, request: AgentSIPMessage) -> bool:
         """Signalling-IP allowlist (e.g. a trunk provider's ranges); empty allows everyone."""
         networks = self._allowed_networks
@@ -519,6 +541,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 on_dtmf=call.deliver_digit,
                 call_id=call.call_id,
             )
+            self._start_recording(call)
             self._send_answer(call, call.invite.request)
             self.answer_times.append(time.perf_counter() - received_at)
             call.state = CallState.ANSWERED
@@ -827,6 +850,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             on_dtmf=call.deliver_digit,
             call_id=call.call_id,
         )
+        self._start_recording(call)
         call.state = CallState.CONFIRMED
         call.answered_at = time.time()
         log.info("outbound call %s answered: %s", call.call_id, media.codec)
@@ -887,6 +911,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 task.cancel()
         if call.session is not None:
             await call.session.close()
+            self._write_recording(call)
         if self._rtp_ports is not None:
             self._rtp_ports.release(call.rtp_port)
         if self.on_call_ended is not None:

@@ -55,3 +55,28 @@ async def test_direct_invite_peer_to_peer(sipp, capture, audio_dir, tmp_path):
     heard = b"".join(p.payload for p in to_caller[first_voiced:])
     padded = agent_audio + b"\xff" * (-len(agent_audio) % FRAME)  # last frame filled with silence
     assert heard[: len(padded)] == padded
+
+
+async def test_call_recording_has_caller_left_and_agent_right(sipp, audio_dir, tmp_path):
+    import audioop
+    import wave
+
+    pattern = (audio_dir / "pattern.ulaw").read_bytes()
+    agent_audio = (audio_dir / "agent.ulaw").read_bytes()
+    async with running_agent(
+        record_calls_dir=str(tmp_path / "calls"), player_file=str(audio_dir / "agent.ulaw")
+    ) as agent:
+        host, port = agent.local_address
+        caller = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 4000})  # fmt: skip
+        (await caller.run()).check()
+        await wait_until(lambda: bool(agent.ended_calls), 5, "call end")
+    [path] = (tmp_path / "calls").glob("*.wav")
+    assert agent.ended_calls[0].recording_path == str(path)
+    with wave.open(str(path)) as recording:
+        assert (recording.getnchannels(), recording.getframerate()) == (2, 8000)
+        stereo = recording.readframes(recording.getnframes())
+    left = audioop.lin2ulaw(audioop.tomono(stereo, 2, 1, 0), 2)
+    right = audioop.lin2ulaw(audioop.tomono(stereo, 2, 0, 1), 2)
+    assert pattern[:8000] in left  # what the caller sent
+    assert agent_audio[:8000] in right  # what the agent played
