@@ -92,6 +92,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._answer_acks: dict[str, tuple[bytes, tuple[str, int]]] = {}  # re-ACK 2xx repeats
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
+        # Does an OPTIONS to our AOR reach us through the registrar? None until known.
+        self._probe_routes_to_us: bool | None = None
+        self._lost_after_register = False
         self._rtp_ports: RtpPortAllocator | None = None
         self.answer_times: list[float] = []
         self._allowed_networks = (
@@ -321,10 +324,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
         An OPTIONS to our own AOR through the registrar comes back to us (we answer 200) while
         the binding exists; a 404/480 means the registrar lost it (restart), a timeout that it
         is unreachable. Either way we return early and the loop registers again at once.
+        Registrars that answer such an OPTIONS themselves (Asterisk: 401; some trunks: 404 even
+        right after we registered) only prove they are alive: when the first probe after two
+        successive REGISTERs both say 404/480 (and none ever came back to us), 404s stop
+        counting as a lost binding, so we never re-register every second against them.
         """
         assert self.registration is not None and self.client is not None
         loop = asyncio.get_running_loop()
         interval = self.settings.keepalive_interval
+        first_probe = True
         while (remaining := refresh_at - loop.time()) > 0:
             await asyncio.sleep(min(interval, remaining))
             if refresh_at - loop.time() <= 0:
@@ -337,9 +345,20 @@ class SipEndpoint(asyncio.DatagramProtocol):
             except TransactionTimeout:
                 self.registration.unreachable("liveness probe timed out")
                 return
-            if answer.status_code in (404, 410, 480):
-                self.registration.binding_lost(answer.status_code)
-                return
+            if answer.status_code in (404, 410, 480) and self._probe_routes_to_us is not False:
+                if first_probe and self._lost_after_register and self._probe_routes_to_us is None:
+                    # Twice, each time right after a successful REGISTER: not a lost binding.
+                    self._probe_routes_to_us = False
+                    log.info("the registrar answers OPTIONS for our AOR itself (%d): "
+                             "probing liveness only", answer.status_code)  # fmt: skip
+                else:
+                    self._lost_after_register = first_probe
+                    self.registration.binding_lost(answer.status_code)
+                    return
+            elif answer.status_code == 200:
+                self._probe_routes_to_us = True
+                self._lost_after_register = False
+            first_probe = False
 
     # -- requests ---------------------------------------------------------------------------
     def _handle_request(self, request: AgentSIPMessage) -> None:

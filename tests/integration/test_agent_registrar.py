@@ -190,3 +190,42 @@ async def test_register_command_unreachable():
     )  # fmt: skip
     assert code == 3, text
     assert "no answer from registrar 127.0.0.1:9" in text
+
+
+async def test_a_registrar_answering_options_itself_is_not_hammered():
+    """Some registrars answer an OPTIONS to our AOR themselves (404) instead of routing it to
+    us: after two tries the agent stops reading that as a lost binding."""
+    from sipagent.sip.pyvoip_adapter import AgentSIPMessage
+
+    loop = asyncio.get_running_loop()
+    registers = 0
+
+    class Registrar(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            nonlocal registers
+            request = AgentSIPMessage(data, addr)
+            registers += request.method == "REGISTER"
+            code, extra = (200, f"Contact: {request.first('Contact')};expires=300\r\n")
+            if request.method == "OPTIONS":
+                code, extra = 404, ""
+            vias = "".join(f"Via: {via}\r\n" for via in request.values("Via"))
+            response = (
+                f"SIP/2.0 {code} {'OK' if code == 200 else 'Not Found'}\r\n{vias}"
+                f"From: {request.first('From')}\r\nTo: {request.first('To')};tag=reg\r\n"
+                f"Call-ID: {request.call_id}\r\nCSeq: {request.first('CSeq')}\r\n{extra}"
+                "Content-Length: 0\r\n\r\n"
+            )
+            self.transport.sendto(response.encode(), addr)
+
+    transport, _ = await loop.create_datagram_endpoint(Registrar, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        async with running_agent(server=f"127.0.0.1:{port}", keepalive_interval=0.2) as agent:
+            await asyncio.sleep(3.0)  # 15 probes
+            assert agent.registration.status.state == RegistrationState.REGISTERED
+            assert registers <= 3, registers
+    finally:
+        transport.close()
