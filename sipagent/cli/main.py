@@ -12,9 +12,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from sipagent.agent import run_agent
+from sipagent.cli.dial import call_command
+from sipagent.cli.doctor import doctor
 from sipagent.cli.monitor import monitor
 from sipagent.cli.records import appointments_app, calls_app
 from sipagent.config import AgentSettings
+from sipagent.logcontext import CallIdFilter
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
 console = Console(stderr=True)
@@ -25,10 +28,13 @@ def _setup_logging(verbose: bool) -> None:
     handler: logging.Handler
     if console.is_terminal:
         handler = RichHandler(console=console, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(name)s [%(call_id)s]: %(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s]: %(message)s")
+        )
+    handler.addFilter(CallIdFilter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
@@ -212,6 +218,8 @@ def demo(
 
 
 app.command()(monitor)
+app.command(name="doctor")(doctor)
+app.command(name="call")(call_command)
 
 
 @app.callback()

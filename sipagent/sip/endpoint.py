@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from sipagent.apps.base import CallApp
 from sipagent.config import AgentSettings
+from sipagent.logcontext import current_call_id
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
@@ -154,8 +155,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coroutine)
+    def _spawn(self, coroutine: Any, call_id: str | None = None) -> asyncio.Task[Any]:
+        # Tasks copy the current context: everything a call's tasks log carries its Call-ID.
+        token = current_call_id.set(call_id) if call_id else None
+        try:
+            task = asyncio.create_task(coroutine)
+        finally:
+            if token is not None:
+                current_call_id.reset(token)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -470,7 +477,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         ringing = self.client.gen_ringing(request)
         call.invite.last_response = ringing
         self._send(ringing, self.client.response_destination(request))
-        self._spawn(self._answer(call, rtp_socket, received_at))
+        self._spawn(self._answer(call, rtp_socket, received_at), call.call_id)
 
     def _start_recording(self, call: Call) -> None:
         if self.settings.record_calls_dir and call.session is not None:
@@ -586,7 +593,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
         def no_ack() -> None:
             log.warning("call %s: no ACK for our 200 OK, hanging up", call.call_id)
-            self._spawn(self.hangup(call, "no ACK"))
+            self._spawn(self.hangup(call, "no ACK"), call.call_id)
 
         call.invite.retransmit_task = self._spawn(
             self._retransmit_until_ack(call.invite, request, on_timeout=no_ack)
@@ -605,7 +612,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._apply_remote_sdp(call, request.content)  # answer to our offer (late offer)
         if call.state == CallState.ANSWERED:
             call.state = CallState.CONFIRMED
-            call.app_task = self._spawn(self._run_app(call))
+            call.app_task = self._spawn(self._run_app(call), call.call_id)
 
     async def _run_app(self, call: Call, app: CallApp | None = None) -> None:
         try:
@@ -626,7 +633,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
             return
         self._respond(request, 200)
-        self._spawn(self._end_call(call, "caller hung up"))
+        self._spawn(self._end_call(call, "caller hung up"), call.call_id)
 
     def _handle_cancel(self, request: AgentSIPMessage) -> None:
         call = self.calls.get(request.call_id)
@@ -639,7 +646,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._reject_invite(
             call.invite.request, 487, "Request Terminated", to_tag=call.dialog.local_tag
         )
-        self._spawn(self._end_call(call, "caller cancelled"))
+        self._spawn(self._end_call(call, "caller cancelled"), call.call_id)
 
     def _handle_reinvite(self, request: AgentSIPMessage) -> None:
         call = self._find_dialog_call(request)
@@ -874,7 +881,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.answered_at = time.time()
         log.info("outbound call %s answered: %s", call.call_id, media.codec)
         if app is not None:
-            call.app_task = self._spawn(self._run_app(call, app))
+            call.app_task = self._spawn(self._run_app(call, app), call.call_id)
         return call
 
     # -- ending calls -----------------------------------------------------------------------

@@ -60,3 +60,31 @@ async def test_serve_process_answers_and_stops_cleanly(sipp, audio_dir, tmp_path
     assert "BYE" in result.received_requests()
     assert "peer-to-peer mode" in text and "agent shutting down" in text
     assert "s3cret-never-logged" not in text
+
+
+@pytest.mark.peers
+async def test_serve_logs_carry_the_call_id(sipp, audio_dir):
+    port = free_sip_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
+        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=10)
+        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 1000})  # fmt: skip
+        (await caller.run()).check()
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = output.decode().splitlines()
+    ended = next(line for line in lines if " ended: caller hung up" in line)
+    call_id = ended.split("call ", 1)[1].split(" ended")[0]
+    assert f"[{call_id}]" in ended  # the context carries the Call-ID onto the line
+    listening = f"SIP listening on 127.0.0.1:{port}, advertising 127.0.0.1:{port}"
+    assert any(line.endswith(listening) and "[-]" in line for line in lines)
