@@ -1,0 +1,603 @@
+"""`sipagent doctor`: check a configuration before going live, one PASS/WARN/FAIL row each.
+
+Every row carries a one-line fix. FAIL means the agent would not work as configured (exit 1);
+WARN means it would run, but something is probably not what was intended. Secrets are never
+printed: API keys and passwords show as "set" or "missing".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from sipagent.config import AgentSettings, HostPort, parse_host_port
+from sipagent.sip.pyvoip_adapter import AgentSIPClient, AgentSIPMessage
+from sipagent.sip.uri import header_params
+
+REGISTRAR_TIMEOUT = 2.0  # seconds for any SIP answer to our OPTIONS
+T1 = 0.5  # RFC 3261 retransmission start interval: UDP may drop the first probe
+RTP_SAMPLE_SIZE = 16  # ports bind-tested out of the RTP range: enough to spot a clash, cheap
+DEFAULT_STATUS_PORT = 8089
+# (stage, cloud provider, settings field of its key, the env var people know it by)
+PROVIDER_STAGES = (
+    ("stt", "deepgram", "deepgram_api_key", "DEEPGRAM_API_KEY"),
+    ("llm", "openai", "openai_api_key", "OPENAI_API_KEY"),
+    ("tts", "elevenlabs", "elevenlabs_api_key", "ELEVENLABS_API_KEY"),
+)
+ESPEAK_DATA_FILES = ("phontab", "phondata", "phonindex", "intonations", "en_dict")
+
+
+class Status(StrEnum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+_STYLES = {Status.PASS: "bold green", Status.WARN: "bold yellow", Status.FAIL: "bold red"}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET  # a host name: resolved by bind() as IPv4, like the endpoint
+
+
+def _try_bind(host: str, port: int, kind: socket.SocketKind) -> OSError | None:
+    """Bind and release at once; the error if the port cannot be had (None: free)."""
+    try:
+        with socket.socket(_family(host), kind) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        return error
+    return None
+
+
+def _bind_problem(error: OSError, what: str, address: str) -> tuple[str, str]:
+    """(detail, fix) for a failed bind, worded for the usual causes."""
+    if error.errno == errno.EADDRINUSE:
+        return f"{what} {address} is in use by another process", (
+            "stop the other process (another sipagent or a PBX?) or choose another port"
+        )
+    if error.errno == errno.EACCES:
+        return f"no permission to bind {what} {address}", (
+            "use a port >= 1024 or grant CAP_NET_BIND_SERVICE"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{address.rsplit(':', 1)[0]} is not an address of this machine", (
+            "bind 0.0.0.0 or one of this host's addresses"
+        )
+    return f"cannot bind {what} {address}: {error.strerror or error}", "check the address"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except (OSError, ValueError):
+            return host == "localhost"
+
+
+def _validation_summary(error: ValidationError) -> str:
+    # Field and message only: pydantic's full text echoes the input, which may be a secret.
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
+# -- the checks ----------------------------------------------------------------------------
+def check_sip_bind(settings: AgentSettings) -> Check:
+    bind = settings.bind_address
+    host = bind.host or "0.0.0.0"
+    error = _try_bind(host, bind.port, socket.SOCK_DGRAM)
+    if error is None:
+        return Check("SIP bind", Status.PASS, f"UDP {host}:{bind.port} is free")
+    detail, fix = _bind_problem(error, "UDP", f"{host}:{bind.port}")
+    return Check("SIP bind", Status.FAIL, detail, f"{fix} (--bind / SIPAGENT_BIND)")
+
+
+def check_rtp_ports(settings: AgentSettings) -> list[Check]:
+    first, last = settings.rtp_port_range
+    ports = range(first + first % 2, last + 1, 2)  # RTP uses the even ports (RtpPortAllocator)
+    range_text = f"{first}-{last}: {len(ports)} even ports"
+    if len(ports) < settings.max_calls:
+        size = Check(
+            "RTP range",
+            Status.WARN,
+            f"{range_text} for max_calls={settings.max_calls}: calls past that get 503",
+            "widen --rtp-ports (one even port per call) or lower SIPAGENT_MAX_CALLS",
+        )
+    else:
+        size = Check("RTP range", Status.PASS, f"{range_text} (max_calls={settings.max_calls})")
+    bind_host = settings.bind_address.host
+    rtp_host = bind_host if bind_host not in ("", "::") else "0.0.0.0"  # as the endpoint does
+    step = max(1, len(ports) // RTP_SAMPLE_SIZE)
+    sample = list(ports[::step][:RTP_SAMPLE_SIZE])
+    errors = [(port, e) for port in sample if (e := _try_bind(rtp_host, port, socket.SOCK_DGRAM))]
+    fix = "free the ports or move --rtp-ports (SIPAGENT_RTP_PORTS) to an unused range"
+    if not errors:
+        free = Check("RTP ports free", Status.PASS, f"{len(sample)} sampled ports free")
+    elif any(e.errno != errno.EADDRINUSE for _, e in errors):
+        port, error = next((p, e) for p, e in errors if e.errno != errno.EADDRINUSE)
+        detail, bind_fix = _bind_problem(error, "UDP", f"{rtp_host}:{port}")
+        free = Check("RTP ports free", Status.FAIL, detail, bind_fix)
+    elif len(errors) == len(sample):
+        free = Check(
+            "RTP ports free", Status.FAIL, f"all {len(sample)} sampled ports are in use", fix
+        )
+    else:
+        in_use = ", ".join(str(port) for port, _ in errors[:5])
+        free = Check(
+            "RTP ports free",
+            Status.WARN,
+            f"{len(errors)} of {len(sample)} sampled ports in use ({in_use})",
+            fix,
+        )
+    return [size, free]
+
+
+def check_advertised(settings: AgentSettings) -> Check:
+    advertised = settings.advertised_ip
+    server = settings.server_address
+    source = "--public-ip" if settings.public_ip else "derived from --bind / the route"
+    if advertised in ("", "0.0.0.0", "::"):
+        return Check(
+            "advertised address",
+            Status.FAIL,
+            f"{advertised or '(empty)'} in Contact/SDP: peers would send RTP nowhere",
+            "set --public-ip to the address peers reach this host at",
+        )
+    try:
+        address = ipaddress.ip_address(advertised)
+    except ValueError:
+        return Check(
+            "advertised address",
+            Status.WARN,
+            f"{advertised} is not an IP address; SDP c= wants one",
+            "set --public-ip to an IP address",
+        )
+    if address.is_loopback and server is not None and not _is_loopback(server.host):
+        return Check(
+            "advertised address",
+            Status.WARN,
+            f"loopback {advertised} ({source}) advertised to server {server}",
+            "set --public-ip (or --bind) to an address the server can reach",
+        )
+    hint = "" if settings.public_ip else "; behind NAT set --public-ip"
+    return Check("advertised address", Status.PASS, f"{advertised} ({source}{hint})")
+
+
+class _OptionsProbe(asyncio.DatagramProtocol):
+    """Collects the first SIP response to our OPTIONS (matched by its Via branch)."""
+
+    def __init__(self) -> None:
+        self.branch = ""  # known once the socket is bound: the Via carries its port
+        self.answer: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
+        self.last_error: Exception | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        try:
+            message = AgentSIPMessage(data, (str(addr[0]), int(addr[1])))
+        except Exception:
+            return  # not SIP, or not for us: keep waiting
+        if (
+            not message.is_request
+            and message.top_via_branch == self.branch
+            and not self.answer.done()
+        ):
+            self.answer.set_result(message)
+
+    def error_received(self, exc: Exception) -> None:
+        self.last_error = exc  # e.g. ICMP port unreachable: mentioned if nothing answers
+
+
+async def _open_probe_socket(
+    settings: AgentSettings,
+) -> tuple[asyncio.DatagramTransport, _OptionsProbe]:
+    """From the SIP port itself when free (the path and NAT mapping the agent will use),
+    else from an ephemeral port on the same address."""
+    loop = asyncio.get_running_loop()
+    bind = settings.bind_address
+    host = bind.host or "0.0.0.0"
+    try:
+        return await loop.create_datagram_endpoint(_OptionsProbe, local_addr=(host, bind.port))
+    except OSError:
+        return await loop.create_datagram_endpoint(_OptionsProbe, local_addr=(host, 0))
+
+
+async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TIMEOUT) -> Check:
+    server = settings.server_address
+    if server is None:
+        return Check("registrar", Status.PASS, "none set: peer-to-peer mode")
+    fix = (
+        "check --server host:port and that UDP to it is allowed (`sipagent register` shows details)"
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
+    except OSError as error:
+        return Check("registrar", Status.FAIL, f"cannot resolve {server.host}: {error}", fix)
+    destination = infos[0][4][:2]
+    try:
+        transport, probe = await _open_probe_socket(settings)
+    except OSError as error:
+        return Check("registrar", Status.FAIL, f"cannot open a UDP socket: {error}", fix)
+    try:
+        local_port = int(transport.get_extra_info("sockname")[1])
+        try:
+            client = AgentSIPClient(
+                user=settings.user,
+                password="",
+                auth_user=settings.auth_user,
+                domain=settings.sip_domain,
+                server=(server.host, server.port),
+                advertised_ip=settings.advertised_ip,
+                sip_port=local_port,
+            )
+        except ValueError as error:
+            return Check("registrar", Status.FAIL, f"cannot build OPTIONS: {error}", fix)
+        host_part = f"[{server.host}]" if ":" in server.host else server.host
+        options = client.gen_options_request(f"sip:{host_part}:{server.port}")
+        probe.branch = options.branch
+        started = loop.time()
+        interval = T1
+        while True:
+            try:
+                transport.sendto(options.data, destination)
+            except OSError as error:
+                probe.last_error = error
+            # asyncio hands an immediate send failure to error_received instead of raising
+            # (e.g. a loopback bind cannot reach another host): no point waiting 2 s for it.
+            if isinstance(probe.last_error, OSError) and not probe.answer.done():
+                local = transport.get_extra_info("sockname")[0]
+                return Check(
+                    "registrar",
+                    Status.FAIL,
+                    f"cannot send from {local} to {server}: {probe.last_error.strerror}",
+                    "bind an address that routes to the server (--bind 0.0.0.0:PORT)",
+                )
+            remaining = started + timeout - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                answer = await asyncio.wait_for(
+                    asyncio.shield(probe.answer), min(interval, remaining)
+                )
+            except TimeoutError:
+                interval *= 2
+                continue
+            elapsed_ms = (loop.time() - started) * 1000
+            return _registrar_answer(settings, server, answer, elapsed_ms, local_port)
+    finally:
+        transport.close()
+    why = f" ({probe.last_error})" if probe.last_error else ""
+    return Check(
+        "registrar", Status.FAIL, f"no SIP response from {server} in {timeout:g} s{why}", fix
+    )
+
+
+def _registrar_answer(
+    settings: AgentSettings,
+    server: HostPort,
+    answer: AgentSIPMessage,
+    elapsed_ms: float,
+    local_port: int,
+) -> Check:
+    detail = (
+        f"{server} answered OPTIONS: {answer.status_code} {answer.reason} in {elapsed_ms:.0f} ms"
+    )
+    # The registrar's view of our address (RFC 3581): a mismatch means NAT in between,
+    # and a Contact/SDP with the private address would strand inbound calls and audio.
+    vias = answer.values("Via")
+    params = header_params(vias[0]) if vias else {}
+    seen_host = params.get("received") or ""
+    if seen_host and seen_host != settings.advertised_ip:
+        return Check(
+            "registrar",
+            Status.WARN,
+            f"{detail}; it sees us as {seen_host}:{params.get('rport') or local_port} "
+            f"but we advertise {settings.advertised_ip}",
+            "behind NAT: set --public-ip to the public address and forward SIP/RTP ports",
+        )
+    return Check("registrar", Status.PASS, detail)
+
+
+def check_providers(settings: AgentSettings) -> list[Check]:
+    from sipagent.providers.factory import choose
+
+    checks = []
+    for stage, cloud, key_field, env_name in PROVIDER_STAGES:
+        requested = str(getattr(settings, stage))
+        key_state = "set" if getattr(settings, key_field).get_secret_value() else "missing"
+        keys = f"{env_name} {key_state}"
+        # The real chooser on settings where only this stage can fail, so each stage gets
+        # its own verdict instead of the first error hiding the others.
+        others = {name: "offline" for name, *_ in PROVIDER_STAGES if name != stage}
+        try:
+            chosen = getattr(choose(settings.model_copy(update=others)), stage)
+        except ValueError as error:
+            checks.append(
+                Check(
+                    f"{stage.upper()} provider",
+                    Status.FAIL,
+                    f"{requested}: {error} ({keys})",
+                    f"set {env_name}, or SIPAGENT_{stage.upper()}=auto|offline",
+                )
+            )
+            continue
+        if chosen == cloud:
+            checks.append(Check(f"{stage.upper()} provider", Status.PASS, f"{cloud} ({keys})"))
+        elif requested == "offline":
+            checks.append(
+                Check(f"{stage.upper()} provider", Status.PASS, f"offline, as set ({keys})")
+            )
+        else:
+            # Works, but a caller hears the offline voice/recogniser: worth knowing before
+            # a trunk goes live, so it is surfaced rather than passed silently.
+            checks.append(
+                Check(
+                    f"{stage.upper()} provider",
+                    Status.WARN,
+                    f"offline: auto with {keys}",
+                    f"set {env_name} for {cloud}, or SIPAGENT_{stage.upper()}=offline",
+                )
+            )
+    return checks
+
+
+def _chosen_or_none(settings: AgentSettings) -> tuple[str, str] | None:
+    """(stt, tts) as the factory would pick them; None when the choice itself is invalid."""
+    from sipagent.providers.factory import choose
+
+    try:
+        choice = choose(settings)
+    except ValueError:
+        return None
+    return choice.stt, choice.tts
+
+
+def check_models(settings: AgentSettings) -> list[Check]:
+    chosen = _chosen_or_none(settings)
+    # Missing files are a broken install: fatal when the chosen provider needs them, a
+    # warning otherwise (espeak-ng is still the fallback voice behind ElevenLabs).
+    stt_needed = chosen is None or chosen[0] == "offline"
+    tts_needed = chosen is None or chosen[1] == "offline"
+    reinstall = "reinstall sipagent (pip install -e .) so its dependencies are complete"
+    checks = []
+
+    missing_status = Status.FAIL if stt_needed else Status.WARN
+    try:
+        import pocketsphinx
+
+        acoustic = Path(pocketsphinx.get_model_path()) / "en-us" / "en-us"
+        if (acoustic / "mdef").is_file():
+            checks.append(Check("pocketsphinx model", Status.PASS, str(acoustic)))
+        else:
+            checks.append(
+                Check(
+                    "pocketsphinx model",
+                    missing_status,
+                    f"no {acoustic}/mdef",
+                    f"{reinstall}; or unset POCKETSPHINX_PATH",
+                )
+            )
+    except ImportError as error:
+        checks.append(Check("pocketsphinx model", missing_status, str(error), reinstall))
+
+    from sipagent.providers.offline_stt import DEFAULT_DICT, DEFAULT_LM, LM_DIR
+
+    missing = [path.name for path in (DEFAULT_LM, DEFAULT_DICT) if not path.is_file()]
+    if missing:
+        checks.append(
+            Check(
+                "receptionist LM",
+                missing_status,
+                f"missing {', '.join(missing)} in {LM_DIR}",
+                "python -m sipagent.providers.receptionist_lm.build",
+            )
+        )
+    else:
+        checks.append(
+            Check("receptionist LM", Status.PASS, f"{DEFAULT_LM.name}, {DEFAULT_DICT.name}")
+        )
+
+    missing_status = Status.FAIL if tts_needed else Status.WARN
+    try:
+        import espeakng_loader
+
+        data = Path(espeakng_loader.get_data_path())
+        library = Path(espeakng_loader.get_library_path())
+        absent = [name for name in ESPEAK_DATA_FILES if not (data / name).is_file()]
+        if not library.is_file():
+            absent.append(library.name)
+        if absent:
+            checks.append(
+                Check(
+                    "espeak-ng data",
+                    missing_status,
+                    f"missing {', '.join(absent)} in {data}",
+                    reinstall,
+                )
+            )
+        else:
+            checks.append(Check("espeak-ng data", Status.PASS, str(data)))
+    except (ImportError, OSError, RuntimeError) as error:
+        checks.append(Check("espeak-ng data", missing_status, str(error), reinstall))
+    return checks
+
+
+def check_database(settings: AgentSettings) -> Check:
+    from sqlalchemy.engine import make_url
+
+    from sipagent.storage import current_revision
+
+    # Only the receptionist keeps records; for echo/player a bad database is a warning.
+    bad = Status.FAIL if settings.app == "receptionist" else Status.WARN
+    fix_url = "set SIPAGENT_DATABASE_URL (sqlite:///file.db or postgresql+psycopg://...)"
+    try:
+        url = make_url(settings.database_url)
+    except Exception as error:
+        return Check("database", bad, f"unparseable URL: {error}", fix_url)
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # Connecting would create the file: report instead of leaving one behind.
+        path = Path(url.database)
+        if not path.parent.is_dir():
+            return Check(
+                "database",
+                bad,
+                f"{shown}: directory {path.parent} does not exist",
+                f"create it, or {fix_url}",
+            )
+        if not path.exists():
+            return Check(
+                "database",
+                Status.WARN,
+                f"{shown}: not created yet",
+                "sipagent db upgrade (the receptionist also migrates at start)",
+            )
+    try:
+        revision = current_revision(settings.database_url)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        return Check(
+            "database", bad, f"{shown}: {first_line[:160]}", f"start the database or {fix_url}"
+        )
+    head = _head_revision(settings.database_url)
+    if revision is None:
+        return Check(
+            "database", Status.WARN, f"{shown}: reachable, never migrated", "sipagent db upgrade"
+        )
+    if head is not None and revision != head:
+        return Check(
+            "database",
+            Status.WARN,
+            f"{shown}: at {revision}, newest is {head}",
+            "sipagent db upgrade",
+        )
+    return Check("database", Status.PASS, f"{shown}: reachable, revision {revision}")
+
+
+def _head_revision(url: str) -> str | None:
+    """The newest migration shipped; None when the migrations are not found (a wheel)."""
+    from alembic.script import ScriptDirectory
+
+    from sipagent.storage.database import alembic_config
+
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    except Exception:
+        return None
+
+
+def check_status_bind(settings: AgentSettings) -> Check:
+    if not settings.status_bind:
+        return Check("status bind", Status.PASS, "disabled")
+    address = parse_host_port(settings.status_bind, DEFAULT_STATUS_PORT)
+    error = _try_bind(address.host, address.port, socket.SOCK_STREAM)
+    if error is None:
+        return Check("status bind", Status.PASS, f"TCP {address} is free")
+    detail, fix = _bind_problem(error, "TCP", str(address))
+    # The agent runs without its status server (it only logs the error): a warning.
+    return Check("status bind", Status.WARN, detail, f'{fix} (SIPAGENT_STATUS_BIND; "" = off)')
+
+
+async def run_checks(settings: AgentSettings) -> list[Check]:
+    source = ".env + environment" if Path(".env").is_file() else "environment"
+    checks = [Check("settings", Status.PASS, f"valid (flags, {source})")]
+    checks.append(check_sip_bind(settings))
+    checks.extend(check_rtp_ports(settings))
+    checks.append(check_advertised(settings))
+    checks.append(await check_registrar(settings))
+    checks.extend(check_providers(settings))
+    checks.extend(check_models(settings))
+    checks.append(check_database(settings))
+    checks.append(check_status_bind(settings))
+    return checks
+
+
+def render(checks: Sequence[Check]) -> Table:
+    table = Table(title="sipagent doctor", show_lines=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for check in checks:
+        status = f"[{_STYLES[check.status]}]{check.status.value}[/]"
+        table.add_row(check.name, status, check.detail, check.fix or "-")
+    return table
+
+
+def summary(checks: Sequence[Check]) -> str:
+    count = {status: sum(c.status == status for c in checks) for status in Status}
+    return f"{count[Status.PASS]} passed, {count[Status.WARN]} warned, {count[Status.FAIL]} failed"
+
+
+# -- the command ---------------------------------------------------------------------------
+def doctor(
+    server: Annotated[
+        str | None, typer.Option(help="registrar/trunk host[:port]", show_default=False)
+    ] = None,
+    bind: Annotated[
+        str | None,
+        typer.Option(help="local SIP host:port (default 0.0.0.0:5060)", show_default=False),
+    ] = None,
+    public_ip: Annotated[
+        str | None, typer.Option(help="address advertised in Contact/SDP", show_default=False)
+    ] = None,
+    rtp_ports: Annotated[
+        str | None, typer.Option(help="RTP port range, e.g. 20000-20999", show_default=False)
+    ] = None,
+) -> None:
+    """Check the configuration before going live: PASS/WARN/FAIL, each with a fix.
+
+    Settings (flags + SIPAGENT_* env), SIP/RTP/status ports, advertised address, registrar
+    (OPTIONS), providers and keys (never shown), offline models, database. Exit 0 when
+    nothing FAILs, else 1."""
+    out = Console()
+    overrides = {"server": server, "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports}
+    started = time.monotonic()
+    try:
+        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        # Nothing else can be checked without settings; this row alone decides the exit.
+        checks = [
+            Check(
+                "settings",
+                Status.FAIL,
+                _validation_summary(error),
+                "correct that flag or SIPAGENT_* variable",
+            )
+        ]
+    else:
+        checks = asyncio.run(run_checks(settings))
+    out.print(render(checks))
+    failed = any(check.status == Status.FAIL for check in checks)
+    colour = "red" if failed else "green"
+    out.print(f"[{colour}]{summary(checks)}[/] in {time.monotonic() - started:.1f} s")
+    raise typer.Exit(1 if failed else 0)
