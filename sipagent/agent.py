@@ -31,5 +31,9 @@ async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = No
     finally:
         log.info("shutting down: hanging up %d call(s)", len(endpoint.calls))
         await endpoint.stop()
+        recorder = getattr(endpoint.app, "recorder", None)
+        if recorder is not None:  # the hung-up calls' end records must reach the database
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorder.drain(), 10)
         if status is not None:  # after the endpoint: a last scrape still sees the hang-ups
             await status.stop()

@@ -149,6 +149,7 @@ async def place_call(
     record_dir: Path | None = None,
 ) -> int:
     """Dial `uri` with `app` on the call; print progress; the exit code."""
+    # The inbound app is never reached: inbound calls only ring (see NEVER_ANSWER_SECONDS).
     endpoint = SipEndpoint(settings, EchoApp())
     await endpoint.start()
     stop = asyncio.Event()
@@ -166,7 +167,7 @@ async def place_call(
         await asyncio.wait({dial, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if not dial.done():
-            # No CANCEL support in the endpoint yet: stop() drops the transaction.
+            # The endpoint cannot send CANCEL yet: the far end rings until its timer expires.
             dial.cancel()
             with contextlib.suppress(asyncio.CancelledError, DialError):
                 await dial
@@ -198,7 +199,10 @@ async def place_call(
         recorder = getattr(app, "recorder", None)  # the receptionist's call records
         if recorder is not None:
             # Its writes run in background tasks; leaving now would lose the call's end.
-            await asyncio.wait_for(recorder.drain(), RECORDER_DRAIN_SECONDS)
+            try:
+                await asyncio.wait_for(recorder.drain(), RECORDER_DRAIN_SECONDS)
+            except TimeoutError:
+                err.print("[yellow]call record not fully written: the database is slow[/]")
 
 
 def _report_recording(record_dir: Path, call: Call) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 DEFAULT_DATABASE_URL = "sqlite:///sipagent.db"
@@ -192,7 +194,16 @@ def upgrade(
         return
     config = alembic_config(url)
     with _ALEMBIC_LOCK:
-        command.upgrade(config, revision)
+        for attempt in range(5):
+            try:
+                command.upgrade(config, revision)
+                return
+            except OperationalError as error:
+                # Several processes creating one SQLite file: switching it to WAL needs a
+                # moment of exclusive access that busy_timeout does not always wait for.
+                if "locked" not in str(error) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
 
 def downgrade(url: str | URL | None, revision: str, *, engine: Engine | None = None) -> None:
