@@ -79,7 +79,12 @@ class JitterBuffer:
         max_delay: float = 0.2,
         initial_delay: float = 0.04,
         capacity_frames: int = 500,
+        eager: bool = False,
     ) -> None:
+        """`eager`: hand out frames as soon as they are in sequence instead of at their
+        playout time; only a missing frame is waited for (up to the target delay). Right for
+        a consumer that does not play the audio out loud (speech recognition, VAD), where
+        the playout delay would only add latency."""
         if not 0 < min_delay <= max_delay:
             raise ValueError("need 0 < min_delay <= max_delay")
         self.frame_samples = frame_samples
@@ -88,6 +93,7 @@ class JitterBuffer:
         self.max_delay = max_delay
         self.initial_delay = min(max(initial_delay, min_delay), max_delay)
         self.capacity_frames = capacity_frames
+        self.eager = eager
         self._frame_duration = frame_samples / clock_rate
         # Timestamps further than this from the anchor's prediction are a discontinuity.
         self._horizon = capacity_frames * self._frame_duration
@@ -291,7 +297,7 @@ class JitterBuffer:
                     del slots[self._next_seq]
                     self._next_seq += 1
                     continue
-                if slot.playout > now:
+                if slot.playout > now and not self.eager:
                     break
                 del slots[self._next_seq]
                 frames.append(slot.payload)

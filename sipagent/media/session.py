@@ -120,7 +120,9 @@ class RtpSession:
         if telephone_event_pt is not None:
             allowed.add(telephone_event_pt)
         self._filter = InboundRtpFilter(allowed)
-        self._jitter_buffer = JitterBuffer()
+        # Inbound audio goes to STT/VAD, not to a loudspeaker: deliver it as soon as it is in
+        # sequence; only a gap waits (up to the adaptive delay) for reordered packets.
+        self._jitter_buffer = JitterBuffer(eager=True)
         self._dtmf = DtmfDetector()
         self._dtmf_out = DtmfSender()
         self._dtmf_start_timestamp = 0
@@ -415,6 +417,8 @@ class RtpSession:
                 packet, payload=from_wire(packet.payload, self._payload_type)
             )
         self._jitter_buffer.push(packet, now)
+        for frame in self._jitter_buffer.pop_due(now):
+            self._deliver_inbound(frame)
 
     def _latch(self, source: Address) -> None:
         # Symmetric RTP (RFC 4961, "comedia"): answer where the media comes from, which

@@ -370,3 +370,22 @@ def test_timestamp_discontinuity_reanchors_instead_of_waiting_for_it() -> None:
     buffer.push(make_packet(0), arrival=1.0)
     buffer.push(make_packet(1, timestamp_offset=8000 * 3600), arrival=1.02)  # "an hour later"
     assert drain(buffer, 1.0, 1.1) == [frame_payload(0), frame_payload(1)]
+
+
+def test_eager_mode_delivers_in_sequence_frames_at_once_and_waits_only_for_gaps():
+    buffer = JitterBuffer(eager=True, initial_delay=0.04)
+    first = RtpPacket(0, 100, 16000, 1, True, b"\x01" * 160)
+    buffer.push(first, arrival=10.0)
+    assert buffer.pop_due(10.0) == [b"\x01" * 160]  # no playout delay
+    third = RtpPacket(0, 102, 16320, 1, False, b"\x03" * 160)
+    buffer.push(third, arrival=10.04)
+    assert buffer.pop_due(10.04) == []  # 101 is missing: wait for it (reordering)
+    second = RtpPacket(0, 101, 16160, 1, False, b"\x02" * 160)
+    buffer.push(second, arrival=10.05)
+    assert buffer.pop_due(10.05) == [b"\x02" * 160, b"\x03" * 160]
+    fifth = RtpPacket(0, 104, 16640, 1, False, b"\x05" * 160)
+    buffer.push(fifth, arrival=10.08)
+    assert buffer.pop_due(10.08) == []
+    # 103 never comes: concealed once its playout time (plus the delay) has passed
+    frames = buffer.pop_due(10.2)
+    assert len(frames) == 2 and frames[1] == b"\x05" * 160 and buffer.stats.lost == 1
