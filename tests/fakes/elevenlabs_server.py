@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import LoopbackServer
+from fakes.loopback import HttpFakeServer
 
 SAMPLE_RATE = 8000
 MS_PER_CHAR = 55
@@ -74,7 +74,7 @@ class RecordedTtsRequest:
         return str(self.body.get("text", "")) if isinstance(self.body, dict) else ""
 
 
-class FakeElevenLabsServer(LoopbackServer):
+class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
     """Knobs (attributes, changeable between requests):
       first_byte_latency   seconds from the response headers to the first audio chunk
       speed                how many times faster than real time audio is sent (None: no pacing)
@@ -96,28 +96,13 @@ class FakeElevenLabsServer(LoopbackServer):
         self.first_byte_latency = first_byte_latency
         self.speed = speed
         self.drop_after_bytes = drop_after_bytes
-        self.requests: list[RecordedTtsRequest] = []
-        self._failures: list[int] = []
-        self._closing = asyncio.Event()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._handle)
 
-    async def stop(self) -> None:
-        self._closing.set()
-        await super().stop()
-
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
-
-    def fail_next(self, status: int, count: int = 1) -> None:
-        self._failures.extend([status] * count)
-
-    async def wait_finished(self, index: int = -1, timeout: float = 5.0) -> RecordedTtsRequest:
-        rec = self.requests[index]
-        await asyncio.wait_for(rec.finished.wait(), timeout)
-        return rec
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:

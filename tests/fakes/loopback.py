@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Self
+import asyncio
+from typing import Generic, Protocol, Self, TypeVar
 
 from aiohttp import web
 
@@ -43,3 +44,33 @@ class LoopbackServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class _Recorded(Protocol):
+    finished: asyncio.Event
+
+
+RecordT = TypeVar("RecordT", bound=_Recorded)
+
+
+class HttpFakeServer(LoopbackServer, Generic[RecordT]):
+    """An HTTP provider fake: records requests, injects failures, stops streaming on stop()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[RecordT] = []
+        self._failures: list[int] = []  # HTTP statuses for the next requests
+        self._closing = asyncio.Event()  # handlers still streaming give up on stop()
+
+    async def stop(self) -> None:
+        self._closing.set()
+        await super().stop()
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        self._failures.extend([status] * count)
+
+    async def wait_finished(self, index: int = -1, timeout: float = 5.0) -> RecordT:
+        """The recorded request once its handler is done (it has seen the end or a hang-up)."""
+        record = self.requests[index]
+        await asyncio.wait_for(record.finished.wait(), timeout)
+        return record

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import LoopbackServer
+from fakes.loopback import HttpFakeServer
 
 # Argument fragments are cut to these lengths in turn: small and irregular, so cuts land
 # mid-key, mid-string and between a backslash and what it escapes, as real streams do.
@@ -162,7 +162,7 @@ def plan_deltas(
     return deltas
 
 
-class FakeOpenAIServer(LoopbackServer):
+class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
     """`POST /v1/chat/completions` with `stream: true`, scripted.
 
     Knobs (attributes, changeable between requests):
@@ -192,33 +192,17 @@ class FakeOpenAIServer(LoopbackServer):
         self.stall_after_tokens = stall_after_tokens
         self.drop_after_tokens = drop_after_tokens
         self.tool_call_style = tool_call_style
-        self.requests: list[RecordedRequest] = []
         self._script = replies if callable(replies) else list(replies)
-        self._failures: list[int] = []
         self._call_counter = itertools.count(1)
-        self._closing = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
 
-    async def stop(self) -> None:
-        self._closing.set()
-        await super().stop()
-
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}/v1"
-
-    def fail_next(self, status: int, count: int = 1) -> None:
-        self._failures.extend([status] * count)
-
-    async def wait_finished(self, index: int = -1, timeout: float = 5.0) -> RecordedRequest:
-        """The recorded request once its handler is done (it has seen the end or a hang-up)."""
-        rec = self.requests[index]
-        await asyncio.wait_for(rec.finished.wait(), timeout)
-        return rec
 
     # -- request handling ------------------------------------------------------------------
 
