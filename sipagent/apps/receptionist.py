@@ -59,6 +59,14 @@ class ReceptionistApp:
         providers = build_providers(settings, clinic_name=profile.name)
         return cls(providers, conversation, hours, store, CallRecorder(engine))
 
+    async def farewell(self, call: CallChannel) -> None:
+        """The agent is shutting down: say goodbye on this call (the endpoint then hangs up)."""
+        session = self.sessions.get(call.call_id)
+        if session is not None:
+            await session.say_and_wait(
+                "I'm sorry, I have to end this call now. Please call us back. Goodbye!"
+            )
+
     async def handle(self, call: CallChannel) -> None:
         now = self.clock()
         session = ConversationSession(

@@ -186,6 +186,14 @@ class ConversationSession:
     def _end(self) -> None:
         self._done.set()
 
+    async def say_and_wait(self, text: str) -> None:
+        """Interrupt whatever is going on, say `text`, and return once it has been played."""
+        self._start_reply(None, greeting=text)
+        task = self._reply_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     # -- caller audio -----------------------------------------------------------------------
     async def _pump_audio(self) -> None:
         async for frame in self.call.frames():

@@ -139,7 +139,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
         else:
             log.info("peer-to-peer mode: call sip:%s@%s:%d", self.settings.user, advertised, port)
 
-    async def stop(self) -> None:
+    async def stop(self, farewell_timeout: float = 8.0) -> None:
+        # Callers hear a goodbye before the BYE when the app has one to say.
+        farewell = getattr(self.app, "farewell", None)
+        confirmed = [c for c in self.calls.values() if c.state == CallState.CONFIRMED]
+        if farewell is not None and confirmed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(farewell(call) for call in confirmed), return_exceptions=True),
+                    farewell_timeout,
+                )
         for call in list(self.calls.values()):
             await self.hangup(call, "agent shutting down")
         if self._register_task is not None:

@@ -3,6 +3,8 @@ idle policy (re-prompt, then a polite hang-up)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from agentlib import running_agent, wait_until
 from fakes.deepgram_server import FakeDeepgramServer
@@ -83,3 +85,27 @@ async def test_silence_gets_reprompts_then_a_polite_hangup(sipp, capture, audio,
     assert spoken[-1] == "I haven't heard anything, so I'll hang up now. Goodbye!"
     assert heard_all(spoken[-1], heard)
     assert not openai.requests  # silence never reached the model
+
+
+async def test_shutdown_says_goodbye_before_the_bye(sipp, capture, audio, tmp_path):
+    caller = caller_audio(audio, tmp_path, [], tail=20.0)
+    async with (
+        FakeDeepgramServer([]) as deepgram,
+        FakeOpenAIServer([]) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+    ):
+        async with running_agent(**agent_settings(deepgram, openai, elevenlabs)) as agent:
+            host, port = agent.local_address
+            runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent", timeout=30,
+                          params={"AUDIO": caller, "HOLD_MS": 20000})  # fmt: skip
+            cap = capture(runner.media_port)
+            await cap.__aenter__()
+            await runner.start(wait_bound=False)
+            await wait_until(lambda: any(agent.app.sessions), 5, "the call")
+            await asyncio.sleep(5.0)  # the greeting plays, then the agent is stopped
+        result = (await runner.wait()).check()
+        await cap.__aexit__(None, None, None)
+    assert "BYE" in result.received_requests()
+    assert agent.ended_calls[0].end_reason == "agent shutting down"
+    goodbye = "I'm sorry, I have to end this call now. Please call us back. Goodbye!"
+    assert heard_all(goodbye, agent_stream(cap, runner.media_port))
