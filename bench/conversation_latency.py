@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Conversation latency benchmark: voice-to-voice, agent overhead and barge-in, from captures.
 
-    python bench/conversation_latency.py                  # both scenarios (about 2.5 minutes)
+    python bench/conversation_latency.py                  # both scenarios (under 3 minutes)
     python bench/conversation_latency.py --only v2v --calls 1 --turns 5
     python bench/conversation_latency.py --only barge-in --barge-calls 1
     python bench/conversation_latency.py --agent serve    # the plain `sipagent serve` binary
@@ -1525,9 +1525,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1.9,
         help="v2v: silence after each utterance's last voiced frame, s (default 1.9)",
     )
-    p.add_argument("--barge-calls", type=int, default=2, help="barge-in: calls (default 2)")
+    p.add_argument("--barge-calls", type=int, default=3, help="barge-in: calls (default 3)")
     p.add_argument(
-        "--barge-ins", type=int, default=7, help="barge-in: interruptions per call (default 7)"
+        "--barge-ins", type=int, default=5, help="barge-in: interruptions per call (default 5)"
     )
     p.add_argument("--barge-in-sensitivity", default="medium", choices=("low", "medium", "high"))
     p.add_argument(
