@@ -66,12 +66,10 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +86,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import fakes.deepgram_server as dg_fake  # noqa: E402
+from benchlib import cpu_times, free_port, machine_info, sipagent_command  # noqa: E402
 from fakes.deepgram_server import FakeDeepgramServer, frame_is_speech  # noqa: E402
 from fakes.elevenlabs_server import (  # noqa: E402
     MS_PER_CHAR,
@@ -361,37 +360,15 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
     return 0
 
 
-def sipagent_command() -> list[str]:
-    script = Path(sys.executable).parent / "sipagent"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sipagent")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from sipagent.cli.main import app; app()"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 # ---------------------------------------------------------------------------------------------
 # machine hygiene (as bench/media_timing.py)
 
 
-def _cpu_times() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]), idle
-
-
 async def cpu_busy_percent(seconds: float = 1.0) -> float | None:
     try:
-        total0, idle0 = _cpu_times()
+        total0, idle0 = cpu_times()
         await asyncio.sleep(seconds)
-        total1, idle1 = _cpu_times()
+        total1, idle1 = cpu_times()
     except (OSError, ValueError, IndexError):
         return None
     total = total1 - total0
@@ -430,31 +407,6 @@ def clock_offset() -> float:
             best = (m1 - m0, r - (m0 + m1) / 2)
     assert best is not None
     return best[1]
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    sipp = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=5)
-        sipp = next(
-            (ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp" in ln), ""
-        )
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "sipp": sipp,
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -66,6 +65,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from benchlib import cpu_times, free_port, machine_info, sipagent_command  # noqa: E402
 from peerlib.capture import Capture, Datagram, parse_rtp, read_udp_datagrams  # noqa: E402
 from peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
 from peerlib.sipp import Sipp  # noqa: E402
@@ -375,18 +375,12 @@ async def feed_rtp(ports: list[int], stop: asyncio.Event) -> None:
             await asyncio.sleep(max(0.0, start + k * FRAME_S - loop.time()))
 
 
-def _cpu_times() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]), idle
-
-
 def cpu_busy_percent(seconds: float = 1.0) -> float | None:
     """Share of all CPUs busy over ``seconds`` (blocking; call before starting a scenario)."""
     try:
-        total0, idle0 = _cpu_times()
+        total0, idle0 = cpu_times()
         time.sleep(seconds)
-        total1, idle1 = _cpu_times()
+        total1, idle1 = cpu_times()
     except (OSError, ValueError, IndexError):
         return None
     total = total1 - total0
@@ -412,22 +406,6 @@ def foreign_activity(exclude: str) -> list[str]:
         ):
             found.append(text[:160])
     return sorted(found)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
-def sipagent_command() -> list[str]:
-    script = Path(sys.executable).parent / "sipagent"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sipagent")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from sipagent.cli.main import app; app()"]
 
 
 class Bench:
@@ -737,31 +715,6 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # report
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    sipp = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=5)
-        sipp = next(
-            (ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp" in ln), ""
-        )
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "sipp": sipp,
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 def _fmt(value: Any) -> str:

@@ -1,0 +1,63 @@
+"""What the benchmarks share: the machine they ran on, CPU sampling, ports, the agent binary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+
+def cpu_times() -> tuple[int, int]:
+    """(total, idle + iowait) jiffies from /proc/stat, for a busy-share sample."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]), idle
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def sipagent_command() -> list[str]:
+    script = Path(sys.executable).parent / "sipagent"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("sipagent")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from sipagent.cli.main import app; app()"]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    sipp = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=5)
+        sipp = next(
+            (ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp" in ln), ""
+        )
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "sipp": sipp,
+        "loadavg_start": list(os.getloadavg()),
+    }
