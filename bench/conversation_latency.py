@@ -288,10 +288,9 @@ class TimedElevenLabs(FakeElevenLabsServer):
 def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
     """`sipagent serve CLI_ARGS` through its own CLI, recording sessions to `dump_path`."""
     import sipagent.cli.main as cli
-    from sipagent.apps.base import build_app
+    from sipagent.agent import run_agent
     from sipagent.config import AgentSettings
     from sipagent.media.jitter_buffer import JitterBuffer
-    from sipagent.sip.endpoint import SipEndpoint
 
     # Observe (only) where each inbound jitter buffer anchors: once per call, a list append.
     anchors: list[dict[str, Any]] = []
@@ -306,8 +305,8 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
     async def run_agent_recording(
         settings: AgentSettings, *, ready: asyncio.Event | None = None
     ) -> None:
-        # sipagent.agent.run_agent, plus: keep the app and the ended calls, dump at shutdown.
-        app = build_app(settings.app, settings)
+        # sipagent.agent.run_agent, keeping the ended calls' RTP stats and dumping the
+        # sessions' timings once the agent has stopped.
         rtp: dict[str, Any] = {}
 
         def call_ended(call: Any) -> None:
@@ -315,21 +314,9 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
             if session is not None:
                 rtp[call.call_id] = dataclasses.asdict(session.stats)
 
-        endpoint = SipEndpoint(settings, app, on_call_ended=call_ended)
-        await endpoint.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        if ready is not None:
-            ready.set()
-        try:
-            await stop.wait()
-        finally:
-            await endpoint.stop()
+        def dump_sessions(endpoint: Any) -> None:
             sessions = {}
-            for call_id, session in getattr(app, "sessions", {}).items():
+            for call_id, session in getattr(endpoint.app, "sessions", {}).items():
                 sessions[call_id] = {
                     "turns": [
                         {"role": t.role, "text": t.text, "heard_text": t.heard_text,
@@ -344,13 +331,17 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
                     "provider_errors": list(session.provider_errors),
                 }  # fmt: skip
             dump = {
-                "clock": {"loop_minus_monotonic": loop.time() - time.monotonic(),
-                          "realtime_minus_monotonic": time.time() - time.monotonic()},
+                "clock": {
+                    "loop_minus_monotonic": asyncio.get_running_loop().time() - time.monotonic(),
+                    "realtime_minus_monotonic": time.time() - time.monotonic(),
+                },
                 "sessions": sessions,
                 "rtp": rtp,
                 "jitter_buffer_anchors": anchors,
             }  # fmt: skip
             dump_path.write_text(json.dumps(dump, default=str))
+
+        await run_agent(settings, ready=ready, on_call_ended=call_ended, on_stopped=dump_sessions)
 
     cli.run_agent = run_agent_recording  # type: ignore[assignment]
     try:

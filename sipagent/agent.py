@@ -6,17 +6,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from sipagent.apps.base import build_app
 from sipagent.config import AgentSettings
 from sipagent.observability.status import start_status_server
+from sipagent.sip.call import Call
 from sipagent.sip.endpoint import SipEndpoint
 
 log = logging.getLogger("sipagent")
 
 
-async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
-    endpoint = SipEndpoint(settings, build_app(settings.app, settings))
+async def run_agent(
+    settings: AgentSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    on_call_ended: Callable[[Call], None] | None = None,
+    on_stopped: Callable[[SipEndpoint], None] | None = None,
+) -> None:
+    """`on_call_ended` sees each call as it ends; `on_stopped` the endpoint after shutdown
+    (tools such as the benchmarks read the sessions' timings there)."""
+    endpoint = SipEndpoint(settings, build_app(settings.app, settings), on_call_ended=on_call_ended)
     await endpoint.start()
     status = await start_status_server(endpoint, settings.status_bind)
     stop = asyncio.Event()
@@ -37,3 +47,5 @@ async def run_agent(settings: AgentSettings, *, ready: asyncio.Event | None = No
                 await asyncio.wait_for(recorder.drain(), 10)
         if status is not None:  # after the endpoint: a last scrape still sees the hang-ups
             await status.stop()
+        if on_stopped is not None:
+            on_stopped(endpoint)
