@@ -38,6 +38,7 @@ from sipagent.providers.base import (
     SttEventKind,
     TextToSpeech,
     ToolCall,
+    WarmsUp,
 )
 from sipagent.tools.receptionist import TOOL_SCHEMAS, ReceptionistTools
 
@@ -153,6 +154,10 @@ class ConversationSession:
         self._last_caller_voice: float | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._reply: _Reply | None = None
+        # Turns wait here for on_turn while a reply is being prepared: persisting one (SQL in a
+        # worker thread) holds the GIL for ~3 ms, which would land on the LLM request.
+        self._turns_to_record: list[int] = []
+        self._holding_records = False
         self._done = asyncio.Event()
         self.idle = IdlePolicy(
             self.clock(),
@@ -168,6 +173,9 @@ class ConversationSession:
         except ProviderError as error:
             self._provider_error("stt", error)
         workers = [
+            # The LLM's connection opens while the greeting plays, not on the caller's first
+            # turn (the greeting's own TTS request opens the TTS connection).
+            *([asyncio.create_task(self.llm.warm_up())] if isinstance(self.llm, WarmsUp) else []),
             asyncio.create_task(self._pump_audio()),
             asyncio.create_task(self._consume_transcripts()),
             asyncio.create_task(self._consume_digits()),
@@ -180,6 +188,7 @@ class ConversationSession:
             for worker in workers:
                 worker.cancel()
             await self._cancel_reply()
+            self._release_records()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.stt.close(), 2.0)
 
@@ -330,6 +339,8 @@ class ConversationSession:
         forced_tool: ToolCall | None = None,
         then_hangup: bool = False,
     ) -> None:
+        if user_text is not None:
+            self._holding_records = True  # until the reply speaks (see _release_records)
         # A new turn while we speak: stop talking first, keeping what was heard in history.
         self._interrupt_reply()
         timings = timings or TurnTimings()
@@ -372,6 +383,7 @@ class ConversationSession:
                 self.barge_in.set_agent_speaking(False)
                 self.state = "listening"
                 self.idle.agent_active(self.clock())
+                self._release_records()
         self._record_assistant(reply, interrupted=False)
         if then_hangup or action == "hangup":
             await self.call.hangup("agent ended the call")
@@ -480,6 +492,8 @@ class ConversationSession:
             reply.started_speaking = True
             self.state = "speaking"
             self.barge_in.set_agent_speaking(True)
+            if self._reply is reply:
+                self._release_records()
 
     async def _wait_played(self) -> None:
         while self.call.queued_ms > 0:
@@ -530,9 +544,19 @@ class ConversationSession:
 
     def _add_turn(self, turn: Turn) -> None:
         self.turns.append(turn)
-        if self.on_turn is not None:
+        self._turns_to_record.append(len(self.turns) - 1)
+        if not self._holding_records:
+            self._release_records()
+
+    def _release_records(self) -> None:
+        """Hand the turns held back so far to on_turn, in order."""
+        self._holding_records = False
+        pending, self._turns_to_record = self._turns_to_record, []
+        if self.on_turn is None:
+            return
+        for index in pending:
             try:
-                self.on_turn(len(self.turns) - 1, turn)
+                self.on_turn(index, self.turns[index])
             except Exception:  # persistence trouble never reaches the caller
                 log.exception("[%s] recording a turn failed", self.call.call_id)
 

@@ -90,6 +90,16 @@ class PlayoutQueue:
         return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
 
     @property
+    def talkspurt_ready(self) -> bool:
+        """The line is quiet (between talkspurts, not paused) and two whole frames wait: one
+        to send now, rather than at the next tick, and one for that tick. A producer that
+        delivers only just in time (an echo, audio streamed at real-time speed) never has two
+        queued, so its frames keep the tick's phase and its slack against underruns."""
+        return (
+            not self._in_talkspurt and not self.paused and len(self._buffer) >= 2 * self.frame_bytes
+        )
+
+    @property
     def queued_bytes(self) -> int:
         return len(self._buffer)
 
@@ -120,6 +130,14 @@ class FramePacer:
     After a stall longer than `max_catch_up_frames`, sending every missed frame at
     once would only flood the far end's jitter buffer with late packets, so the
     missed slots are skipped and only the current frame is sent.
+
+    A talkspurt need not wait for the next deadline: `send_now` lets the next frame go
+    out at once and moves the whole schedule earlier by as much (0-20 ms, on average
+    half a frame off every reply's latency). RTP timestamps stay contiguous, so the
+    stream's timestamps now run `ahead` of the wall clock; `give_back` moves the
+    schedule later again by that amount, once, while the line is silent (one longer
+    gap between two silence packets, where a receiver's jitter buffer has nothing to
+    play), so the RTP clock never drifts from real time over a call.
     """
 
     def __init__(self, start: float, interval: float = 0.02, max_catch_up_frames: int = 5) -> None:
@@ -133,6 +151,7 @@ class FramePacer:
         self._next_index = 0
         self.frames_sent = 0
         self.frames_skipped = 0
+        self.ahead = 0.0  # seconds the schedule was moved earlier by send_now, not yet given back
 
     def deadline_of(self, index: int) -> float:
         return self.start + index * self.interval
@@ -163,3 +182,23 @@ class FramePacer:
         self.frames_sent += 1
         self.frames_skipped += due - 1
         return PacerTick(send=1, skip=due - 1)
+
+    def send_now(self, now: float, min_early: float = 0.001) -> bool:
+        """Take the next frame slot now, if its deadline is more than `min_early` away.
+
+        True: the caller sends one frame now; the following deadlines are `now + k * interval`.
+        False: the slot is (nearly) due anyway; leave it to the regular tick.
+        """
+        early = self.next_deadline - now
+        if early <= min_early:
+            return False
+        self.start -= early
+        self.ahead += early
+        self._next_index += 1
+        self.frames_sent += 1
+        return True
+
+    def give_back(self) -> None:
+        """Undo the shifts of `send_now`: the next deadline moves later by `ahead`."""
+        self.start += self.ahead
+        self.ahead = 0.0

@@ -183,9 +183,22 @@ class RtpSession:
     # ------------------------------------------------------------- public API
 
     def play(self, mulaw: bytes) -> None:
-        """Queue mu-law audio of any length behind what is already queued (no-op once closed)."""
-        if not self._closed:
-            self._queue.enqueue(mulaw)
+        """Queue mu-law audio of any length behind what is already queued (no-op once closed).
+
+        Audio that starts a talkspurt on a quiet line goes out at once instead of at the next
+        tick (see FramePacer.send_now): up to a frame less latency on every reply.
+        """
+        if self._closed:
+            return
+        self._queue.enqueue(mulaw)
+        pacer = self._pacer
+        if (
+            pacer is not None
+            and self._queue.talkspurt_ready
+            and not self._dtmf_out.active
+            and pacer.send_now(self._clock())
+        ):
+            self._send_next_frame()
 
     def flush(self) -> FlushResult:
         """Drop all queued outgoing audio (barge-in).
@@ -337,6 +350,9 @@ class RtpSession:
             self.last_voiced_sent_at = self._clock()
             if frame.marker:
                 self.talkspurt_started_at = self.last_voiced_sent_at
+        elif self._pacer is not None and self._pacer.ahead:
+            # Silence on the line: put the RTP clock back on the wall clock (FramePacer).
+            self._pacer.give_back()
 
     def _deliver_inbound(self, payload: bytes) -> None:
         partial = self._inbound_partial

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class ProviderError(Exception):
@@ -84,6 +84,14 @@ class TextToSpeech(Protocol):
         """8 kHz mu-law audio for `text`, chunk by chunk as it is produced. Closing the iterator
         cancels synthesis. Raises ProviderError on failure."""
         ...
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A provider that can open its connection before the first request needs it."""
+
+    async def warm_up(self) -> None:
+        """Best effort, never raises; called at the start of every call."""
 
 
 @dataclass(slots=True)

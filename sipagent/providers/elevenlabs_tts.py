@@ -27,6 +27,8 @@ from sipagent.providers.base import ProviderError
 
 DEFAULT_MODEL = "eleven_turbo_v2_5"
 OUTPUT_FORMAT = "ulaw_8000"
+# Idle connections are kept this long; httpcore drops one the server has closed before reusing it.
+DEFAULT_KEEPALIVE_SECONDS = 90.0
 
 
 class ElevenLabsTextToSpeech:
@@ -48,6 +50,7 @@ class ElevenLabsTextToSpeech:
         first_byte_timeout: float = 5.0,
         idle_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
     ) -> None:
         # Read the environment now, not at import time (the SDK's own default is bound when
         # the elevenlabs module is imported, so a key set later would be missed).
@@ -67,7 +70,17 @@ class ElevenLabsTextToSpeech:
         # Our own httpx client so aclose() can release its connections; its timeouts are only
         # a backstop behind the first-byte / idle deadlines enforced in synthesize().
         backstop = max(first_byte_timeout, idle_timeout) + 5.0
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(backstop, connect=connect_timeout))
+        # Idle connections kept `keepalive_seconds`, not httpx's 5 s: the gap between two of
+        # our replies (the caller's turn) is often longer, and each new connection is a TLS
+        # handshake before the first audio byte.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(backstop, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=100,
+                max_keepalive_connections=20,
+                keepalive_expiry=keepalive_seconds,
+            ),
+        )
         self._client = AsyncElevenLabs(api_key=key, base_url=base_url, httpx_client=self._http)
 
     async def aclose(self) -> None:

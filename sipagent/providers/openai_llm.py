@@ -10,22 +10,63 @@ bounded wait for the *first token* (the model may legitimately think for a while
 not forever) and then a much shorter bound *between* chunks (a stream that goes quiet mid-reply
 is dead). httpx-style read timeouts can express neither: they restart on every byte, including
 keep-alive comments, and apply the same bound to both phases.
+
+Two things keep the request off the caller's clock. The request goes through the SDK's generic
+`client.post` (its documented route for raw requests: same auth, base URL, error types, SSE
+parsing and chunk models) rather than `chat.completions.create`, because `create` first walks
+every message and tool schema through the SDK's TypedDict transform, which cost 3-8 ms per turn
+on a 2-vCPU machine (growing with the history) for JSON that is already in wire format. And the
+HTTP connection is opened before it is needed (`warm_up`, at the start of each call) and kept
+for `keepalive_seconds` rather than httpx's 5 s: a caller's turn plus our reply is often longer
+than 5 s, and a new TLS connection to the API costs one to three round trips on every turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk
 
 from sipagent.providers.base import LlmChunk, ProviderError, ToolCall
 
+_log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "gpt-4o-mini"
+# Idle connections are kept this long; httpcore drops one the server has closed before reusing it.
+DEFAULT_KEEPALIVE_SECONDS = 90.0
+# A chunk with every part a reply uses (text, tool-call delta, finish reason), for warm_up.
+_SAMPLE_CHUNK: dict[str, Any] = {
+    "id": "chatcmpl-warm-up",
+    "object": "chat.completion.chunk",
+    "created": 0,
+    "model": DEFAULT_MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "delta": {
+                "role": "assistant",
+                "content": "Hello",
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_0",
+                        "type": "function",
+                        "function": {"name": "end_call", "arguments": "{}"},
+                    }
+                ],
+            },
+            "finish_reason": "stop",
+        }
+    ],
+}
 # Local OpenAI-compatible servers ignore the key, but the SDK refuses to start without one.
 _PLACEHOLDER_KEY = "sk-no-key-required"
 
@@ -55,6 +96,7 @@ class OpenAILanguageModel:
         first_token_timeout: float = 10.0,
         idle_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -70,7 +112,16 @@ class OpenAILanguageModel:
         self.max_tokens = max_tokens
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
         self.extra_body = dict(extra_body or {})
+        # The SDK's own client class (on httpx2, httpx's fork), with only the pool changed.
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(
+                max_connections=100,
+                max_keepalive_connections=20,
+                keepalive_expiry=keepalive_seconds,
+            )
+        )
         self._client = AsyncOpenAI(
             api_key=key,
             base_url=base_url,
@@ -79,31 +130,59 @@ class OpenAILanguageModel:
             max_retries=0,
             # Only a backstop: the real bounds are first_token_timeout / idle_timeout below.
             timeout=max(first_token_timeout, idle_timeout, connect_timeout) + 5.0,
+            http_client=http_client,
         )
 
     async def aclose(self) -> None:
         await self._client.close()
 
+    async def warm_up(self) -> None:
+        """Open the HTTP (and TLS) connection now, so the caller's first turn does not pay for
+        it. Best effort: any answer, even a 404 from a server without the route, leaves a
+        connection in the pool; failures are only logged (the real request will report)."""
+        # The SDK builds its chunk models' field caches on first use: ~5 ms on the first chunk
+        # of the process's first reply, unless paid here.
+        ChatCompletionChunk.model_construct(**_SAMPLE_CHUNK)
+        try:
+            await self._client.models.retrieve(self.model, timeout=self.connect_timeout)
+        except openai.APIStatusError:
+            pass  # the connection is open, which is all this was for
+        except Exception as exc:  # a warm-up must never fail a call
+            _log.debug("OpenAI warm-up failed: %s", self._redact(f"{type(exc).__name__}: {exc}"))
+
     def _redact(self, text: str) -> str:
         # Some OpenAI-compatible servers echo the Authorization header or key back in errors.
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _request_kwargs(
+    def _request_body(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
         if tools:
             # An empty `tools` array is a 400 on api.openai.com: omit it instead.
-            kwargs["tools"] = tools
+            body["tools"] = tools
         if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
+            body["temperature"] = self.temperature
         if self.max_tokens is not None:
             # `max_tokens`, not `max_completion_tokens`: it is what the compatible servers
             # (Ollama, llama.cpp, vLLM) and the gpt-4o family all understand.
-            kwargs["max_tokens"] = self.max_tokens
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
-        return kwargs
+            body["max_tokens"] = self.max_tokens
+        body.update(self.extra_body)
+        return body
+
+    async def _open_stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncStream[ChatCompletionChunk]:
+        # What chat.completions.create(stream=True) sends, minus its transform (see the module
+        # docstring); the bearer key only, as create() does.
+        return await self._client.post(
+            "/chat/completions",
+            body=self._request_body(messages, tools),
+            cast_to=ChatCompletionChunk,
+            options={"security": {"bearer_auth": True}},
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        )
 
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -115,16 +194,14 @@ class OpenAILanguageModel:
         """
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + self.first_token_timeout
-        sdk_stream: openai.AsyncStream[Any] | None = None
+        sdk_stream: AsyncStream[ChatCompletionChunk] | None = None
         calls: dict[int, _PartialToolCall] = {}
         finish_reason: str | None = None
         seen_token = False
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    sdk_stream = await self._client.chat.completions.create(
-                        **self._request_kwargs(messages, tools)
-                    )
+                    sdk_stream = await self._open_stream(messages, tools)
                 while True:
                     # Before the first real token only the first-token deadline applies (a
                     # bare role chunk says nothing about progress); after it, the idle bound.

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import HttpFakeServer
+from fakes.loopback import HttpFakeServer, client_port
 
 SAMPLE_RATE = 8000
 MS_PER_CHAR = 55
@@ -61,6 +61,7 @@ class RecordedTtsRequest:
     headers: dict[str, str]
     body: Any  # decoded JSON body, None when it was not JSON
     status: int = 0
+    client_port: int = 0  # the client's TCP port: equal ports mean a reused connection
     bytes_planned: int = 0
     bytes_sent: int = 0
     chunks_sent: int = 0
@@ -115,6 +116,7 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
             query=dict(request.query),
             headers=dict(request.headers),
             body=body,
+            client_port=client_port(request),
         )
         self.requests.append(rec)
         try:

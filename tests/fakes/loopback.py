@@ -74,3 +74,9 @@ class HttpFakeServer(LoopbackServer, Generic[RecordT]):
         record = self.requests[index]
         await asyncio.wait_for(record.finished.wait(), timeout)
         return record
+
+
+def client_port(request: web.Request) -> int:
+    """The client's TCP port: two requests with the same one came over the same connection."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return int(peer[1]) if peer else 0

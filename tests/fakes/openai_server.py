@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import HttpFakeServer
+from fakes.loopback import HttpFakeServer, client_port
 
 # Argument fragments are cut to these lengths in turn: small and irregular, so cuts land
 # mid-key, mid-string and between a backslash and what it escapes, as real streams do.
@@ -66,6 +66,7 @@ class RecordedRequest:
     completed: bool = False  # the whole reply, [DONE] included, was written
     disconnected: bool = False  # the client hung up before the reply was complete
     received_at: float = 0.0  # loop.time() when the request arrived
+    client_port: int = 0  # the client's TCP port: equal ports mean a reused connection
     first_chunk_at: float | None = None  # loop.time() when the first chunk was written
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # handler is done
 
@@ -163,7 +164,7 @@ def plan_deltas(
 
 
 class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
-    """`POST /v1/chat/completions` with `stream: true`, scripted.
+    """`POST /v1/chat/completions` with `stream: true`, scripted; `GET /v1/models/{model}`.
 
     Knobs (attributes, changeable between requests):
       first_token_latency  seconds between the response headers and the first chunk
@@ -192,6 +193,8 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         self.stall_after_tokens = stall_after_tokens
         self.drop_after_tokens = drop_after_tokens
         self.tool_call_style = tool_call_style
+        self.missing_models: set[str] = set()  # GET /v1/models/{model} answers 404 for these
+        self.model_lookups: list[RecordedRequest] = []  # GET /v1/models/{model} (not in requests)
         self._script = replies if callable(replies) else list(replies)
         self._call_counter = itertools.count(1)
 
@@ -199,6 +202,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models/{model}", self._model)
 
     @property
     def base_url(self) -> str:
@@ -211,17 +215,47 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             body: Any = await request.json()
         except ValueError:
             body = None
+        rec = self._record(request, body)
+        try:
+            return await self._respond(request, rec)
+        finally:
+            rec.finished.set()
+
+    def _record(
+        self, request: web.Request, body: Any, into: list[RecordedRequest] | None = None
+    ) -> RecordedRequest:
         rec = RecordedRequest(
             path=request.path_qs,
             headers=dict(request.headers),
             body=body,
             received_at=asyncio.get_running_loop().time(),
+            client_port=client_port(request),
         )
-        self.requests.append(rec)
-        try:
-            return await self._respond(request, rec)
-        finally:
-            rec.finished.set()
+        (self.requests if into is None else into).append(rec)
+        return rec
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/{model}`: the model object, or OpenAI's 404 body for `missing_models`."""
+        rec = self._record(request, None, into=self.model_lookups)
+        rec.finished.set()
+        if request.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+            return self._error(
+                rec,
+                401,
+                _error_body(
+                    "Incorrect API key provided", "invalid_request_error", "invalid_api_key"
+                ),
+            )
+        model = request.match_info["model"]
+        if model in self.missing_models:
+            message = f"The model '{model}' does not exist or you do not have access to it."
+            return self._error(
+                rec, 404, _error_body(message, "invalid_request_error", "model_not_found")
+            )
+        rec.status = 200
+        return web.json_response(
+            {"id": model, "object": "model", "created": 1700000000, "owned_by": "system"}
+        )
 
     def _error(self, rec: RecordedRequest, status: int, body: dict[str, Any]) -> web.Response:
         rec.status = status

@@ -142,6 +142,10 @@ async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio
     # The tool result went back to the model, which read the booking back.
     second = openai.requests[1]
     assert second.messages[-1]["role"] == "tool" and '"ok": true' in second.messages[-1]["content"]
+    # The LLM connection was opened while the greeting played, and the first turn reused it.
+    [warm_up] = openai.model_lookups
+    assert warm_up.received_at < openai.requests[0].received_at
+    assert openai.requests[0].client_port == warm_up.client_port
     readback = next(t for t in session.turns if t.role == "assistant" and "booked" in t.text)
     heard = agent_stream(cap, runner.media_port)
     greeting = app.conversation.greeting

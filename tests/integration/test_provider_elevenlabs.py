@@ -222,3 +222,19 @@ def test_missing_key_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
     with pytest.raises(ProviderError, match="no API key"):
         ElevenLabsTextToSpeech(voice_id=VOICE)
+
+
+async def test_an_idle_connection_outlives_httpx_five_second_default() -> None:
+    # The caller's turn between two replies is often longer than httpx's 5 s keep-alive: the
+    # next reply must not wait for a new connection (a TLS handshake, against the real API).
+    async with FakeElevenLabsServer(speed=None) as server:
+        tts = make_tts(server)
+        try:
+            await speak(tts, "Hello.")
+            await asyncio.sleep(5.6)
+            await speak(tts, "Hello again.")
+        finally:
+            await tts.aclose()
+    first, second = server.requests
+    assert first.completed and second.completed
+    assert second.client_port == first.client_port

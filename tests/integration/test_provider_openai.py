@@ -388,3 +388,60 @@ def test_missing_key_for_the_real_service_is_reported(monkeypatch: pytest.Monkey
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ProviderError, match="no API key"):
         OpenAILanguageModel()
+
+
+# -- the connection is opened ahead of the first turn and kept between turns --------------------
+
+
+async def test_warm_up_opens_the_connection_the_first_request_then_reuses() -> None:
+    async with FakeOpenAIServer(["Hello."]) as server:
+        llm = make_llm(server, model="llama3.2:3b")
+        try:
+            await llm.warm_up()
+            await collect(llm)
+        finally:
+            await llm.aclose()
+    [warm], [chat] = server.model_lookups, server.requests
+    assert warm.path == "/v1/models/llama3.2:3b" and warm.status == 200
+    assert warm.headers["Authorization"] == f"Bearer {server.api_key}"
+    assert chat.path == "/v1/chat/completions" and chat.status == 200
+    assert chat.client_port == warm.client_port  # no new TCP (TLS) connection for the turn
+
+
+async def test_warm_up_against_a_server_without_the_model_still_warms_and_never_raises() -> None:
+    async with FakeOpenAIServer(["Hello."]) as server:
+        server.missing_models.add("no-such-model")
+        llm = make_llm(server, model="no-such-model")
+        try:
+            await llm.warm_up()  # a 404 is fine: the connection is open all the same
+            await collect(llm)
+        finally:
+            await llm.aclose()
+    [warm], [chat] = server.model_lookups, server.requests
+    assert warm.status == 404
+    assert chat.client_port == warm.client_port
+
+
+async def test_warm_up_with_nothing_listening_returns_quietly() -> None:
+    async with FakeOpenAIServer() as server:
+        url = server.base_url
+    llm = OpenAILanguageModel(api_key="sk-x", base_url=url)
+    try:
+        await asyncio.wait_for(llm.warm_up(), 10)  # no exception: the turn itself will report
+    finally:
+        await llm.aclose()
+
+
+async def test_an_idle_connection_outlives_httpx_five_second_default() -> None:
+    # A caller's turn plus our reply often lasts longer than httpx's 5 s keep-alive: the next
+    # turn must not pay for a new connection (a TLS handshake, against the real API).
+    async with FakeOpenAIServer(["One.", "Two."]) as server:
+        llm = make_llm(server)
+        try:
+            await collect(llm)
+            await asyncio.sleep(5.6)
+            await collect(llm)
+        finally:
+            await llm.aclose()
+    first, second = server.requests
+    assert second.client_port == first.client_port

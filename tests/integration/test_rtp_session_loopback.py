@@ -38,6 +38,7 @@ def udp_socket() -> socket.socket:
 class Received:
     packet: RtpPacket
     source: tuple[str, int]
+    at: float = 0.0  # loop.time() of arrival
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Peer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         packet = parse_rtp(data)
-        self.received.append(Received(packet, addr))
+        self.received.append(Received(packet, addr, asyncio.get_running_loop().time()))
         if self.on_packet is not None:
             self.on_packet(packet)
 
@@ -212,6 +213,46 @@ async def test_played_audio_reaches_peer_in_order_with_marker(peer_factory, open
     assert harness.session.sent_audio_ms == pytest.approx(5000)
     assert harness.session.queued_ms == 0
     assert {r.source for r in peer.received} == {harness.address}  # symmetric: same socket
+
+
+async def test_a_reply_on_a_quiet_line_goes_out_at_once_and_rtp_time_stays_on_the_clock(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    frames = [pattern_frame(i) for i in range(50)]
+    sent_by_play: list[int] = []
+
+    def play_just_after_a_silence_packet(packet: RtpPacket) -> None:
+        # The next tick is ~20 ms away: the first frame must not wait for it.
+        if len(peer.received) == 30 and not sent_by_play:
+            before = session.stats.packets_out
+            session.play(b"".join(frames))
+            sent_by_play.append(session.stats.packets_out - before)
+
+    peer.on_packet = play_just_after_a_silence_packet
+    await wait_until(lambda: len(peer.voiced()) >= 50, "the reply at the peer")
+    await wait_until(lambda: len(peer.received) >= 30 + 50 + 40, "silence after it")
+
+    assert sent_by_play == [1]  # sent inside play(), not at the next tick
+    packets = [r.packet for r in peer.received]
+    assert [p.payload for p in peer.voiced()] == frames
+    assert [i for i, p in enumerate(packets) if p.marker] == [30]
+    for before, after in itertools.pairwise(packets):
+        assert after.sequence == (before.sequence + 1) % 65536
+        assert (after.timestamp - before.timestamp) % 2**32 == 160  # contiguous RTP time
+
+    def rtp_clock_offsets(received: list[Received]) -> float:
+        # Arrival time minus RTP time: constant while the stream keeps real time.
+        offsets = sorted(r.at - r.packet.timestamp / 8000 for r in received)
+        return offsets[len(offsets) // 2]
+
+    before = rtp_clock_offsets(peer.received[10:30])
+    during = rtp_clock_offsets(peer.received[31:80])
+    after = rtp_clock_offsets(peer.received[90:120])
+    assert before - during > 0.005  # the reply ran ahead of the old schedule...
+    assert abs(after - before) < 0.004  # ...and the silence after it gave that time back
 
 
 async def test_flush_stops_audio_after_at_most_one_more_frame(peer_factory, open_session) -> None:

@@ -157,3 +157,70 @@ def test_pause_holds_the_queue_and_resume_continues_with_a_new_talkspurt():
     queue.pause()
     queue.flush()
     assert not queue.paused  # a flush ends the pause: the next reply plays normally
+
+
+# -- a talkspurt starts when its audio arrives, not at the next tick -----------------------------
+
+
+def test_talkspurt_ready_only_on_a_quiet_line_with_two_whole_frames() -> None:
+    queue = PlayoutQueue()
+    assert not queue.talkspurt_ready  # nothing queued
+    queue.enqueue(pattern(1)[:100])
+    assert not queue.talkspurt_ready  # less than a frame: sending now would pad it with silence
+    queue.enqueue(pattern(1))
+    assert not queue.talkspurt_ready  # one frame: the next tick could find the queue empty
+    queue.enqueue(pattern(1))
+    assert queue.talkspurt_ready
+    assert queue.next_frame().marker
+    assert queue.queued_bytes >= 160
+    assert not queue.talkspurt_ready  # mid-talkspurt: the tick keeps the pace
+    queue.pause()
+    queue.flush()
+    queue.enqueue(pattern(2))
+    queue.pause()
+    assert not queue.talkspurt_ready  # paused for a possible barge-in: stay quiet
+    queue.resume()
+    assert queue.talkspurt_ready
+
+
+def test_send_now_takes_the_next_slot_and_moves_the_schedule_earlier() -> None:
+    pacer = FramePacer(start=100.0, interval=0.02)
+    assert pacer.due_frames(100.0) == PacerTick(1, 0)  # silence at 100.000
+    assert pacer.send_now(100.007)  # audio arrives 7 ms later: out at once, not at 100.020
+    assert pacer.frames_sent == 2
+    assert pacer.ahead == pytest.approx(0.013)
+    assert pacer.next_deadline == pytest.approx(100.027)  # the pace continues from there
+    assert pacer.due_frames(100.020) == PacerTick(0, 0)  # the old deadline sends nothing
+    assert pacer.due_frames(100.0269) == PacerTick(0, 0)
+    assert pacer.due_frames(100.0271) == PacerTick(1, 0)
+    assert pacer.due_frames(100.0471) == PacerTick(1, 0)
+
+
+def test_send_now_leaves_a_slot_that_is_due_anyway_to_the_tick() -> None:
+    pacer = FramePacer(start=100.0, interval=0.02)
+    pacer.due_frames(100.0)
+    assert not pacer.send_now(100.0195)  # 0.5 ms early: not worth a schedule change
+    assert not pacer.send_now(100.025)  # already late: the tick is about to send it
+    assert pacer.ahead == 0 and pacer.frames_sent == 1
+    assert pacer.next_deadline == pytest.approx(100.02)
+
+
+def test_give_back_puts_the_rtp_clock_back_on_the_wall_clock() -> None:
+    # Frame n carries RTP time n * 20 ms; after any number of early talkspurts and their give
+    # back, frame n is due at exactly start + n * 20 ms again: no drift over a long call.
+    rng = random.Random(3)
+    pacer = FramePacer(start=0.0, interval=0.02)
+    now = 0.0
+    for _ in range(200):  # 200 replies
+        for _ in range(rng.randint(1, 30)):  # silence between them
+            now = pacer.next_deadline
+            pacer.due_frames(now)
+        assert pacer.send_now(now + rng.uniform(0.002, 0.019))
+        assert 0 < pacer.ahead < 0.02
+        for _ in range(rng.randint(5, 200)):  # the reply
+            now = pacer.next_deadline
+            pacer.due_frames(now)
+        pacer.give_back()  # the first silent frame after it
+        assert pacer.ahead == 0
+        assert pacer.next_deadline == pytest.approx(pacer.next_index * 0.02)
+    assert pacer.frames_skipped == 0

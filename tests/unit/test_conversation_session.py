@@ -1,0 +1,171 @@
+"""ConversationSession policy with in-memory stand-ins for the call and the providers.
+
+The stand-ins implement the session's own Protocols (CallChannel, SpeechToText, LanguageModel,
+TextToSpeech); every step is released by an event the test sets, so nothing depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from sipagent.booking.rules import ClinicHours
+from sipagent.booking.store import InMemoryBookingStore
+from sipagent.conversation.session import ConversationSession, ConversationSettings, Turn
+from sipagent.providers.base import LlmChunk, SttEvent, SttEventKind
+from sipagent.tools.receptionist import ReceptionistTools
+
+
+class MemoryCall:
+    call_id = "unit-call"
+    caller = "sip:caller@127.0.0.1"
+
+    def __init__(self) -> None:
+        self.played = bytearray()
+        self.ended = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        await self.ended.wait()
+        return
+        yield b""
+
+    async def digits(self) -> AsyncIterator[str]:
+        await self.ended.wait()
+        return
+        yield ""
+
+    def play(self, mulaw: bytes) -> None:
+        self.played += mulaw
+
+    def flush(self) -> int:
+        return 0
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    @property
+    def sent_audio_ms(self) -> float:
+        return len(self.played) / 8
+
+    @property
+    def queued_ms(self) -> float:
+        return 0.0
+
+    async def hangup(self, reason: str = "app hangup") -> None:
+        self.ended.set()
+
+
+class PushedStt:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[SttEvent | None] = asyncio.Queue()
+
+    async def start(self) -> None:
+        pass
+
+    def send_audio(self, mulaw: bytes) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[SttEvent]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+    async def finalize(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class GatedLlm:
+    """Says `text` once `go` is set; counts requests."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.go = asyncio.Event()
+        self.requests = 0
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        self.requests += 1
+        await self.go.wait()
+        yield LlmChunk(text=self.text)
+        yield LlmChunk(finish_reason="stop")
+
+
+class InstantTts:
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        yield b"\x10" * 160 * max(1, len(text) // 4)
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0)
+    assert condition(), what
+
+
+async def test_turn_records_wait_until_the_reply_speaks() -> None:
+    call, stt, llm = MemoryCall(), PushedStt(), GatedLlm("Sure, what day suits you?")
+    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
+    recorded: list[tuple[int, str, str]] = []
+
+    def on_turn(index: int, turn: Turn) -> None:
+        recorded.append((index, turn.role, turn.text))
+
+    session = ConversationSession(
+        call,
+        stt=stt,
+        llm=llm,
+        tts=InstantTts(),
+        tools=tools,
+        settings=ConversationSettings(greeting="Hello."),
+        on_turn=on_turn,
+    )
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: recorded == [(0, "assistant", "Hello.")], "the greeting recorded")
+
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "I need a cleaning", speech_final=True))
+    await wait_for(lambda: llm.requests == 1, "the LLM asked")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # The caller's turn is known, but persisting it now would compete with the LLM request.
+    assert [turn.role for turn in session.turns] == ["assistant", "user"]
+    assert recorded == [(0, "assistant", "Hello.")]
+
+    llm.go.set()
+    await wait_for(lambda: len(recorded) == 3, "the user turn and the reply recorded")
+    assert recorded == [
+        (0, "assistant", "Hello."),
+        (1, "user", "I need a cleaning"),
+        (2, "assistant", "Sure, what day suits you?"),
+    ]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_held_turn_records_are_written_when_the_call_ends_first() -> None:
+    call, stt, llm = MemoryCall(), PushedStt(), GatedLlm("never said")
+    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
+    recorded: list[tuple[int, str]] = []
+    session = ConversationSession(
+        call,
+        stt=stt,
+        llm=llm,
+        tts=InstantTts(),
+        tools=tools,
+        settings=ConversationSettings(greeting="Hello."),
+        on_turn=lambda index, turn: recorded.append((index, turn.role)),
+    )
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(recorded) == 1, "the greeting recorded")
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "Hi, I have a toothache", speech_final=True))
+    await wait_for(lambda: llm.requests == 1, "the LLM asked")
+    call.ended.set()  # the caller hangs up while the agent is still thinking
+    await asyncio.wait_for(runner, 5)
+    assert recorded == [(0, "assistant"), (1, "user")]
