@@ -15,12 +15,22 @@ _ABBREVIATION_BEFORE = re.compile(r"(?:^|[\s(])((?:[A-Za-z]\.)*[A-Za-z]+)\.$")
 class SentenceChunker:
     """Emit a chunk at a sentence end once it has `min_chars`; never inside "Dr.", "a.m.",
     "3.30", "$4.50" or a phone number such as "555.123.4567" (a period followed by a digit or
-    lower-case letter is not a sentence end either)."""
+    lower-case letter is not a sentence end either).
 
-    def __init__(self, min_chars: int = 20, max_chars: int = 240) -> None:
+    The first chunk may have its own, smaller minimum (`first_min_chars`): the caller is waiting
+    for it, while later chunks are synthesised as earlier ones play, so only they are worth
+    holding back to give the voice longer phrases. With the same minimum for both, "Sure." would
+    wait for the whole next sentence to be generated.
+    """
+
+    def __init__(
+        self, min_chars: int = 20, max_chars: int = 240, first_min_chars: int | None = None
+    ) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_min_chars = min_chars if first_min_chars is None else first_min_chars
         self._buffer = ""
+        self._emitted = False
 
     def feed(self, delta: str) -> list[str]:
         self._buffer += delta
@@ -29,11 +39,13 @@ class SentenceChunker:
             chunk, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:].lstrip()
             if chunk:
                 chunks.append(chunk)
+                self._emitted = True
         return chunks
 
     def flush(self) -> list[str]:
         """The rest, at the end of the reply."""
         chunk, self._buffer = self._buffer.strip(), ""
+        self._emitted = self._emitted or bool(chunk)
         return [chunk] if chunk else []
 
     @property
@@ -42,9 +54,10 @@ class SentenceChunker:
 
     def _find_cut(self) -> int | None:
         text = self._buffer
+        min_chars = self.min_chars if self._emitted else self.first_min_chars
         for match in _SENTENCE_END.finditer(text):
             end = match.end()
-            if end < self.min_chars:
+            if end < min_chars:
                 continue
             if self._is_false_end(text, match.start(), end):
                 continue
@@ -52,7 +65,7 @@ class SentenceChunker:
         if len(text) > self.max_chars:
             # A run-on reply: cut at the last clause boundary so speech can start.
             boundary = max(text.rfind(", ", 0, self.max_chars), text.rfind("; ", 0, self.max_chars))
-            if boundary > self.min_chars:
+            if boundary > min_chars:
                 return boundary + 1
         return None
 

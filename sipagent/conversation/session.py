@@ -63,6 +63,7 @@ class ConversationSettings:
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     vad_mode: int = 2
     min_chunk_chars: int = 20
+    first_chunk_min_chars: int = 1  # the reply's first sentence goes to TTS however short
     idle_reprompt_seconds: float = 8.0
     idle_max_reprompts: int = 2
     max_call_seconds: float = 900.0
@@ -453,7 +454,10 @@ class ConversationSession:
         return "", ()
 
     async def _stream_llm(self, reply: _Reply) -> tuple[str, tuple[ToolCall, ...]]:
-        chunker = SentenceChunker(min_chars=self.settings.min_chunk_chars)
+        chunker = SentenceChunker(
+            min_chars=self.settings.min_chunk_chars,
+            first_min_chars=self.settings.first_chunk_min_chars,
+        )
         speaker = _Speaker(self, reply)
         text = ""
         tool_calls: tuple[ToolCall, ...] = ()

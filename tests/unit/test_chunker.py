@@ -63,3 +63,24 @@ def test_run_on_text_is_cut_at_a_clause():
     chunks = chunker.feed(text)
     assert chunks and all(len(chunk) <= 60 for chunk in chunks)
     assert " ".join(chunks + chunker.flush()) == text
+
+
+def test_a_short_first_sentence_goes_at_once_later_ones_are_merged():
+    chunker = SentenceChunker(min_chars=20, first_min_chars=1)
+    assert chunker.feed("Sure.") == []  # the end is only certain once the next word shows
+    assert chunker.feed(" What") == ["Sure."]  # not held until the next sentence is generated
+    assert chunker.feed(" day? Or") == []  # later chunks keep the minimum
+    assert chunker.feed(" time? Let me check that for you. Ok") == [
+        "What day? Or time? Let me check that for you."
+    ]
+    assert chunker.flush() == ["Ok"]
+
+
+def test_the_first_chunk_still_never_splits_an_abbreviation():
+    chunker = SentenceChunker(min_chars=20, first_min_chars=1)
+    chunks = [
+        c
+        for t in tokens("Dr. Patel is in. Mr. Smith is not. Sorry about that.")
+        for c in chunker.feed(t)
+    ]
+    assert chunks + chunker.flush() == ["Dr. Patel is in.", "Mr. Smith is not. Sorry about that."]

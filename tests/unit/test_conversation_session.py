@@ -14,7 +14,7 @@ from typing import Any
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import InMemoryBookingStore
 from sipagent.conversation.session import ConversationSession, ConversationSettings, Turn
-from sipagent.providers.base import LlmChunk, SttEvent, SttEventKind
+from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind
 from sipagent.tools.receptionist import ReceptionistTools
 
 
@@ -99,8 +99,32 @@ class GatedLlm:
 
 
 class InstantTts:
+    """Audio at once; records what it was asked to say; fails for texts in `failing`."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.texts: list[str] = []
+        self.failing = failing
+
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.texts.append(text)
+        if text in self.failing:
+            raise ProviderError("TTS: HTTP 500")
         yield b"\x10" * 160 * max(1, len(text) // 4)
+
+
+class FailingOnceLlm:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.requests = 0
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        self.requests += 1
+        if self.requests == 1:
+            raise ProviderError("OpenAI: HTTP 500")
+        yield LlmChunk(text=self.text)
+        yield LlmChunk(finish_reason="stop")
 
 
 async def wait_for(condition: Any, what: str) -> None:
@@ -169,3 +193,48 @@ async def test_held_turn_records_are_written_when_the_call_ends_first() -> None:
     call.ended.set()  # the caller hangs up while the agent is still thinking
     await asyncio.wait_for(runner, 5)
     assert recorded == [(0, "assistant"), (1, "user")]
+
+
+def make_session(call: MemoryCall, stt: PushedStt, llm: Any, tts: Any, **kwargs: Any):
+    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
+    return ConversationSession(
+        call,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        tools=tools,
+        settings=ConversationSettings(greeting="Hello."),
+        **kwargs,
+    )
+
+
+async def test_an_llm_failure_is_apologised_for_and_retried_once() -> None:
+    call, stt, llm, tts = MemoryCall(), PushedStt(), FailingOnceLlm("Tuesday works."), InstantTts()
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "Is Tuesday free?", speech_final=True))
+    await wait_for(lambda: "Tuesday works." in tts.texts, "the retried reply spoken")
+    assert tts.texts == ["Hello.", "Sorry, just one moment.", "Tuesday works."]
+    assert llm.requests == 2
+    assert session.provider_errors == ["llm: OpenAI: HTTP 500"]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_a_tts_failure_falls_back_to_the_other_voice_for_that_sentence_only() -> None:
+    call, stt = MemoryCall(), PushedStt()
+    llm = GatedLlm("Sure. Your cleaning is booked for Tuesday at ten.")
+    llm.go.set()
+    tts, fallback = InstantTts(failing=("Sure.",)), InstantTts()
+    session = make_session(call, stt, llm, tts, fallback_tts=fallback)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "Book me in", speech_final=True))
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert tts.texts == ["Hello.", "Sure.", "Your cleaning is booked for Tuesday at ten."]
+    assert fallback.texts == ["Sure."]  # only the sentence that failed
+    assert session.provider_errors == ["tts: TTS: HTTP 500"]
+    assert session.turns[2].text == "Sure. Your cleaning is booked for Tuesday at ten."
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
