@@ -61,6 +61,8 @@ class SentenceChunker:
                 continue
             if self._is_false_end(text, match.start(), end):
                 continue
+            if end < self.min_chars and not self._is_clear_short_end(text, match.start(), end):
+                continue
             return end
         if len(text) > self.max_chars:
             # A run-on reply: cut at the last clause boundary so speech can start.
@@ -68,6 +70,21 @@ class SentenceChunker:
             if boundary > min_chars:
                 return boundary + 1
         return None
+
+    @staticmethod
+    def _is_clear_short_end(text: str, start: int, end: int) -> bool:
+        """A first chunk shorter than `min_chars` ends only where the end is unambiguous: not
+        after an initial or dotted abbreviation ("J.", "U.S.", "a.m."), a number ("1."), or
+        punctuation alone ("...")."""
+        if sum(char.isalpha() for char in text[:end]) < 2:
+            return False
+        if text[start] == ".":
+            word = _ABBREVIATION_BEFORE.search(text[: start + 1])
+            if word and (len(word.group(1)) == 1 or "." in word.group(1)):
+                return False
+            if start > 0 and text[start - 1].isdigit():
+                return False
+        return True
 
     @staticmethod
     def _is_false_end(text: str, start: int, end: int) -> bool:

@@ -496,8 +496,6 @@ class ConversationSession:
             reply.started_speaking = True
             self.state = "speaking"
             self.barge_in.set_agent_speaking(True)
-            if self._reply is reply:
-                self._release_records()
 
     async def _wait_played(self) -> None:
         while self.call.queued_ms > 0:
@@ -656,24 +654,39 @@ class _Speaker:
             audio.put_nowait(None)
 
     async def _play(self) -> None:
-        session = self.session
+        session, reply = self.session, self.reply
         while (item := await self._sentences.get()) is not None:
             chunk, audio = item
             while (data := await audio.get()) is not None:
-                if self.reply.timings.tts_first_byte is None:
-                    self.reply.timings.tts_first_byte = session.clock()
+                if session._reply is not reply:
+                    # Interrupted: the line was flushed before this task was cancelled, and
+                    # nothing of this reply may follow the flush (play may send it at once).
+                    return
+                if reply.timings.tts_first_byte is None:
+                    reply.timings.tts_first_byte = session.clock()
                 chunk.audio_ms += len(data) / 8  # mu-law: 8 bytes per ms
-                if not self.reply.started_speaking:
-                    self._first_packet_watch = asyncio.get_running_loop().create_task(
-                        self._note_first_packet()
-                    )
-                session._audio_started(self.reply)
+                first = not reply.started_speaking
+                before = _session_time(session.call, "talkspurt_started_at")
+                session._audio_started(reply)
                 session.call.play(data)
+                if first:
+                    self._note_first_packet(before)
+                    session._release_records()  # after play: not on the first frame's path
 
-    async def _note_first_packet(self) -> None:
-        """Read the wire time of the reply's first RTP packet once it has been sent."""
+    def _note_first_packet(self, before: float | None) -> None:
+        """Record the wire time of the reply's first RTP packet: at once if play() sent it
+        (a talkspurt on a quiet line), else when the media tick has."""
         timings = self.reply.timings
-        before = _session_time(self.session.call, "talkspurt_started_at")
+        sent = _session_time(self.session.call, "talkspurt_started_at")
+        if sent is not None and sent != before:
+            timings.first_reply_packet = sent
+            return
+        self._first_packet_watch = asyncio.get_running_loop().create_task(
+            self._watch_first_packet(before)
+        )
+
+    async def _watch_first_packet(self, before: float | None) -> None:
+        timings = self.reply.timings
         for _ in range(25):
             await asyncio.sleep(0.02)
             sent = _session_time(self.session.call, "talkspurt_started_at")

@@ -187,10 +187,14 @@ class FramePacer:
         """Take the next frame slot now, if its deadline is more than `min_early` away.
 
         True: the caller sends one frame now; the following deadlines are `now + k * interval`.
-        False: the slot is (nearly) due anyway; leave it to the regular tick.
+        False: the slot is (nearly) due anyway, or taking it would put the RTP clock more than
+        one frame ahead of real time; leave it to the regular tick. (Right after `give_back`
+        the next deadline can be more than a frame away: audio arriving then waits for it,
+        rather than stacking one lead on another, and the tick, asleep until that deadline,
+        is never left sleeping past a deadline moved earlier.)
         """
         early = self.next_deadline - now
-        if early <= min_early:
+        if early <= min_early or self.ahead + early > self.interval:
             return False
         self.start -= early
         self.ahead += early

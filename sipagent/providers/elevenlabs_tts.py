@@ -27,8 +27,9 @@ from sipagent.providers.base import ProviderError
 
 DEFAULT_MODEL = "eleven_turbo_v2_5"
 OUTPUT_FORMAT = "ulaw_8000"
-# Idle connections are kept this long; httpcore drops one the server has closed before reusing it.
-DEFAULT_KEEPALIVE_SECONDS = 90.0
+# Idle connections are kept this long (httpcore drops one the server has closed before reusing
+# it); under the 60 s idle timeout common on load balancers, which may drop them silently.
+DEFAULT_KEEPALIVE_SECONDS = 55.0
 
 
 class ElevenLabsTextToSpeech:

@@ -40,8 +40,9 @@ from sipagent.providers.base import LlmChunk, ProviderError, ToolCall
 _log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
-# Idle connections are kept this long; httpcore drops one the server has closed before reusing it.
-DEFAULT_KEEPALIVE_SECONDS = 90.0
+# Idle connections are kept this long (httpcore drops one the server has closed before reusing
+# it); under the 60 s idle timeout common on load balancers, which may drop them silently.
+DEFAULT_KEEPALIVE_SECONDS = 55.0
 # A chunk with every part a reply uses (text, tool-call delta, finish reason), for warm_up.
 _SAMPLE_CHUNK: dict[str, Any] = {
     "id": "chatcmpl-warm-up",
@@ -114,11 +115,12 @@ class OpenAILanguageModel:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.extra_body = dict(extra_body or {})
-        # The SDK's own client class (on httpx2, httpx's fork), with only the pool changed.
+        # The SDK's own client class (on httpx2, httpx's fork) and its pool sizes; only the
+        # keep-alive differs.
         http_client = openai.DefaultAsyncHttpxClient(
             limits=httpx2.Limits(
-                max_connections=100,
-                max_keepalive_connections=20,
+                max_connections=1000,
+                max_keepalive_connections=100,
                 keepalive_expiry=keepalive_seconds,
             )
         )
@@ -140,10 +142,10 @@ class OpenAILanguageModel:
         """Open the HTTP (and TLS) connection now, so the caller's first turn does not pay for
         it. Best effort: any answer, even a 404 from a server without the route, leaves a
         connection in the pool; failures are only logged (the real request will report)."""
-        # The SDK builds its chunk models' field caches on first use: ~5 ms on the first chunk
-        # of the process's first reply, unless paid here.
-        ChatCompletionChunk.model_construct(**_SAMPLE_CHUNK)
         try:
+            # The SDK builds its chunk models' field caches on first use: ~5 ms on the first
+            # chunk of the process's first reply, unless paid here.
+            ChatCompletionChunk.model_construct(**_SAMPLE_CHUNK)
             await self._client.models.retrieve(self.model, timeout=self.connect_timeout)
         except openai.APIStatusError:
             pass  # the connection is open, which is all this was for

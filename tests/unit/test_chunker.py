@@ -84,3 +84,24 @@ def test_the_first_chunk_still_never_splits_an_abbreviation():
         for c in chunker.feed(t)
     ]
     assert chunks + chunker.flush() == ["Dr. Patel is in.", "Mr. Smith is not. Sorry about that."]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        (
+            "At 10 a.m. Tuesday works for you, or Wednesday?",
+            "At 10 a.m. Tuesday works for you, or Wednesday?",
+        ),
+        ("The U.S. Dental Board says so. Anything else?", "The U.S. Dental Board says so."),
+        ("J. Smith is booked. Anything else?", "J. Smith is booked."),
+        ("Suite 4. Go to the second floor. Thanks.", "Suite 4. Go to the second floor."),
+        ("... Let me check that for you. One moment.", "... Let me check that for you."),
+        ("Okay. Let me check that for you now. One moment.", "Okay."),
+    ],
+)
+def test_a_short_first_chunk_ends_only_where_the_end_is_unambiguous(text, first):
+    chunker = SentenceChunker(min_chars=20, first_min_chars=1)
+    chunks = [c for t in tokens(text) for c in chunker.feed(t)] + chunker.flush()
+    assert chunks[0] == first
+    assert " ".join(chunks) == text  # nothing lost or reordered

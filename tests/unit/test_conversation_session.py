@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sipagent.booking.rules import ClinicHours
@@ -19,11 +20,17 @@ from sipagent.tools.receptionist import ReceptionistTools
 
 
 class MemoryCall:
+    """Plays instantly. Like RtpSession on a quiet line, every play() puts a packet on the
+    "wire" at once and stamps `session.talkspurt_started_at`; `wire_stamps` keeps them all."""
+
     call_id = "unit-call"
     caller = "sip:caller@127.0.0.1"
 
     def __init__(self) -> None:
         self.played = bytearray()
+        self.played_at_flush: list[int] = []
+        self.session = SimpleNamespace(talkspurt_started_at=None)
+        self.wire_stamps: list[float] = []
         self.ended = asyncio.Event()
 
     async def frames(self) -> AsyncIterator[bytes]:
@@ -38,8 +45,12 @@ class MemoryCall:
 
     def play(self, mulaw: bytes) -> None:
         self.played += mulaw
+        stamp = asyncio.get_running_loop().time() + len(self.wire_stamps) * 1e-6  # distinct
+        self.session.talkspurt_started_at = stamp
+        self.wire_stamps.append(stamp)
 
     def flush(self) -> int:
+        self.played_at_flush.append(len(self.played))
         return 0
 
     def pause(self) -> None:
@@ -110,6 +121,21 @@ class InstantTts:
         if text in self.failing:
             raise ProviderError("TTS: HTTP 500")
         yield b"\x10" * 160 * max(1, len(text) // 4)
+
+
+class GatedTts:
+    """The first sentence's audio at once, the rest of it when `more` is set."""
+
+    def __init__(self) -> None:
+        self.more = asyncio.Event()
+        self.texts: list[str] = []
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.texts.append(text)
+        yield b"\x20" * 320
+        if len(self.texts) > 1:
+            await self.more.wait()
+        yield b"\x30" * 320
 
 
 class FailingOnceLlm:
@@ -236,5 +262,58 @@ async def test_a_tts_failure_falls_back_to_the_other_voice_for_that_sentence_onl
     assert fallback.texts == ["Sure."]  # only the sentence that failed
     assert session.provider_errors == ["tts: TTS: HTTP 500"]
     assert session.turns[2].text == "Sure. Your cleaning is booked for Tuesday at ten."
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_the_first_reply_packet_is_stamped_when_play_sends_it_at_once() -> None:
+    call, stt = MemoryCall(), PushedStt()
+    llm = GatedLlm("Sure. Your cleaning is booked for Tuesday at ten.")
+    llm.go.set()
+    session = make_session(call, stt, llm, InstantTts())
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    greeting_packets = len(call.wire_stamps)
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "Book me in", speech_final=True))
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert len(call.wire_stamps) > greeting_packets + 1  # two sentences, two plays
+    # The reply's own first packet, not a later one (nor the greeting's).
+    assert session.turns[2].timings.first_reply_packet == call.wire_stamps[greeting_packets]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class StallingLlm:
+    """Streams `text`, then goes quiet (still "writing" the rest of its reply)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        yield LlmChunk(text=self.text)
+        await asyncio.Event().wait()
+        yield LlmChunk(finish_reason="stop")
+
+
+async def test_nothing_of_an_interrupted_reply_is_played_after_the_flush() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), GatedTts()
+    # The first sentence is being spoken while the model still writes the second.
+    llm = StallingLlm("Let me read you our opening hours. On Monday")
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, "When are you open?", speech_final=True))
+    await wait_for(lambda: session.state == "speaking", "the reply speaking")
+    # The reply's next audio arrives; in the same moment, before the player task has run,
+    # the caller interrupts (the barge-in decision flushes the line and cancels the reply).
+    tts.more.set()
+    await asyncio.sleep(0)  # the synthesis task queues that audio for the player task
+    session._interrupt_reply()
+    await wait_for(lambda: session.state == "listening", "listening again")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert call.played_at_flush and len(call.played) == call.played_at_flush[-1]
     call.ended.set()
     await asyncio.wait_for(runner, 5)

@@ -1,3 +1,4 @@
+import itertools
 import random
 
 import pytest
@@ -224,3 +225,78 @@ def test_give_back_puts_the_rtp_clock_back_on_the_wall_clock() -> None:
         assert pacer.ahead == 0
         assert pacer.next_deadline == pytest.approx(pacer.next_index * 0.02)
     assert pacer.frames_skipped == 0
+
+
+def test_send_now_right_after_give_back_never_stacks_leads() -> None:
+    pacer = FramePacer(start=0.0, interval=0.02)
+    pacer.due_frames(0.0)
+    assert pacer.send_now(0.005)  # 15 ms early
+    pacer.due_frames(pacer.next_deadline)  # the talkspurt's second frame
+    pacer.due_frames(pacer.next_deadline)  # silence: give the 15 ms back
+    pacer.give_back()
+    assert pacer.next_deadline == pytest.approx(0.08)  # slot 4 is back on the wall clock
+    # Audio 1 ms after that silent frame: its slot is 34 ms away; taking it now would put the
+    # RTP clock 34 ms ahead. It waits for the deadline instead.
+    assert not pacer.send_now(0.046)
+    assert pacer.send_now(0.065)  # 15 ms early: fine
+    assert pacer.ahead == pytest.approx(0.015)
+
+
+def drive_line(
+    chunks: list[tuple[float, int]], until: float
+) -> tuple[list[tuple[float, int, float]], int]:
+    """A PlayoutQueue and FramePacer driven as RtpSession drives them, in virtual time: the
+    tick sleeps until the deadline it saw when it went to sleep; audio (`frames` at `time`)
+    may start a talkspurt at once. Returns, per voiced frame, (send time, RTP slot, the
+    earliest it could have gone out: its arrival, or 20 ms after the frame before it), and
+    the number of skipped slots."""
+    queue, pacer = PlayoutQueue(), FramePacer(start=0.0, interval=0.02)
+    sent: list[tuple[float, int]] = []
+    earliest: list[float] = []
+    slot = 0
+    wake = 0.0
+    pending = sorted(chunks)
+
+    def send(now: float) -> None:
+        nonlocal slot
+        frame = queue.next_frame()
+        if frame.voiced:
+            sent.append((now, slot))
+        elif pacer.ahead:
+            pacer.give_back()
+        slot += 1
+
+    while wake < until:
+        if pending and pending[0][0] < wake:
+            now, frames = pending.pop(0)
+            queue.enqueue(pattern(frames)[: frames * 160])
+            for _ in range(frames):
+                earliest.append(max(now, earliest[-1] + 0.02) if earliest else now)
+            if queue.talkspurt_ready and pacer.send_now(now):
+                send(now)
+            continue
+        tick = pacer.due_frames(wake)
+        slot += tick.skip
+        for _ in range(tick.send):
+            send(wake)
+        wake = max(wake, pacer.next_deadline)
+    return [(t, n, e) for (t, n), e in zip(sent, earliest, strict=True)], pacer.frames_skipped
+
+
+@pytest.mark.parametrize(
+    ("chunk_frames", "every"),
+    [(5, 0.105), (3, 0.0625), (5, 0.1), (2, 0.039), (10, 0.25), (1, 0.02), (4, 0.06)],
+)
+def test_a_producer_near_real_time_keeps_the_rtp_clock_within_a_frame(chunk_frames, every):
+    # Chunks a little slower or faster than real time, with jitter: the queue runs dry and
+    # refills over and over, so early starts and give-backs alternate.
+    rng = random.Random(chunk_frames)
+    chunks = [(0.3 + i * every + rng.uniform(0, 0.004), chunk_frames) for i in range(60)]
+    voiced, skipped = drive_line(chunks, until=0.3 + 60 * max(every, chunk_frames * 0.02) + 1)
+    assert len(voiced) == 60 * chunk_frames  # every frame played
+    assert skipped == 0
+    for sent_at, slot, earliest in voiced:
+        assert -1e-9 <= slot * 0.02 - sent_at <= 0.02 + 1e-9  # RTP time leads by <= a frame
+        assert sent_at <= earliest + 0.04 + 1e-9  # no frame waits more than two ticks
+    for (before, _, _), (after, _, _) in itertools.pairwise(voiced):
+        assert after - before >= 0.019  # never a burst
