@@ -112,7 +112,9 @@ class AgentSettings(BaseSettings):
         validation_alias=AliasChoices("SIPAGENT_DEEPGRAM_API_KEY", "DEEPGRAM_API_KEY"),
     )
     deepgram_url: str = Field("", description="Deepgram API base (default: Deepgram's cloud)")
-    deepgram_model: str = "nova-3"
+    deepgram_model: str = Field(
+        "nova-3", description="nova-3 (live, /v1/listen) or a Flux model such as flux-general-en"
+    )
     endpointing_ms: int = Field(300, ge=10, description="Deepgram endpointing window")
     openai_api_key: SecretStr = Field(
         SecretStr(""), validation_alias=AliasChoices("SIPAGENT_OPENAI_API_KEY", "OPENAI_API_KEY")

@@ -383,10 +383,19 @@ class DeepgramSpeechToText:
                 task.cancel()
             await asyncio.gather(receiver, sender, return_exceptions=True)
 
+    def _events_from(self, message: Any, received_at: float) -> tuple[list[SttEvent], float | None]:
+        return events_from_message(message, received_at)
+
+    async def _send_finalize(self, socket: Any) -> None:
+        await socket.send_finalize()
+
+    async def _keep_alive(self, socket: Any) -> None:
+        await socket.send_keep_alive()
+
     async def _receive(self, socket: AsyncV1SocketClient) -> None:
         loop = asyncio.get_running_loop()
         async for message in socket:
-            events, finalized_until = events_from_message(message, loop.time())
+            events, finalized_until = self._events_from(message, loop.time())
             if finalized_until is not None:
                 self._audio.commit(self._conn_base + round(finalized_until * SAMPLE_RATE))
             for event in events:
@@ -412,7 +421,7 @@ class DeepgramSpeechToText:
                     await socket.send_close_stream()
                     self._close_sent = True
                 else:
-                    await socket.send_finalize()
+                    await self._send_finalize(socket)
                 self._controls.popleft()
                 if not control.done.done():
                     control.done.set_result(None)
@@ -423,7 +432,7 @@ class DeepgramSpeechToText:
             if idle_left <= 0:
                 # Nothing sent for a while (the media path paused): keep Deepgram from
                 # closing the stream for lack of data.
-                await socket.send_keep_alive()
+                await self._keep_alive(socket)
                 last_sent = loop.time()
                 continue
             with contextlib.suppress(TimeoutError):

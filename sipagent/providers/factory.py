@@ -69,7 +69,17 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
             offline_tts = EspeakTextToSpeech()
         return offline_tts
 
-    if choice.stt == "deepgram":
+    if choice.stt == "deepgram" and settings.deepgram_model.startswith("flux"):
+        # Flux (/v2/listen) ends turns with its own model: no endpointing parameter.
+        from sipagent.providers.deepgram_flux_stt import DeepgramFluxSpeechToText
+
+        def new_stt() -> SpeechToText:
+            return DeepgramFluxSpeechToText(
+                settings.deepgram_api_key.get_secret_value(),
+                model=settings.deepgram_model,
+                **_deepgram_endpoint(settings.deepgram_url),
+            )
+    elif choice.stt == "deepgram":
         from sipagent.providers.deepgram_stt import DeepgramSpeechToText
 
         def new_stt() -> SpeechToText:

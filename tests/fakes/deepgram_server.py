@@ -144,6 +144,39 @@ def parse_listen_params(
     )
 
 
+def parse_flux_params(query: Mapping[str, str], eot_silence: float) -> ListenParams:
+    """`/v2/listen` (Flux) parameters: mulaw at 8 kHz and a flux model are required here;
+    thresholds are range-checked like the service does. Flux always reports interim words and
+    turn starts; its end of turn comes after `eot_silence` s of silence (the fake's stand-in for
+    the model's confidence), or `eot_timeout_ms` if that is shorter."""
+    if not query.get("model", "").startswith("flux"):
+        raise ValueError(f"model must be a flux model, got {query.get('model')!r}")
+    if query.get("encoding") != "mulaw":
+        raise ValueError(f"encoding must be mulaw, got {query.get('encoding')!r}")
+    if query.get("sample_rate") != "8000":
+        raise ValueError(f"sample_rate must be 8000, got {query.get('sample_rate')!r}")
+    try:
+        eot = float(query.get("eot_threshold", "0.7"))
+        eager = float(query["eager_eot_threshold"]) if "eager_eot_threshold" in query else None
+        timeout_s = int(query.get("eot_timeout_ms", "5000")) / 1000
+    except ValueError:
+        raise ValueError("eot_threshold/eager_eot_threshold/eot_timeout_ms malformed") from None
+    if not 0.5 <= eot <= 0.9:
+        raise ValueError(f"eot_threshold must be within 0.5-0.9, got {eot}")
+    if eager is not None and not (0.3 <= eager <= 0.9 and eager <= eot):
+        raise ValueError("eager_eot_threshold must be within 0.3-0.9 and <= eot_threshold")
+    if not 0.5 <= timeout_s <= 10.0:
+        raise ValueError(f"eot_timeout_ms must be within 500-10000, got {timeout_s * 1000:g}")
+    return ListenParams(
+        model=query["model"],
+        interim_results=True,
+        vad_events=True,
+        smart_format=True,
+        endpointing_s=min(eot_silence, timeout_s),
+        utterance_end_s=None,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the scripted recogniser (no I/O: fed bytes and arrival times, returns messages with due times)
 
@@ -429,6 +462,78 @@ class Recogniser:
         }
 
 
+class FluxRecogniser(Recogniser):
+    """The same timeline as Recogniser, in Flux's words: `TurnInfo` messages (StartOfTurn at
+    the onset, Update for interim words, EndOfTurn at the end of the turn, trigger "manual"
+    after ForceEndTurn), every message numbered by `sequence_id` (0 is `Connected`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sequence_id = 0
+        self.turn_index = 0
+
+    def connected(self, now: float) -> Outgoing:
+        return self._emit(now, {"type": "Connected", "request_id": self.request_id})
+
+    def _emit(self, due: float, message: dict[str, Any]) -> Outgoing:
+        message = {**message, "sequence_id": self.sequence_id}
+        self.sequence_id += 1
+        return super()._emit(due, message)
+
+    def _onset(self, t1: float, arrival: float, out: list[Outgoing]) -> None:
+        super()._onset(t1, arrival, out)  # vad_events is on: that queued a SpeechStarted
+        speech_started = out.pop()
+        words = _tokens(self.script.current())[:1]
+        out.append(
+            self._emit(
+                speech_started.due, self._turn_info("StartOfTurn", words, t1, confidence=0.0)
+            )
+        )
+
+    def finalize(self, now: float) -> list[Outgoing]:
+        """`ForceEndTurn`: end the turn in progress (nothing happens between turns)."""
+        out: list[Outgoing] = []
+        if self.speaking:
+            self._final(self.audio_seconds, now, out, speech_final=True, from_finalize=True)
+        return out
+
+    def _final(
+        self, t: float, due: float, out: list[Outgoing], *, speech_final: bool, from_finalize: bool
+    ) -> None:
+        super()._final(t, due, out, speech_final=speech_final, from_finalize=from_finalize)
+        self.turn_index += 1
+
+    def _results(
+        self,
+        tokens: list[str],
+        t: float,
+        *,
+        is_final: bool = False,
+        speech_final: bool = False,
+        from_finalize: bool = False,
+    ) -> dict[str, Any]:
+        if not is_final:
+            return self._turn_info("Update", tokens, t, confidence=0.1)
+        message = self._turn_info("EndOfTurn", tokens, t, confidence=0.9)
+        message["trigger"] = "manual" if from_finalize else "model"
+        return message
+
+    def _turn_info(
+        self, event: str, tokens: list[str], t: float, *, confidence: float
+    ) -> dict[str, Any]:
+        return {
+            "type": "TurnInfo",
+            "request_id": self.request_id,
+            "event": event,
+            "turn_index": self.turn_index,
+            "audio_window_start": round(self._utt_start, 3),
+            "audio_window_end": round(t, 3),
+            "transcript": " ".join(tokens),
+            "words": [{"word": _bare_word(token), "confidence": 0.99} for token in tokens],
+            "end_of_turn_confidence": confidence,
+        }
+
+
 # ---------------------------------------------------------------------------------------------
 # the server
 
@@ -449,6 +554,7 @@ class FakeListenConnection:
     headers: dict[str, str]
     params: ListenParams
     request_id: str
+    protocol: str = "v1"  # "v1" (live) or "flux" (/v2/listen)
     audio: bytearray = field(default_factory=bytearray)
     controls: list[str] = field(default_factory=list)  # text message types, in order
     control_offsets: list[int] = field(default_factory=list)  # audio bytes received before each
@@ -469,7 +575,8 @@ class FakeListenConnection:
 
 
 class FakeDeepgramServer(LoopbackServer):
-    """`GET /v1/listen` websocket, scripted (see the module docstring for the timing model)."""
+    """`GET /v1/listen` websocket, scripted (see the module docstring for the timing model);
+    `GET /v2/listen` speaks Flux on the same timeline (FluxRecogniser)."""
 
     def __init__(
         self,
@@ -487,8 +594,10 @@ class FakeDeepgramServer(LoopbackServer):
         drop_after_audio_seconds: float | None = None,
         drops: int = 1,
         required_params: Collection[str] = REQUIRED_PARAMS,
+        flux_eot_silence: float = 0.3,
     ) -> None:
         super().__init__()
+        self.flux_eot_silence = flux_eot_silence
         self.api_key = api_key
         self.final_latency = final_latency
         self.interim_interval = interim_interval
@@ -512,6 +621,7 @@ class FakeDeepgramServer(LoopbackServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/listen", self._handle)
+        app.router.add_get("/v2/listen", self._handle)
 
     async def stop(self) -> None:
         for index, request in list(self._live.items()):
@@ -565,8 +675,12 @@ class FakeDeepgramServer(LoopbackServer):
                 "request_id": str(uuid.uuid4()),
             }
             return web.json_response(body, status=401)
+        protocol = "flux" if request.path == "/v2/listen" else "v1"
         try:
-            params = parse_listen_params(query, self.required_params)
+            if protocol == "flux":
+                params = parse_flux_params(query, self.flux_eot_silence)
+            else:
+                params = parse_listen_params(query, self.required_params)
         except ValueError as exc:
             self.rejected.append(Rejection(400, str(exc), query))
             await self._notify()
@@ -581,6 +695,7 @@ class FakeDeepgramServer(LoopbackServer):
             headers=dict(request.headers),
             params=params,
             request_id=str(uuid.uuid4()),
+            protocol=protocol,
         )
         self.connections.append(conn)
         self._live[conn.index] = request
@@ -597,7 +712,8 @@ class FakeDeepgramServer(LoopbackServer):
         self, request: web.Request, ws: web.WebSocketResponse, conn: FakeListenConnection
     ) -> None:
         loop = asyncio.get_running_loop()
-        recogniser = Recogniser(
+        recogniser_class = FluxRecogniser if conn.protocol == "flux" else Recogniser
+        recogniser = recogniser_class(
             self.script,
             conn.params,
             final_latency=self.final_latency,
@@ -657,6 +773,8 @@ class FakeDeepgramServer(LoopbackServer):
             for item in items:
                 outq.put_nowait(item)
 
+        if isinstance(recogniser, FluxRecogniser):
+            queue([recogniser.connected(loop.time())])
         tasks = [asyncio.create_task(writer()), asyncio.create_task(watchdog())]
         closing = False
         try:
@@ -685,12 +803,14 @@ class FakeDeepgramServer(LoopbackServer):
                     conn.controls.append(kind)
                     conn.control_offsets.append(len(conn.audio))
                     await self._notify()
-                    if kind == "Finalize":
+                    finalize = "ForceEndTurn" if conn.protocol == "flux" else "Finalize"
+                    if kind == finalize:
                         queue(recogniser.finalize(now))
                     elif kind == "CloseStream" and not closing:
                         closing = True
                         queue(recogniser.close_stream(now))
-                        queue([recogniser.metadata(bytes(conn.audio), now)])
+                        if conn.protocol == "v1":  # Flux sends no Metadata
+                            queue([recogniser.metadata(bytes(conn.audio), now)])
                         outq.put_nowait(None)  # the writer closes after the queue drains
                 else:
                     break

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sipagent.conversation.chunker import SentenceChunker
+from sipagent.conversation.session import ConversationSettings
 from sipagent.sip.call import CallState
 from sipagent.storage.models import AppointmentRecord, CallRecord
 
@@ -83,7 +84,10 @@ def receptionist_replies(request: dict) -> Reply:
 
 def spoken_audio(text: str) -> list[bytes]:
     """What the fake TTS returns for `text`, sentence chunk by chunk, as the agent asks it."""
-    chunker = SentenceChunker()
+    defaults = ConversationSettings()
+    chunker = SentenceChunker(
+        min_chars=defaults.min_chunk_chars, first_min_chars=defaults.first_chunk_min_chars
+    )
     return [expected_audio(chunk) for chunk in chunker.feed(text) + chunker.flush()]
 
 
@@ -247,3 +251,32 @@ async def test_keypad_digits_reach_the_model(sipp, tmp_path):
         (await runner.wait()).check()
     assert openai.requests[0].messages[-1] == {"role": "user", "content": "(keypad) 5551234567"}
     assert agent.ended_calls[0].state == CallState.ENDED
+
+
+async def test_a_turn_heard_by_deepgram_flux(sipp, capture, audio, tmp_path):
+    # DEEPGRAM_MODEL=flux-*: the agent listens on /v2/listen and Flux's EndOfTurn ends the turn.
+    caller = caller_audio(audio, tmp_path, [(4.0, "Hello, I have a question please.")], tail=5.0)
+    said = "Hello, I have a question, please."
+    reply = "Of course. How can I help you with that?"
+    async with (
+        FakeDeepgramServer([said]) as deepgram,
+        FakeOpenAIServer(receptionist_replies) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(
+            **agent_settings(deepgram, openai, elevenlabs), deepgram_model="flux-general-en"
+        ) as agent,
+    ):
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 12000}, timeout=30)  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+            (await runner.wait()).check()
+            await wait_until(lambda: bool(agent.ended_calls), 10, "the call to end")
+        session = agent.app.sessions[agent.ended_calls[0].call_id]
+    [conn] = deepgram.connections
+    assert conn.protocol == "flux" and conn.query["model"] == "flux-general-en"
+    assert "endpointing" not in conn.query
+    assert openai.requests[0].messages[-1] == {"role": "user", "content": said}
+    assert [(t.role, t.text) for t in session.turns[1:3]] == [("user", said), ("assistant", reply)]
+    assert heard_all(reply, agent_stream(cap, runner.media_port))

@@ -1,0 +1,118 @@
+"""SpeechToText over Deepgram Flux (`/v2/listen`), the model that detects the end of a turn itself.
+
+Flux streams `TurnInfo` messages for a turn: `StartOfTurn` when the caller starts speaking,
+`Update` as words are recognised, `EagerEndOfTurn` / `TurnResumed` while it is not sure yet, and
+`EndOfTurn` when it is (its `trigger` says whether the model, `eot_timeout_ms` or our
+`ForceEndTurn` ended it). That maps onto the same SttEvents as the live (v1) provider, so the
+conversation engine does not know which one it is talking to:
+
+    StartOfTurn               -> SPEECH_STARTED (+ PARTIAL with the first words, if any)
+    Update / EagerEndOfTurn /
+    TurnResumed               -> PARTIAL (the turn so far; barge-in reads these)
+    EndOfTurn                 -> FINAL with speech_final (the caller's turn is over)
+    Error                     -> ERROR
+
+Everything else is inherited from DeepgramSpeechToText: connection supervision, reconnect with
+replay of the audio no EndOfTurn has covered yet (`audio_window_end` plays the part of a v1
+final's `start + duration`), close and error descriptions. Flux has no KeepAlive message, so a
+stream whose caller audio stopped (media paused) is kept open with 20 ms of mu-law silence,
+queued as audio so that the replay offsets stay true; `finalize()` sends `ForceEndTurn`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+from deepgram import AsyncDeepgramClient
+
+from sipagent.providers.base import SttEvent, SttEventKind
+from sipagent.providers.deepgram_stt import SAMPLE_RATE, DeepgramSpeechToText
+
+with warnings.catch_warnings():
+    # The same import-time deprecation warnings as the v1 socket client (see deepgram_stt).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import deepgram.listen.v2.raw_client  # noqa: F401  (the connect() the client delegates to)
+    from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo
+
+DEFAULT_FLUX_MODEL = "flux-general-en"
+_SILENCE_FRAME = b"\xff" * (SAMPLE_RATE // 50)  # 20 ms of mu-law zero
+_PARTIAL_EVENTS = frozenset({"Update", "EagerEndOfTurn", "TurnResumed"})
+
+
+def flux_events_from_message(
+    message: Any, received_at: float
+) -> tuple[list[SttEvent], float | None]:
+    """SttEvents for one Flux message, and (at EndOfTurn) the connection audio time up to which
+    the turn is final."""
+    if isinstance(message, ListenV2TurnInfo):
+        text = (message.transcript or "").strip()
+        event = str(message.event)
+        if event == "EndOfTurn":
+            final = SttEvent(
+                SttEventKind.FINAL,
+                text=text,
+                speech_final=True,
+                received_at=received_at,
+                detail="from_finalize" if message.trigger == "manual" else "",
+            )
+            return [final], float(message.audio_window_end)
+        events: list[SttEvent] = []
+        if event == "StartOfTurn":
+            events.append(SttEvent(SttEventKind.SPEECH_STARTED, received_at=received_at))
+        if text and (event == "StartOfTurn" or event in _PARTIAL_EVENTS):
+            events.append(SttEvent(SttEventKind.PARTIAL, text=text, received_at=received_at))
+        return events, None
+    if isinstance(message, ListenV2FatalError):
+        detail = f"Deepgram Flux error {message.code}: {message.description}"
+        return [SttEvent(SttEventKind.ERROR, received_at=received_at, detail=detail)], None
+    return [], None  # Connected, ConfigureSuccess, unknown messages: nothing to report
+
+
+class DeepgramFluxSpeechToText(DeepgramSpeechToText):
+    """One call's transcription with Deepgram Flux; see the module docstring."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        model: str = DEFAULT_FLUX_MODEL,
+        eot_threshold: float | None = None,
+        eager_eot_threshold: float | None = None,
+        eot_timeout_ms: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(api_key, model=model, **options)
+        self.eot_threshold = eot_threshold
+        self.eager_eot_threshold = eager_eot_threshold
+        self.eot_timeout_ms = eot_timeout_ms
+
+    def __repr__(self) -> str:
+        return f"DeepgramFluxSpeechToText(model={self.model!r}, url={self.listen_url!r})"
+
+    @property
+    def listen_url(self) -> str:
+        return f"{self.ws_url}/v2/listen"
+
+    def _connect(self, client: AsyncDeepgramClient) -> contextlib.AbstractAsyncContextManager[Any]:
+        options: dict[str, Any] = {}
+        if self.eot_threshold is not None:
+            options["eot_threshold"] = self.eot_threshold
+        if self.eager_eot_threshold is not None:
+            options["eager_eot_threshold"] = self.eager_eot_threshold
+        if self.eot_timeout_ms is not None:
+            options["eot_timeout_ms"] = self.eot_timeout_ms
+        return client.listen.v2.connect(
+            model=self.model, encoding="mulaw", sample_rate=SAMPLE_RATE, **options
+        )
+
+    def _events_from(self, message: Any, received_at: float) -> tuple[list[SttEvent], float | None]:
+        return flux_events_from_message(message, received_at)
+
+    async def _send_finalize(self, socket: Any) -> None:
+        await socket.send_force_end_turn()
+
+    async def _keep_alive(self, socket: Any) -> None:
+        # Queued like caller audio (the sender sends it next), so replay offsets stay exact.
+        self._audio.append(_SILENCE_FRAME)
