@@ -14,7 +14,8 @@ conversation engine does not know which one it is talking to:
 
 Everything else is inherited from DeepgramSpeechToText: connection supervision, reconnect with
 replay of the audio no EndOfTurn has covered yet (`audio_window_end` plays the part of a v1
-final's `start + duration`), close and error descriptions. Flux has no KeepAlive message, so a
+final's `start + duration`; between turns only the last half second is replayed), close and
+error descriptions. Flux has no KeepAlive message, so a
 stream whose caller audio stopped (media paused) is kept open with 20 ms of mu-law silence,
 queued as audio so that the replay offsets stay true; `finalize()` sends `ForceEndTurn`.
 """
@@ -22,6 +23,7 @@ queued as audio so that the replay offsets stay true; `finalize()` sends `ForceE
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Any
 
@@ -34,10 +36,14 @@ with warnings.catch_warnings():
     # The same import-time deprecation warnings as the v1 socket client (see deepgram_stt).
     warnings.simplefilter("ignore", DeprecationWarning)
     import deepgram.listen.v2.raw_client  # noqa: F401  (the connect() the client delegates to)
-    from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo
+    from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo, ListenV2Warning
 
 DEFAULT_FLUX_MODEL = "flux-general-en"
+# Between turns (no StartOfTurn open), a new connection gets only this much of the audio sent
+# before the drop: a turn could be starting in it; nothing older is waiting for a transcript.
+_REPLAY_BETWEEN_TURNS_BYTES = SAMPLE_RATE // 2
 _SILENCE_FRAME = b"\xff" * (SAMPLE_RATE // 50)  # 20 ms of mu-law zero
+_log = logging.getLogger(__name__)
 _PARTIAL_EVENTS = frozenset({"Update", "EagerEndOfTurn", "TurnResumed"})
 
 
@@ -84,6 +90,7 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
         **options: Any,
     ) -> None:
         super().__init__(api_key, model=model, **options)
+        self._turn_open = False  # a StartOfTurn without its EndOfTurn yet
         self.eot_threshold = eot_threshold
         self.eager_eot_threshold = eager_eot_threshold
         self.eot_timeout_ms = eot_timeout_ms
@@ -96,6 +103,10 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
         return f"{self.ws_url}/v2/listen"
 
     def _connect(self, client: AsyncDeepgramClient) -> contextlib.AbstractAsyncContextManager[Any]:
+        if not self._turn_open:
+            # Only EndOfTurn commits audio, so without this a drop after a long silence (the
+            # caller listening to a long reply) would replay all of it before the new words.
+            self._audio.commit(self._audio.sent - _REPLAY_BETWEEN_TURNS_BYTES)
         options: dict[str, Any] = {}
         if self.eot_threshold is not None:
             options["eot_threshold"] = self.eot_threshold
@@ -108,6 +119,10 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
         )
 
     def _events_from(self, message: Any, received_at: float) -> tuple[list[SttEvent], float | None]:
+        if isinstance(message, ListenV2TurnInfo):
+            self._turn_open = str(message.event) != "EndOfTurn"
+        elif isinstance(message, ListenV2Warning):
+            _log.warning("deepgram flux: %s", self._scrub(f"{message.code}: {message.description}"))
         return flux_events_from_message(message, received_at)
 
     async def _send_finalize(self, socket: Any) -> None:

@@ -161,12 +161,12 @@ def parse_flux_params(query: Mapping[str, str], eot_silence: float) -> ListenPar
         timeout_s = int(query.get("eot_timeout_ms", "5000")) / 1000
     except ValueError:
         raise ValueError("eot_threshold/eager_eot_threshold/eot_timeout_ms malformed") from None
-    if not 0.5 <= eot <= 0.9:
-        raise ValueError(f"eot_threshold must be within 0.5-0.9, got {eot}")
+    if not 0.5 <= eot <= 1.0:
+        raise ValueError(f"eot_threshold must be within 0.5-1.0, got {eot}")
     if eager is not None and not (0.3 <= eager <= 0.9 and eager <= eot):
         raise ValueError("eager_eot_threshold must be within 0.3-0.9 and <= eot_threshold")
-    if not 0.5 <= timeout_s <= 10.0:
-        raise ValueError(f"eot_timeout_ms must be within 500-10000, got {timeout_s * 1000:g}")
+    if not 0.5 <= timeout_s <= 60.0:
+        raise ValueError(f"eot_timeout_ms must be within 500-60000, got {timeout_s * 1000:g}")
     return ListenParams(
         model=query["model"],
         interim_results=True,
@@ -483,6 +483,7 @@ class FluxRecogniser(Recogniser):
     def _onset(self, t1: float, arrival: float, out: list[Outgoing]) -> None:
         super()._onset(t1, arrival, out)  # vad_events is on: that queued a SpeechStarted
         speech_started = out.pop()
+        self.sequence_id -= 1  # never sent: its number goes to the StartOfTurn
         words = _tokens(self.script.current())[:1]
         out.append(
             self._emit(

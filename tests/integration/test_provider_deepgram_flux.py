@@ -61,7 +61,8 @@ async def test_a_turn_gives_speech_started_partials_and_one_final() -> None:
     assert conn.headers["Authorization"] == f"Token {server.api_key}"
     assert bytes(conn.audio) == sent
     assert conn.controls == ["CloseStream"]
-    assert conn.sent[0]["type"] == "Connected" and conn.sent[0]["sequence_id"] == 0
+    assert conn.sent[0]["type"] == "Connected"
+    assert [m["sequence_id"] for m in conn.sent] == list(range(len(conn.sent)))
     assert [m["event"] for m in conn.sent_of_type("TurnInfo")][-1] == "EndOfTurn"
 
 
@@ -113,6 +114,23 @@ async def test_reconnect_replays_the_audio_after_the_last_end_of_turn() -> None:
     assert 0 < committed < int(2.6 * RATE)
     # The new connection starts where the first turn ended: the second turn from its start.
     assert bytes(conn2.audio) == sent[committed:]
+
+
+async def test_reconnect_between_turns_replays_only_the_last_moments() -> None:
+    # The socket drops 3.5 s into the silence after a turn (the caller listening to a reply):
+    # nothing of that silence waits for a transcript, so it is not sent again.
+    first, second = "Yes.", "And on Friday?"
+    sent = silence(0.3) + tone(0.8) + silence(4.5) + tone(0.8, 620.0) + silence(1.0)
+    async with FakeDeepgramServer([first, second], drop_after_audio_seconds=4.6) as server:
+        async with running(server) as (stt, log):
+            await stream(stt, sent, speed=2.0)
+            await log.wait_kind(SttEventKind.FINAL, text=second)
+        conn1, conn2 = server.connections
+    assert [f.text for f in log.of(SttEventKind.FINAL)] == [first, second]
+    replayed_from = len(sent) - len(conn2.audio)
+    assert bytes(conn2.audio) == sent[replayed_from:]
+    assert len(conn1.audio) - replayed_from <= int(0.75 * RATE)  # half a second, plus a chunk
+    assert replayed_from >= int(4.0 * RATE)
 
 
 async def test_wrong_api_key_raises_provider_error_without_the_key() -> None:
