@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import platform
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +65,42 @@ def machine_info() -> dict[str, Any]:
         "sipp": sipp,
         "loadavg_start": list(os.getloadavg()),
     }
+
+
+def run_benchmark(
+    args: Any,
+    amain: Callable[[Any, Path], Coroutine[Any, Any, dict[str, Any]]],
+    markdown: Callable[[dict[str, Any]], str],
+    *,
+    workdir_prefix: str,
+    json_default: Callable[[Any], Any] | None = None,
+) -> int:
+    """Run `amain(args, workdir)`, write its report as JSON to `args.out`, print it as markdown.
+
+    Artifacts stay in the work directory when asked (`--keep`, `--workdir`), when the run was
+    interrupted or failed, or when the report lists anomalies; otherwise it is removed.
+    """
+    if args.workdir:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    print(f"artifacts: {workdir}", file=sys.stderr, flush=True)
+    try:
+        report = asyncio.run(amain(args, workdir))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"benchmark interrupted; artifacts kept in {workdir}", file=sys.stderr)
+        return 130
+    except BaseException:
+        print(f"benchmark aborted; artifacts kept in {workdir}", file=sys.stderr)
+        raise
+    report["artifacts"] = str(workdir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
+    print(markdown(report))
+    print(f"\nJSON: {args.out}", file=sys.stderr)
+    if args.keep or args.workdir or report["anomalies"]:
+        print(f"artifacts kept: {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

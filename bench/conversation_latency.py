@@ -68,11 +68,9 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -86,7 +84,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import fakes.deepgram_server as dg_fake  # noqa: E402
-from benchlib import cpu_times, free_port, machine_info, sipagent_command  # noqa: E402
+from benchlib import (  # noqa: E402
+    cpu_times,
+    free_port,
+    machine_info,
+    run_benchmark,
+    sipagent_command,
+)
 from fakes.deepgram_server import FakeDeepgramServer, frame_is_speech  # noqa: E402
 from fakes.elevenlabs_server import (  # noqa: E402
     MS_PER_CHAR,
@@ -905,18 +909,7 @@ class Bench:
         calls_out = []
         inbound: dict[str, list[float]] = {}
         for call in run.calls:
-            script: CallerScript = call["script"]
-            cap = analyse_capture(Path(call["pcap"]), call["media_port"], script.path.read_bytes())
-            self.check_caller_stream("v2v", call, cap)
-            fake = fake_frame_arrivals(run, cap)
-            recorded = self.recorded_anchor(run, cap)
-            path, anchor = inbound_path(
-                cap, fake, self.target_delay(run), recorded.pop("arrival", None)
-            )
-            for key, values in path.items():
-                inbound.setdefault(key, []).extend(values)
-            anchor.update(recorded)
-            call["jitter_buffer_anchor"] = anchor
+            script, cap = self.analyse_call("v2v", run, call, inbound)
             for k, utt in enumerate(script.utterances):
                 row = self.v2v_turn(run, call, cap, script, k, utt, finals, oa, tts, agent_turns)
                 turns.append(row)
@@ -924,6 +917,25 @@ class Bench:
         summary = self.summarise_v2v(run, turns, calls_out)
         summary["inbound_path_ms"] = {k: pct(v) for k, v in inbound.items()}
         return summary
+
+    def analyse_call(
+        self, name: str, run: ScenarioRun, call: dict[str, Any], inbound: dict[str, list[float]]
+    ) -> tuple[CallerScript, CallCapture]:
+        """Read one call's capture, check the caller's stream, add its inbound-path samples to
+        `inbound` and note where its jitter buffer anchored (in `call`)."""
+        script: CallerScript = call["script"]
+        cap = analyse_capture(Path(call["pcap"]), call["media_port"], script.path.read_bytes())
+        self.check_caller_stream(name, call, cap)
+        fake = fake_frame_arrivals(run, cap)
+        recorded = self.recorded_anchor(run, cap)
+        path, anchor = inbound_path(
+            cap, fake, self.target_delay(run), recorded.pop("arrival", None)
+        )
+        for key, values in path.items():
+            inbound.setdefault(key, []).extend(values)
+        anchor.update(recorded)
+        call["jitter_buffer_anchor"] = anchor
+        return script, cap
 
     def check_caller_stream(self, name: str, call: dict[str, Any], cap: CallCapture) -> None:
         if cap.caller_mismatch:
@@ -1162,18 +1174,7 @@ class Bench:
         calls_out = []
         inbound: dict[str, list[float]] = {}
         for call in run.calls:
-            script: CallerScript = call["script"]
-            cap = analyse_capture(Path(call["pcap"]), call["media_port"], script.path.read_bytes())
-            self.check_caller_stream("barge-in", call, cap)
-            fake = fake_frame_arrivals(run, cap)
-            recorded = self.recorded_anchor(run, cap)
-            path, anchor = inbound_path(
-                cap, fake, self.target_delay(run), recorded.pop("arrival", None)
-            )
-            for key, values in path.items():
-                inbound.setdefault(key, []).extend(values)
-            anchor.update(recorded)
-            call["jitter_buffer_anchor"] = anchor
+            script, cap = self.analyse_call("barge-in", run, call, inbound)
             calls_out.append(self._call_info(call, cap))
             for k, utt in enumerate(script.utterances):
                 row: dict[str, Any] = {"call": call["call"], "utterance": k + 1, "text": utt.text}
@@ -1559,30 +1560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--agent-worker"]:
         return agent_worker(Path(argv[1]), argv[2:])
     args = parse_args(argv)
-    if args.workdir:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="sipagent-convbench-"))
-    print(f"artifacts: {workdir}", file=sys.stderr, flush=True)
-    try:
-        report = asyncio.run(amain(args, workdir))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print(f"benchmark interrupted; artifacts kept in {workdir}", file=sys.stderr)
-        return 130
-    except BaseException:
-        print(f"benchmark aborted; artifacts kept in {workdir}", file=sys.stderr)
-        raise
-    report["artifacts"] = str(workdir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-    print(markdown(report))
-    print(f"\nJSON: {args.out}", file=sys.stderr)
-    if args.keep or args.workdir or report["anomalies"]:
-        print(f"artifacts kept: {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_benchmark(
+        args, amain, markdown, workdir_prefix="sipagent-convbench-", json_default=_jsonable
+    )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,11 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -65,7 +63,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from benchlib import cpu_times, free_port, machine_info, sipagent_command  # noqa: E402
+from benchlib import (  # noqa: E402
+    cpu_times,
+    free_port,
+    machine_info,
+    run_benchmark,
+    sipagent_command,
+)
 from peerlib.capture import Capture, Datagram, parse_rtp, read_udp_datagrams  # noqa: E402
 from peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
 from peerlib.sipp import Sipp  # noqa: E402
@@ -319,9 +323,7 @@ def pyvoip_worker(calls: int, sink_port: int, seconds: float) -> int:
     ports: list[int] = []
     for _ in range(calls):
         for _attempt in range(50):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.bind((LOOPBACK, 0))
-                port = int(probe.getsockname()[1])
+            port = free_port()
             client = RTPClient(
                 {0: PayloadType.PCMU}, LOOPBACK, port, LOOPBACK, sink_port, TransmitType.SENDRECV
             )
@@ -879,30 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.pyvoip_worker is not None:
         return pyvoip_worker(args.pyvoip_worker, args.sink_port, args.seconds)
-    if args.workdir:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="sipagent-bench-"))
-    print(f"artifacts: {workdir}", file=sys.stderr, flush=True)
-    try:
-        report = asyncio.run(amain(args, workdir))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print(f"benchmark interrupted; artifacts kept in {workdir}", file=sys.stderr)
-        return 130
-    except BaseException:
-        print(f"benchmark aborted; artifacts kept in {workdir}", file=sys.stderr)
-        raise
-    report["artifacts"] = str(workdir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(report))
-    print(f"\nJSON: {args.out}", file=sys.stderr)
-    if args.keep or args.workdir or report["anomalies"]:
-        print(f"artifacts kept: {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_benchmark(args, amain, markdown, workdir_prefix="sipagent-bench-")
 
 
 if __name__ == "__main__":
