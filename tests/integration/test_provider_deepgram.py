@@ -97,9 +97,11 @@ class EventLog:
 
 @asynccontextmanager
 async def running(
-    server: FakeDeepgramServer, **settings: Any
+    server: FakeDeepgramServer,
+    provider: type[DeepgramSpeechToText] = DeepgramSpeechToText,
+    **settings: Any,
 ) -> AsyncIterator[tuple[DeepgramSpeechToText, EventLog]]:
-    stt = DeepgramSpeechToText(server.api_key, ws_url=server.url, **settings)
+    stt = provider(server.api_key, ws_url=server.url, **settings)
     await stt.start()
     log = EventLog(stt)
     try:

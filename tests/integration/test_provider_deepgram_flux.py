@@ -7,30 +7,17 @@ As for the live (v1) provider, nothing in the SDK is mocked; audio is paced like
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import functools
 
 import pytest
 from fakes.deepgram_server import FakeDeepgramServer
-from test_provider_deepgram import RATE, EventLog, is_word_prefix, silence, stream, tone
+from test_provider_deepgram import RATE, is_word_prefix, silence, stream, tone
+from test_provider_deepgram import running as deepgram_running
 
 from sipagent.providers.base import ProviderError, SttEventKind
 from sipagent.providers.deepgram_flux_stt import DeepgramFluxSpeechToText
 
-
-@asynccontextmanager
-async def running(
-    server: FakeDeepgramServer, **settings: Any
-) -> AsyncIterator[tuple[DeepgramFluxSpeechToText, EventLog]]:
-    stt = DeepgramFluxSpeechToText(server.api_key, ws_url=server.url, **settings)
-    await stt.start()
-    log = EventLog(stt)  # type: ignore[arg-type]  # the same SpeechToText surface
-    try:
-        yield stt, log
-    finally:
-        await stt.close()
-        await log.stop()
+running = functools.partial(deepgram_running, provider=DeepgramFluxSpeechToText)
 
 
 async def test_a_turn_gives_speech_started_partials_and_one_final() -> None:
