@@ -305,24 +305,27 @@ async def test_line_noise_and_silence_produce_no_events():
     assert listener.events == []
 
 
+async def record_loop_gaps(gaps: list[float], stop: asyncio.Event) -> None:
+    """Wake every 5 ms until `stop`, appending how long each wake-up really took: a blocked
+    event loop shows as a long gap."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while not stop.is_set():
+        await asyncio.sleep(0.005)
+        now = loop.time()
+        gaps.append(now - last)
+        last = now
+
+
 async def test_decoding_does_not_block_the_event_loop(audio):
     """All the audio queued at once (a worst-case backlog): the loop keeps ticking."""
     stt = PocketsphinxSpeechToText()
     await stt.start()
     listener = Listener(stt)
-    loop = asyncio.get_running_loop()
     gaps: list[float] = []
     stop = asyncio.Event()
 
-    async def ticker() -> None:
-        last = loop.time()
-        while not stop.is_set():
-            await asyncio.sleep(0.005)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker())
+    tick = asyncio.create_task(record_loop_gaps(gaps, stop))
     await asyncio.sleep(0.02)
     started = time.perf_counter()
     for text, _ in SENTENCES:
@@ -436,15 +439,7 @@ async def test_concurrent_calls_in_real_time_keep_the_loop_responsive(audio):
     gaps: list[float] = []
     stop = asyncio.Event()
 
-    async def ticker() -> None:
-        last = loop.time()
-        while not stop.is_set():
-            await asyncio.sleep(0.005)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker())
+    tick = asyncio.create_task(record_loop_gaps(gaps, stop))
     start = loop.time()
     for n, i in enumerate(range(0, len(stream), FRAME)):
         for stt in stts:
