@@ -160,23 +160,29 @@ async def wait_for(condition: Any, what: str) -> None:
     assert condition(), what
 
 
+def make_session(
+    call: MemoryCall, stt: PushedStt, llm: Any, tts: Any, **kwargs: Any
+) -> ConversationSession:
+    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
+    return ConversationSession(
+        call,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        tools=tools,
+        settings=ConversationSettings(greeting="Hello."),
+        **kwargs,
+    )
+
+
 async def test_turn_records_wait_until_the_reply_speaks() -> None:
     call, stt, llm = MemoryCall(), PushedStt(), GatedLlm("Sure, what day suits you?")
-    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
     recorded: list[tuple[int, str, str]] = []
 
     def on_turn(index: int, turn: Turn) -> None:
         recorded.append((index, turn.role, turn.text))
 
-    session = ConversationSession(
-        call,
-        stt=stt,
-        llm=llm,
-        tts=InstantTts(),
-        tools=tools,
-        settings=ConversationSettings(greeting="Hello."),
-        on_turn=on_turn,
-    )
+    session = make_session(call, stt, llm, InstantTts(), on_turn=on_turn)
     runner = asyncio.create_task(session.run())
     await wait_for(lambda: recorded == [(0, "assistant", "Hello.")], "the greeting recorded")
 
@@ -201,15 +207,12 @@ async def test_turn_records_wait_until_the_reply_speaks() -> None:
 
 async def test_held_turn_records_are_written_when_the_call_ends_first() -> None:
     call, stt, llm = MemoryCall(), PushedStt(), GatedLlm("never said")
-    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
     recorded: list[tuple[int, str]] = []
-    session = ConversationSession(
+    session = make_session(
         call,
-        stt=stt,
-        llm=llm,
-        tts=InstantTts(),
-        tools=tools,
-        settings=ConversationSettings(greeting="Hello."),
+        stt,
+        llm,
+        InstantTts(),
         on_turn=lambda index, turn: recorded.append((index, turn.role)),
     )
     runner = asyncio.create_task(session.run())
@@ -219,19 +222,6 @@ async def test_held_turn_records_are_written_when_the_call_ends_first() -> None:
     call.ended.set()  # the caller hangs up while the agent is still thinking
     await asyncio.wait_for(runner, 5)
     assert recorded == [(0, "assistant"), (1, "user")]
-
-
-def make_session(call: MemoryCall, stt: PushedStt, llm: Any, tts: Any, **kwargs: Any):
-    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
-    return ConversationSession(
-        call,
-        stt=stt,
-        llm=llm,
-        tts=tts,
-        tools=tools,
-        settings=ConversationSettings(greeting="Hello."),
-        **kwargs,
-    )
 
 
 async def test_an_llm_failure_is_apologised_for_and_retried_once() -> None:
