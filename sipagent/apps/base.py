@@ -45,6 +45,17 @@ class CallChannel(Protocol):
     @property
     def queued_ms(self) -> float: ...
 
+    @property
+    def on_hold(self) -> bool:
+        """True while the caller has the call on hold (SDP a=sendonly / a=inactive). The
+        telephony side already keeps every outgoing frame queued while held (nothing is sent)."""
+        ...
+
+    def hold_changes(self) -> AsyncIterator[bool]:
+        """Yields True when the caller puts the call on hold, False when they take it off hold;
+        ends when the call ends."""
+        ...
+
     async def hangup(self, reason: str = "app hangup") -> None: ...
 
 

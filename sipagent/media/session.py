@@ -132,6 +132,7 @@ class RtpSession:
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._held = False
         self.recorder: TwoChannelRecorder | None = None  # set to record the call (debugging)
         self.talkspurt_started_at: float | None = None
         self.last_voiced_sent_at: float | None = None
@@ -194,6 +195,7 @@ class RtpSession:
         pacer = self._pacer
         if (
             pacer is not None
+            and not self._held
             and self._queue.talkspurt_ready
             and not self._dtmf_out.active
             and pacer.send_now(self._clock())
@@ -218,6 +220,15 @@ class RtpSession:
     @property
     def paused(self) -> bool:
         return self._queue.paused
+
+    def set_held(self, held: bool) -> None:
+        """The far end put the call on hold (its offer is sendonly/inactive, our answer
+        recvonly/inactive): send nothing at all and keep the queued audio for the unhold."""
+        self._held = held
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def update_remote(self, remote: tuple[str, int]) -> None:
         """New SDP address (re-INVITE). Latching restarts with the next inbound packet."""
@@ -302,10 +313,15 @@ class RtpSession:
         tick = pacer.due_frames(now)
         if tick.send:
             self._tick_lateness.append(now - deadline)
-        if tick.skip:
-            self._packetizer.skip(tick.skip * FRAME_SAMPLES)
-        for _ in range(tick.send):
-            self._send_next_frame()
+        if self._held:
+            # On hold we must not send (our answer said recvonly/inactive); RTP time still
+            # passes, so the timestamps after the unhold stay on the wall clock.
+            self._packetizer.skip((tick.skip + tick.send) * FRAME_SAMPLES)
+        else:
+            if tick.skip:
+                self._packetizer.skip(tick.skip * FRAME_SAMPLES)
+            for _ in range(tick.send):
+                self._send_next_frame()
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
 

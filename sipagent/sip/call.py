@@ -64,6 +64,8 @@ class Call:
     transfer_result: asyncio.Future[int] | None = None  # final sipfrag status of our REFER
     _frames: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _digits: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    _hold_changes: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    held: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- fed by the media session -----------------------------------------------------------
@@ -75,6 +77,16 @@ class Call:
         if self.state != CallState.ENDED:
             self._digits.put_nowait(digit)
 
+    def set_held(self, held: bool) -> None:
+        """The caller put the call on hold (sendonly/inactive) or took it off: gate our
+        sending and tell the app."""
+        if held == self.held or self.state == CallState.ENDED:
+            return
+        self.held = held
+        if self.session is not None:
+            self.session.set_held(held)
+        self._hold_changes.put_nowait(held)
+
     def mark_ended(self, reason: str) -> None:
         if self.state == CallState.ENDED:
             return
@@ -83,6 +95,7 @@ class Call:
         self.ended_at = time.time()
         self._frames.put_nowait(_END)
         self._digits.put_nowait(_END)
+        self._hold_changes.put_nowait(_END)
         self.ended.set()
 
     # -- the CallChannel the app sees -------------------------------------------------------
@@ -92,6 +105,14 @@ class Call:
 
     async def digits(self) -> AsyncIterator[str]:
         while (item := await self._digits.get()) is not _END:
+            yield item
+
+    @property
+    def on_hold(self) -> bool:
+        return self.held
+
+    async def hold_changes(self) -> AsyncIterator[bool]:
+        while (item := await self._hold_changes.get()) is not _END:
             yield item
 
     def play(self, mulaw: bytes) -> None:
