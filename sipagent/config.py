@@ -92,6 +92,12 @@ class AgentSettings(BaseSettings):
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    max_unconfirmed_per_source: int = Field(
+        8, ge=1, description="answered-but-not-ACKed calls one address may hold; more get 503"
+    )
+    invites_per_second: float = Field(
+        20.0, gt=0, description="new INVITEs per second one address may send; more get 503"
+    )
     allowed_sources: str = Field(
         "", description="comma-separated CIDRs allowed to INVITE us (others get 403); empty = any"
     )

@@ -15,6 +15,7 @@ from sipagent.apps.base import build_app
 from sipagent.config import AgentSettings
 from sipagent.sip.call import Call
 from sipagent.sip.endpoint import SipEndpoint
+from sipagent.sip.pyvoip_adapter import AgentSIPMessage
 
 _next_rtp_base = 21000 + (os.getpid() % 40) * 200  # concurrent pytest runs stay apart
 
@@ -67,3 +68,68 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
         await asyncio.sleep(interval)
+
+
+class MiniUac:
+    """Just enough of a UAC to send hand-written requests and collect what comes back."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[AgentSIPMessage] = []
+
+    def send(self, data: str, destination: tuple[str, int]) -> None:
+        self.sock.sendto(data.replace("\n", "\r\n").encode(), destination)
+
+    async def collect(self, seconds: float) -> list[AgentSIPMessage]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            try:
+                data = self.sock.recv(65535)
+                self.received.append(AgentSIPMessage(data))
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+        return self.received
+
+    def statuses(self, method: str) -> list[int]:
+        return [
+            m.status_code for m in self.received if not m.is_request and m.cseq_method == method
+        ]
+
+
+def request(
+    method: str,
+    uac: MiniUac,
+    agent_port: int,
+    *,
+    cseq: int,
+    to_tag: str = "",
+    branch: str = "z9hG4bKmini1",
+    sdp: str = "",
+    call_id: str = "mini-1",
+) -> str:
+    to = "<sip:agent@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    length = len(sdp.replace("\n", "\r\n"))
+    content = (
+        f"Content-Type: application/sdp\nContent-Length: {length}\n"
+        if sdp
+        else ("Content-Length: 0\n")
+    )
+    return (
+        f"{method} sip:agent@127.0.0.1:{agent_port} SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{uac.port};branch={branch};rport\n"
+        "From: <sip:mini@127.0.0.1>;tag=minitag\n"
+        f"To: {to}\nCall-ID: {call_id}\nCSeq: {cseq} {method}\n"
+        f"Contact: <sip:mini@127.0.0.1:{uac.port}>\nMax-Forwards: 70\n"
+        f"{content}\n{sdp}"
+    )
+
+
+def sdp(port: int, version: int = 1) -> str:
+    return (
+        f"v=0\no=mini 1 {version} IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        f"m=audio {port} RTP/AVP 8 0\na=rtpmap:8 PCMA/8000\na=rtpmap:0 PCMU/8000\n"
+    )

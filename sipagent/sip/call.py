@@ -56,6 +56,9 @@ class Call:
     session_id: int = field(default_factory=lambda: int(time.time()))
     started_at: float = field(default_factory=time.time)
     answered_at: float | None = None
+    answered_monotonic: float | None = None  # when our 200 OK went out (loop clock)
+    source_ip: str = ""  # where the INVITE came from (admission counts per source)
+    rtp_socket: Any = None  # bound for the SDP answer; its media session starts at the ACK
     ended_at: float | None = None
     end_reason: str = ""
     app_task: asyncio.Task[None] | None = None

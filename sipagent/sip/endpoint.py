@@ -13,7 +13,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ from sipagent.logcontext import current_call_id
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
+from sipagent.sip.admission import AdmissionLimits, InviteAdmission
 from sipagent.sip.call import Call, CallState, ServerInviteTransaction
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
 from sipagent.sip.pyvoip_adapter import (
@@ -33,14 +34,17 @@ from sipagent.sip.pyvoip_adapter import (
     SipMessageError,
 )
 from sipagent.sip.registration import RegistrationPolicy, RegistrationState, granted_expires
+from sipagent.sip.resolver import HostResolver
 from sipagent.sip.sdp import (
     NegotiatedMedia,
     NoCommonCodec,
+    NotAcceptableHere,
     SdpError,
     build_answer,
     build_offer,
     negotiate,
     parse_audio_offer,
+    sdp_from_body,
 )
 from sipagent.sip.uri import UriError, header_params, name_addr_uri, parse_uri
 
@@ -53,6 +57,60 @@ NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "PRACK", 
 TRANSFER_NOTIFY_WAIT = 5.0  # after 202 Accepted, how long a failure NOTIFY may take to arrive
 DTMF_SIGNALS = set("0123456789*#ABCD")
 APP_GRACE_SECONDS = 2.0  # after hang-up, the app may finish writing before it is cancelled
+REQUEST_URI_SCHEMES = ("sip", "sips", "tel")  # others: 416 (RFC 3261 8.2.2.1)
+SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()  # a Require naming others: 420 (8.2.2.3)
+# Bodies we read, per method; another Content-Type gets 415 with Accept (RFC 3261 8.2.3).
+BODY_TYPES = {
+    "INVITE": ("application/sdp", "multipart/mixed"),
+    "ACK": ("application/sdp", "multipart/mixed"),
+    "INFO": ("application/dtmf-relay", "application/dtmf"),
+    "NOTIFY": ("message/sipfrag",),
+}
+TRANSPORT_REOPEN_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0)  # then every 2 s
+HALF_OPEN_GRACE = 2.0  # an ACK later than this after our 200 OK: the dialog may be evicted
+
+
+def _caller_name(request: AgentSIPMessage) -> str:
+    """The caller's number or user (sip:user@host, tel:+1555...), for logs and records."""
+    uri = request.from_addr.uri if request.from_addr else ""
+    scheme, _, rest = uri.partition(":")
+    if scheme.lower() == "tel":
+        return rest.split(";")[0] or "unknown"
+    user, at, host = rest.partition("@")
+    return (user if at else "") or host.split(";")[0] or "unknown"
+
+
+def _warning(text: str) -> str:
+    """A Warning header (RFC 3261 20.43) whose text cannot break the message."""
+    safe = "".join(char for char in text if 32 <= ord(char) < 127 and char not in '"\\')
+    return f'Warning: 399 sipagent "{safe[:120]}"\r\n'
+
+
+def _option_values(request: AgentSIPMessage, name: str) -> list[str]:
+    return [
+        item.strip() for value in request.values(name) for item in value.split(",") if item.strip()
+    ]
+
+
+def _accepts_sdp(accept: list[str]) -> bool:
+    """An INVITE's Accept (if any) must allow the SDP of our answer (RFC 3261 8.2.3)."""
+    if not accept:
+        return True
+    types = {item.split(";")[0].strip().lower() for item in accept}
+    return bool(types & {"application/sdp", "application/*", "*/*"})
+
+
+def _is_sendable(destination: tuple[str, int]) -> bool:
+    """An IPv4 literal and a port asyncio's sendto cannot choke on: anything else (a name,
+    NUL bytes, port 65536) made it raise inside asyncio, which closed the socket for good."""
+    host, port = destination
+    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(host, str):
+        return False
+    try:
+        IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class TransactionTimeout(Exception):
@@ -95,9 +153,23 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._register_task: asyncio.Task[None] | None = None
         # Does an OPTIONS to our AOR reach us through the registrar? None until known.
         self._probe_routes_to_us: bool | None = None
+        self._last_logged_registration: tuple[str, str] | None = None
         self._lost_after_register = False
         self._rtp_ports: RtpPortAllocator | None = None
+        self._stopping = False
+        self.resolver = HostResolver()
+        self._bound_address: tuple[str, int] | None = None
+        self.transport_losses = 0  # times the SIP socket died under us and was re-opened
+        self.transport_error = ""
         self.answer_times: list[float] = []
+        self.admission = InviteAdmission(
+            AdmissionLimits(
+                max_calls=settings.max_calls,
+                max_unconfirmed_per_source=settings.max_unconfirmed_per_source,
+                invites_per_second=settings.invites_per_second,
+                invite_burst=max(1, int(settings.invites_per_second * 2)),
+            )
+        )
         self._allowed_networks = (
             settings.allowed_networks
         )  # INVITE received -> 200 OK sent, seconds
@@ -114,6 +186,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         bind = self.settings.bind_address
         await loop.create_datagram_endpoint(lambda: self, local_addr=(bind.host, bind.port))
         port = self.local_address[1]
+        self._bound_address = (bind.host, port)
         advertised = self.settings.advertised_ip
         server = self.settings.server_address
         self.client = AgentSIPClient(
@@ -140,6 +213,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.info("peer-to-peer mode: call sip:%s@%s:%d", self.settings.user, advertised, port)
 
     async def stop(self, farewell_timeout: float = 8.0) -> None:
+        self._stopping = True
         # Callers hear a goodbye before the BYE when the app has one to say.
         farewell = getattr(self.app, "farewell", None)
         confirmed = [c for c in self.calls.values() if c.state == CallState.CONFIRMED]
@@ -159,8 +233,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._register_once(expires=0), 3.0)
                 self.registration.unregistered()
-        for task in list(self._tasks):
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        # Cancelled tasks still run their clean-up: wait for it, or it races the shutdown.
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.transport is not None:
             self.transport.close()
 
@@ -183,6 +260,41 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket closed. Unless we are stopping, that is a fault (asyncio closes a
+        datagram transport on any non-OSError from sendto): say so and open it again."""
+        self.transport = None
+        if self._stopping:
+            return
+        self.transport_losses += 1
+        self.transport_error = repr(exc) if exc else "closed"
+        log.error("SIP socket lost (%s): re-opening %s:%d", self.transport_error,
+                  *(self._bound_address or ("?", 0)))  # fmt: skip
+        self._spawn(self._reopen_transport())
+
+    async def _reopen_transport(self) -> None:
+        assert self._bound_address is not None
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while self.transport is None and not self._stopping:
+            await asyncio.sleep(TRANSPORT_REOPEN_DELAYS[min(attempt, 4)])
+            attempt += 1
+            try:
+                await loop.create_datagram_endpoint(lambda: self, local_addr=self._bound_address)
+            except OSError as error:
+                log.error("SIP socket re-open failed (attempt %d): %s", attempt, error)
+                continue
+            log.warning("SIP socket re-opened on %s:%d", *self._bound_address)
+            self.transport_error = ""
+
+    @property
+    def transport_state(self) -> dict[str, Any]:
+        return {
+            "up": self.transport is not None and not self.transport.is_closing(),
+            "losses": self.transport_losses,
+            "error": self.transport_error,
+        }
+
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         source = (str(addr[0]), int(addr[1]))
         if not data.strip(b"\r\n\x00 "):
@@ -197,6 +309,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self.dropped["parser error"] += 1
             log.warning("dropped unparseable SIP from %s:%d: %r", *source, error)
             return
+        if message.defects and not message.is_request:
+            self.dropped["malformed response"] += 1
+            log.warning("dropped malformed response from %s:%d: %s", *source, message.defects[0])
+            return
         try:
             if message.is_request:
                 self._handle_request(message)
@@ -207,8 +323,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.exception("error handling %s from %s:%d", message.heading[:80], *source)
 
     def _send(self, data: bytes, destination: tuple[str, int]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, destination)
+        """Send one datagram; an unusable destination or a dead socket is logged, never raised
+        (callers with a host name resolve it first: see `_resolve`)."""
+        if not _is_sendable(destination):
+            self.dropped["unsendable destination"] += 1
+            log.warning("not sending to %r: not an IPv4 address and port", destination[:2])
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.dropped["socket down"] += 1
+            return
+        transport.sendto(data, destination)
 
     def _respond(self, request: AgentSIPMessage, status_code: int, **kwargs: Any) -> bytes:
         assert self.client is not None
@@ -242,7 +367,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         timeout: float = TIMER_B,
         max_interval: float = T2,
     ) -> AgentSIPMessage:
-        """Non-INVITE client transaction (RFC 3261 17.1.2): retransmit until a final response."""
+        """Non-INVITE client transaction (RFC 3261 17.1.2): retransmit until a final response.
+        A host name in `destination` is resolved first, off the loop (UriError if it fails)."""
+        destination = await self.resolver.resolve(*destination)
         future: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
         self._pending[outgoing.branch] = future
         deadline = time.monotonic() + timeout
@@ -266,12 +393,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         assert server is not None
         return server.host, server.port
 
-    async def _register_once(self, expires: int) -> AgentSIPMessage:
-        """REGISTER, answering up to two digest challenges (401 and/or 407)."""
+    async def _register_once(self, expires: int, *, query: bool = False) -> AgentSIPMessage:
+        """REGISTER (or a binding query), answering up to two digest challenges (401/407)."""
         assert self.client is not None
         challenges: dict[str, DigestChallenge] = {}
         for _ in range(3):
-            outgoing = self.client.gen_register_request(expires, tuple(challenges.values()))
+            outgoing = self.client.gen_register_request(
+                expires, tuple(challenges.values()), query=query
+            )
             response = await self.request(
                 outgoing, self.registrar_destination, timeout=4.0, max_interval=1.0
             )
@@ -310,8 +439,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             policy.attempt_started()
             try:
                 response = await self._register_once(self.settings.register_expires)
-            except TransactionTimeout as error:
-                await asyncio.sleep(policy.unreachable(str(error)))
+            except (TransactionTimeout, UriError) as error:
+                delay = policy.unreachable(str(error))
+                self._log_registration_change()
+                await asyncio.sleep(delay)
                 continue
             if 200 <= response.status_code < 300:
                 our_uri = name_addr_uri(self.client.contact)
@@ -325,14 +456,28 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     await asyncio.sleep(policy.rejected(500, "registrar granted no lifetime"))
                     continue
                 refresh_at = loop.time() + policy.registered(loop.time(), granted)
-                log.info("registered as %s for %d s", self.client.aor, granted)
+                self._log_registration_change(f"registered as {self.client.aor} for {granted} s")
                 await self._watch_binding(refresh_at)
+                self._log_registration_change()
             elif response.status_code == 423 and (response.first("Min-Expires") or "").isdigit():
                 self.settings.register_expires = int(response.first("Min-Expires") or "0")
             else:
                 delay = policy.rejected(response.status_code, response.reason)
-                log.error("registration failed: %s", policy.status.reason)
+                self._log_registration_change()
                 await asyncio.sleep(delay)
+
+    def _log_registration_change(self, registered_line: str = "") -> None:
+        """One log line per change of registration state or reason, not one per retry."""
+        assert self.registration is not None
+        status = self.registration.status
+        key = (str(status.state), status.reason)
+        if key == self._last_logged_registration:
+            return
+        self._last_logged_registration = key
+        if status.state == RegistrationState.REGISTERED:
+            log.info("%s", registered_line or "registered")
+        else:
+            log.error("not registered: %s (retrying)", status.reason)
 
     async def _watch_binding(self, refresh_at: float) -> None:
         """Until the refresh is due, probe that the registrar still routes our AOR to us.
@@ -340,33 +485,44 @@ class SipEndpoint(asyncio.DatagramProtocol):
         An OPTIONS to our own AOR through the registrar comes back to us (we answer 200) while
         the binding exists; a 404/480 means the registrar lost it (restart), a timeout that it
         is unreachable. Either way we return early and the loop registers again at once.
-        Registrars that answer such an OPTIONS themselves (Asterisk: 401; some trunks: 404 even
-        right after we registered) only prove they are alive: when the first probe after two
-        successive REGISTERs both say 404/480 (and none ever came back to us), 404s stop
-        counting as a lost binding, so we never re-register every second against them.
+        Registrars that answer such an OPTIONS themselves cannot show a lost binding that way:
+        Asterisk challenges it (401/407), some trunks say 404 even right after we registered
+        (when the first probes after two successive REGISTERs both say 404/480 and none ever
+        came back to us). Against those the probe is a binding query instead (a REGISTER
+        without Contact, RFC 3261 10.2.3), every few seconds: if our contact is no longer
+        listed (another UA on an AOR with max_contacts=1 replaced it), we register again.
         """
         assert self.registration is not None and self.client is not None
         loop = asyncio.get_running_loop()
         interval = self.settings.keepalive_interval
         first_probe = True
         while (remaining := refresh_at - loop.time()) > 0:
-            await asyncio.sleep(min(interval, remaining))
+            wait = interval if self._probe_routes_to_us is not False else max(interval, 5.0)
+            await asyncio.sleep(min(wait, remaining))
             if refresh_at - loop.time() <= 0:
                 return
+            if self._probe_routes_to_us is False:
+                if not await self._binding_listed():
+                    return
+                continue
             probe = self.client.gen_options_request(self.client.aor)
             try:
                 answer = await self.request(
                     probe, self.registrar_destination, timeout=max(2.0, interval), max_interval=1.0
                 )
-            except TransactionTimeout:
-                self.registration.unreachable("liveness probe timed out")
+            except (TransactionTimeout, UriError) as error:
+                self.registration.unreachable(f"liveness probe: {error}")
                 return
-            if answer.status_code in (404, 410, 480) and self._probe_routes_to_us is not False:
+            if answer.status_code in (401, 407):
+                self._probe_routes_to_us = False
+                log.info("the registrar challenges OPTIONS for our AOR (%d): probing the "
+                         "binding with REGISTER queries", answer.status_code)  # fmt: skip
+            elif answer.status_code in (404, 410, 480) and self._probe_routes_to_us is not False:
                 if first_probe and self._lost_after_register and self._probe_routes_to_us is None:
                     # Twice, each time right after a successful REGISTER: not a lost binding.
                     self._probe_routes_to_us = False
-                    log.info("the registrar answers OPTIONS for our AOR itself (%d): "
-                             "probing liveness only", answer.status_code)  # fmt: skip
+                    log.info("the registrar answers OPTIONS for our AOR itself (%d): probing "
+                             "the binding with REGISTER queries", answer.status_code)  # fmt: skip
                 else:
                     self._lost_after_register = first_probe
                     self.registration.binding_lost(answer.status_code)
@@ -376,8 +532,67 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 self._lost_after_register = False
             first_probe = False
 
+    async def _binding_listed(self) -> bool:
+        """A binding query: False (and the registration marked lost) when our contact is gone
+        or the registrar does not answer."""
+        assert self.registration is not None and self.client is not None
+        try:
+            answer = await self._register_once(0, query=True)
+        except (TransactionTimeout, UriError) as error:
+            self.registration.unreachable(f"binding query: {error}")
+            return False
+        if not 200 <= answer.status_code < 300:
+            return True  # no query support: nothing learned, keep the refresh schedule
+        ours = name_addr_uri(self.client.contact)
+        listed = []
+        for value in answer.values("Contact"):
+            with contextlib.suppress(UriError):
+                listed.append(name_addr_uri(value))
+        if ours in listed:
+            return True
+        log.warning("our contact is no longer bound to %s (now: %s): registering again",
+                    self.client.aor, ", ".join(listed) or "none")  # fmt: skip
+        self.registration.binding_lost(answer.status_code)
+        return False
+
     # -- requests ---------------------------------------------------------------------------
+    def _refused(self, request: AgentSIPMessage) -> bool:
+        """Answer what this UA cannot process as RFC 3261 8.2 says; True if answered (or an
+        unusable ACK dropped)."""
+        method = request.method
+        if method == "ACK":
+            return bool(request.defects)  # an ACK is never answered
+        status: tuple[int, str, str] | None = None
+        scheme = request.request_uri.partition(":")[0].lower()
+        required = [tag for tag in _option_values(request, "Require")
+                    if tag.lower() not in SUPPORTED_OPTION_TAGS]  # fmt: skip
+        content_type = (request.first("Content-Type") or "").split(";")[0].strip().lower()
+        body_types = BODY_TYPES.get(method)
+        if request.defects:
+            log.info("400 to %s from %s:%d: %s", method, *request.source or ("?", 0),
+                     request.defects[0])  # fmt: skip
+            status = (400, "Bad Request", _warning(request.defects[0]))
+        elif scheme not in REQUEST_URI_SCHEMES:
+            status = (416, "Unsupported URI Scheme", "")
+        elif required and method != "CANCEL":
+            status = (420, "Bad Extension", f"Unsupported: {', '.join(required)}\r\n")
+        elif request.content and body_types is not None and content_type not in body_types:
+            status = (415, "Unsupported Media Type", f"Accept: {', '.join(body_types)}\r\n")
+        elif method == "INVITE" and not _accepts_sdp(_option_values(request, "Accept")):
+            status = (406, "Not Acceptable", "")
+        if status is None:
+            return False
+        code, reason, extra = status
+        self.dropped[f"answered {code}"] += 1
+        if method == "INVITE" and not request.to_tag:
+            self._reject_invite(request, code, reason, extra_headers=extra)
+        else:
+            self._respond(request, code, reason=reason, extra_headers=extra)
+        return True
+
     def _handle_request(self, request: AgentSIPMessage) -> None:
+        if self._refused(request):
+            return
         method = request.method
         if method == "INVITE":
             if request.to_tag:
@@ -424,6 +639,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 # A retransmitted INVITE: repeat our last response (RFC 3261 17.2.1).
                 self._send(existing.invite.last_response, self.client.response_destination(request))
             return
+        if request.top_via_branch in self._error_transactions:
+            return  # a retransmission of an INVITE we refused: that answer is retransmitted
         received_at = time.perf_counter()
         if not self._source_allowed(request):
             log.warning("INVITE %s from %s refused: not in allowed sources", request.call_id,
@@ -432,53 +649,75 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         # D5: 100 Trying at once stops the caller's INVITE retransmissions.
         self._respond(request, 100, reason="Trying")
-        if len(self.calls) >= self.settings.max_calls:
-            self._reject_invite(request, 486, "Busy Here")
-            return
-        try:
-            parse_uri(request.request_uri)
-            offer = parse_audio_offer(request.content) if request.content else None
-            if offer is None:
-                raise NoCommonCodec("no SDP offer in INVITE (late offer is not supported)")
-            media = negotiate(offer)
-        except (SdpError, UriError) as error:
-            log.warning("rejecting INVITE %s: %s", request.call_id, error)
-            self._reject_invite(request, 400, "Bad Request")
-            return
-        except NoCommonCodec as error:
-            log.info("rejecting INVITE %s: %s", request.call_id, error)
+        source_ip = request.source[0] if request.source else ""
+        refusal = self.admission.decide(
+            source_ip,
+            asyncio.get_running_loop().time(),
+            confirmed_calls=sum(c.state == CallState.CONFIRMED for c in self.calls.values()),
+            unconfirmed_from_source=sum(
+                c.state != CallState.CONFIRMED and c.source_ip == source_ip
+                for c in self.calls.values()
+            ),
+        )
+        if refusal is not None:
+            log.warning("INVITE %s from %s refused: %d %s", request.call_id, source_ip,
+                        refusal.status_code, refusal.reason)  # fmt: skip
             self._reject_invite(
-                request,
-                488,
-                "Not Acceptable Here",
-                extra_headers=f'Warning: 305 sipagent "{error}"\r\n',
+                request, refusal.status_code, refusal.reason, extra_headers=refusal.extra_headers
             )
             return
-        assert self._rtp_ports is not None
+        try:
+            self._offer_call(request, received_at)
+        except Exception:
+            # Every INVITE gets a final answer, whatever went wrong in here.
+            log.exception("INVITE %s: internal error", request.call_id)
+            self._reject_invite(request, 500, "Server Internal Error")
+
+    def _offer_call(self, request: AgentSIPMessage, received_at: float) -> None:
+        """Negotiate the offer, ring, and answer (in a task): or a final error response."""
+        assert self.client is not None and self._rtp_ports is not None
+        try:
+            parse_uri(request.request_uri) if request.request_uri[:3].lower() == "sip" else None
+            sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
+            if not sdp:
+                raise NoCommonCodec("no SDP offer in INVITE (late offer is not supported)")
+            media = negotiate(parse_audio_offer(sdp))
+        except (SdpError, UriError) as error:
+            log.warning("rejecting INVITE %s: %s", request.call_id, error)
+            self._reject_invite(request, 400, "Bad Request", extra_headers=_warning(str(error)))
+            return
+        except NotAcceptableHere as error:
+            log.info("rejecting INVITE %s: %s", request.call_id, error)
+            self._reject_invite(
+                request, 488, "Not Acceptable Here", extra_headers=_warning(str(error))
+            )
+            return
         try:
             rtp_socket = self._rtp_ports.allocate()
-        except OSError as error:
-            log.error("no RTP port for %s: %s", request.call_id, error)
-            self._reject_invite(request, 503, "Service Unavailable")
-            return
+        except OSError:
+            rtp_socket = self._allocate_after_evicting_half_open()
+            if rtp_socket is None:
+                log.error("no RTP port for %s: all in use", request.call_id)
+                self._reject_invite(request, 503, "Service Unavailable")
+                return
         dialog = self.client.new_dialog(request)
-        from_header = request.headers.get("From", {})
-        caller = str(from_header.get("number") or from_header.get("address") or "unknown")
         call = Call(
             call_id=request.call_id,
-            caller=caller,
+            caller=_caller_name(request),
             dialog=dialog,
             media=media,
             invite=ServerInviteTransaction(request, request.top_via_branch),
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.app_hangup,
             transfer_callback=self.transfer,
+            rtp_socket=rtp_socket,
+            source_ip=request.source[0] if request.source else "",
         )
         self.calls[call.call_id] = call
         log.info(
             "call %s from %s: %s, media to %s:%d",
             call.call_id,
-            caller,
+            call.caller,
             media.codec,
             media.remote_address,
             media.remote_port,
@@ -486,7 +725,45 @@ class SipEndpoint(asyncio.DatagramProtocol):
         ringing = self.client.gen_ringing(request)
         call.invite.last_response = ringing
         self._send(ringing, self.client.response_destination(request))
-        self._spawn(self._answer(call, rtp_socket, received_at), call.call_id)
+        self._spawn(self._answer(call, received_at), call.call_id)
+
+    def _allocate_after_evicting_half_open(self) -> Any:
+        """Out of RTP ports: end the oldest dialog whose ACK is overdue (a real caller's ACK
+        comes within a round trip), and take its port. None if there is none to end."""
+        assert self._rtp_ports is not None
+        now = asyncio.get_running_loop().time()
+        stale = [
+            call
+            for call in self.calls.values()
+            if call.state == CallState.ANSWERED
+            and call.answered_monotonic is not None
+            and now - call.answered_monotonic > HALF_OPEN_GRACE
+        ]
+        if not stale:
+            return None
+        oldest = min(stale, key=lambda call: call.answered_monotonic or 0.0)
+        log.warning("call %s: no ACK after %.0f s, ended to free its port for a new caller",
+                    oldest.call_id, now - (oldest.answered_monotonic or now))  # fmt: skip
+        self._release_unconfirmed(oldest, "no ACK (evicted)")
+        try:
+            return self._rtp_ports.allocate()
+        except OSError:
+            return None
+
+    def _release_unconfirmed(self, call: Call, reason: str) -> None:
+        """End a dialog that never got its ACK: no media was started, nothing to wait for."""
+        call.invite.stop_retransmitting()
+        call.mark_ended(reason)
+        self.calls.pop(call.call_id, None)
+        if call.rtp_socket is not None:
+            call.rtp_socket.close()
+            call.rtp_socket = None
+        if self._rtp_ports is not None:
+            self._rtp_ports.release(call.rtp_port)
+        self.ended_calls.append(call)
+        del self.ended_calls[:-100]
+        if self.on_call_ended is not None:
+            self.on_call_ended(call)
 
     def _start_recording(self, call: Call) -> None:
         if self.settings.record_calls_dir and call.session is not None:
@@ -559,31 +836,40 @@ class SipEndpoint(asyncio.DatagramProtocol):
         finally:
             self._error_transactions.pop(transaction.branch, None)
 
-    async def _answer(self, call: Call, rtp_socket: Any, received_at: float) -> None:
+    async def _answer(self, call: Call, received_at: float) -> None:
         assert self.client is not None
         try:
             if self.settings.ring_seconds > 0:
                 await asyncio.sleep(self.settings.ring_seconds)
             if call.state != CallState.RINGING:
-                rtp_socket.close()
                 return
-            call.session = await RtpSession.open(
-                sock=rtp_socket,
-                remote=(call.media.remote_address, call.media.remote_port),
-                payload_type=call.media.payload_type,
-                telephone_event_pt=call.media.telephone_event_pt,
-                on_audio=call.deliver_audio,
-                on_dtmf=call.deliver_digit,
-                call_id=call.call_id,
-            )
-            self._start_recording(call)
             self._send_answer(call, call.invite.request)
             self.answer_times.append(time.perf_counter() - received_at)
             call.state = CallState.ANSWERED
             call.answered_at = time.time()
+            call.answered_monotonic = asyncio.get_running_loop().time()
         except Exception:
             log.exception("call %s: could not answer", call.call_id)
             await self._end_call(call, "answer failed")
+
+    async def _start_media(self, call: Call) -> None:
+        """Media starts with the ACK: a dialog that is never confirmed costs a bound socket
+        only, and sends nothing (no RTP aimed at whatever address an unACKed offer named)."""
+        socket_ = call.rtp_socket
+        call.rtp_socket = None
+        if socket_ is None:
+            return
+        call.session = await RtpSession.open(
+            sock=socket_,
+            remote=(call.media.remote_address, call.media.remote_port),
+            payload_type=call.media.payload_type,
+            telephone_event_pt=call.media.telephone_event_pt,
+            on_audio=call.deliver_audio,
+            on_dtmf=call.deliver_digit,
+            call_id=call.call_id,
+        )
+        call.set_held(call.media.on_hold)
+        self._start_recording(call)
 
     def _send_answer(self, call: Call, request: AgentSIPMessage) -> None:
         assert self.client is not None
@@ -601,8 +887,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.invite.stop_retransmitting()
 
         def no_ack() -> None:
-            log.warning("call %s: no ACK for our 200 OK, hanging up", call.call_id)
-            self._spawn(self.hangup(call, "no ACK"), call.call_id)
+            if call.state != CallState.ANSWERED:
+                return  # a re-INVITE's 200 without its ACK: the call itself goes on
+            # Never confirmed, so no media was started: release it without a BYE, which
+            # would only be one more request aimed at whatever the INVITE claimed to be.
+            log.warning("call %s: no ACK for our 200 OK, released", call.call_id)
+            self._release_unconfirmed(call, "no ACK")
 
         call.invite.retransmit_task = self._spawn(
             self._retransmit_until_ack(call.invite, request, on_timeout=no_ack)
@@ -618,13 +908,17 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         call.invite.stop_retransmitting()
         if request.content:
-            self._apply_remote_sdp(call, request.content)  # answer to our offer (late offer)
+            self._apply_remote_sdp(call, request)  # answer to our offer (late offer)
         if call.state == CallState.ANSWERED:
             call.state = CallState.CONFIRMED
-            call.app_task = self._spawn(self._run_app(call), call.call_id)
+            call.app_task = self._spawn(self._run_app(call, start_media=True), call.call_id)
 
-    async def _run_app(self, call: Call, app: CallApp | None = None) -> None:
+    async def _run_app(
+        self, call: Call, app: CallApp | None = None, *, start_media: bool = False
+    ) -> None:
         try:
+            if start_media:
+                await self._start_media(call)
             await (app or self.app).handle(call)
         except asyncio.CancelledError:
             raise
@@ -667,28 +961,34 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         if request.content:
             try:
-                media = negotiate(parse_audio_offer(request.content))
-            except (SdpError, NoCommonCodec) as error:
+                sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
+                media = negotiate(parse_audio_offer(sdp))
+            except (SdpError, NotAcceptableHere) as error:
                 self._respond(
-                    request, 488, reason="Not Acceptable Here",
-                    extra_headers=f'Warning: 305 sipagent "{error}"\r\n',
-                )  # fmt: skip
+                    request, 488, reason="Not Acceptable Here", extra_headers=_warning(str(error))
+                )
                 return
             self._update_media(call, media)
         # With no SDP the 200 carries our current description as an offer (RFC 3264 8).
         call.session_version += 1
         self._send_answer(call, request)
 
-    def _apply_remote_sdp(self, call: Call, body: bytes) -> None:
+    def _apply_remote_sdp(self, call: Call, request: AgentSIPMessage) -> None:
         try:
-            self._update_media(call, negotiate(parse_audio_offer(body)))
-        except (SdpError, NoCommonCodec) as error:
+            sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
+            self._update_media(call, negotiate(parse_audio_offer(sdp)))
+        except (SdpError, NotAcceptableHere) as error:
             log.warning("call %s: ignoring unusable SDP in ACK: %s", call.call_id, error)
 
     def _update_media(self, call: Call, media: NegotiatedMedia) -> None:
         call.media = media
         if call.session is not None:
-            call.session.update_remote((media.remote_address, media.remote_port))
+            if not media.on_hold:  # 0.0.0.0 (RFC 2543 hold) is no address to send to
+                call.session.update_remote((media.remote_address, media.remote_port))
+            # sendonly / inactive / 0.0.0.0 from the caller: hold; sendrecv again: unhold.
+            if media.on_hold != call.held:
+                log.info("call %s %s", call.call_id, "on hold" if media.on_hold else "resumed")
+            call.set_held(media.on_hold)
 
     def _handle_info(self, request: AgentSIPMessage) -> None:
         call = self._find_dialog_call(request)
@@ -763,7 +1063,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         target = parse_uri(target_uri)
         server = self.settings.server_address
         # With a registrar/trunk configured it is our outbound proxy; else go straight there.
-        destination = (server.host, server.port) if server else target.destination
+        try:
+            destination = await self.resolver.resolve(
+                *((server.host, server.port) if server else target.destination)
+            )
+        except UriError as error:
+            raise DialError(0, str(error)) from error
         rtp_socket = self._rtp_ports.allocate()
         rtp_port = rtp_socket.getsockname()[1]
         call_id, from_tag = self.client.gen_call_id(), self.client.gen_tag()
@@ -816,6 +1121,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         the final response as long as it rings."""
         queue: asyncio.Queue[AgentSIPMessage] = asyncio.Queue()
         self._invite_responses[invite.branch] = queue
+        destination = await self.resolver.resolve(*destination)
         loop = asyncio.get_running_loop()
         interval, deadline, provisional = T1, loop.time() + TIMER_B, False
         try:
@@ -853,7 +1159,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         assert self.client is not None
         dialog = self.client.new_uac_dialog(answer, from_tag)
         ack = self.client.gen_ack_for_answer(dialog, answer.cseq)
-        ack_destination = parse_uri(dialog.next_hop_uri).destination
+        try:
+            ack_destination = await self.resolver.resolve(
+                *parse_uri(dialog.next_hop_uri).destination
+            )
+        except UriError as error:
+            log.warning("outbound call %s: cannot send the ACK: %s", answer.call_id, error)
+            ack_destination = ("0.0.0.0", 0)  # unsendable: the BYE below ends the call
         self._send(ack.data, ack_destination)
         self._answer_acks[answer.call_id] = (ack.data, ack_destination)
         try:
@@ -915,6 +1227,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if call.state == CallState.RINGING:
             await self._end_call(call, reason)
             return
+        if call.state == CallState.ANSWERED:
+            # Answered, never ACKed: no media, no app. Released without a BYE (which would wait
+            # 8 s for a peer that may not exist), like a dialog that timed out.
+            self._release_unconfirmed(call, reason)
+            return
         bye = self.client.gen_bye(call.dialog)
         bye_task = self._spawn(self._send_bye(call, bye))
         await self._end_call(call, reason, wait_for_app=wait_for_app)
@@ -946,7 +1263,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 task.cancel()
         if call.session is not None:
             await call.session.close()
-            self._write_recording(call)
+            # A long call's WAV takes hundreds of ms to write: off the loop, where every
+            # other call's RTP is paced.
+            await asyncio.to_thread(self._write_recording, call)
+        if call.rtp_socket is not None:  # answered, never ACKed: no session was opened
+            call.rtp_socket.close()
+            call.rtp_socket = None
         if self._rtp_ports is not None:
             self._rtp_ports.release(call.rtp_port)
         if self.on_call_ended is not None:

@@ -38,6 +38,15 @@ from pyVoIP.SIP import SIPClient, SIPMessage, SIPMessageType, SIPParseError, SIP
 
 from sipagent import __version__
 from sipagent.sip.digest import DigestChallenge, DigestCredentials
+from sipagent.sip.headers import (
+    TOKEN_CHARS,
+    HeaderError,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+)
 from sipagent.sip.uri import header_params, name_addr_uri, split_header_values
 
 USER_AGENT = f"sipagent/{__version__} (pyVoIP)"
@@ -59,7 +68,6 @@ _CANONICAL = {
         "User-Agent", "Server", "Content-Encoding", "Require", "Event", "Refer-To",
     )
 }  # fmt: skip
-_TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
 
 
 class SipMessageError(SIPParseError):
@@ -93,6 +101,11 @@ class AgentSIPMessage(SIPMessage):
         self.request_uri = ""
         self.status_code = 0
         self.reason = ""
+        self.defects: list[str] = []  # why a request deserves 400 Bad Request (RFC 3261 21.4.1)
+        self.via: list[Via] = []
+        self.from_addr: NameAddr | None = None
+        self.to_addr: NameAddr | None = None
+        self._cseq: tuple[int, str] = (0, "")
         try:
             super().__init__(data)
         except SipMessageError:
@@ -121,7 +134,7 @@ class AgentSIPMessage(SIPMessage):
         for line in lines[1:]:
             name, colon, value = line.partition(":")
             name = name.strip()
-            if not colon or not name or not set(name) <= _TOKEN_CHARS:
+            if not colon or not name or not set(name) <= TOKEN_CHARS:
                 raise SipMessageError(f"malformed header line {line[:60]!r}")
             canonical = _canonical_name(name)
             value = value.strip()
@@ -145,7 +158,7 @@ class AgentSIPMessage(SIPMessage):
             # pyVoIP's enum lacks many codes; status_code is authoritative.
             with contextlib.suppress(ValueError):
                 self.status = SIPStatus(self.status_code)
-        elif len(parts) == 3 and parts[2] == "SIP/2.0" and set(parts[0]) <= _TOKEN_CHARS:
+        elif len(parts) == 3 and parts[2] == "SIP/2.0" and set(parts[0]) <= TOKEN_CHARS:
             self.type = SIPMessageType.MESSAGE
             self.version = "SIP/2.0"
             self.method = parts[0]
@@ -157,43 +170,88 @@ class AgentSIPMessage(SIPMessage):
         self.heading = line.encode()
 
     def _validate_headers(self) -> None:
+        """Check every header the agent acts on. Without a usable top Via no answer can be
+        routed: the message is dropped. Anything else wrong in a request is collected in
+        `defects` and answered 400; a response with a defect is dropped."""
+        vias = self.values("Via")
+        if not vias:
+            raise SipMessageError("missing Via header")
+        try:
+            self.via = [parse_via(vias[0])]
+        except HeaderError as error:
+            raise SipMessageError(f"unroutable top Via: {error}") from error
+        defects = self.defects
+        for value in vias[1:]:
+            try:
+                self.via.append(parse_via(value))
+            except HeaderError as error:
+                defects.append(str(error))
         counts: dict[str, int] = {}
         for name, _ in self.fields:
             counts[name] = counts.get(name, 0) + 1
-        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for name in ("From", "To", "Call-ID", "CSeq"):
             if not counts.get(name):
-                raise SipMessageError(f"missing {name} header")
+                defects.append(f"missing {name} header")
         for name in _SINGLE_VALUED:
             if counts.get(name, 0) > 1:
-                raise SipMessageError(f"duplicated {name} header")
-        cseq = self.first("CSeq") or ""
-        number, _, cseq_method = cseq.partition(" ")
-        if not number.isdigit() or int(number) >= 2**31 or not cseq_method.strip():
-            raise SipMessageError(f"bad CSeq {cseq!r}")
-        if self.is_request and cseq_method.strip() != self.method:
-            raise SipMessageError(f"CSeq method {cseq_method!r} does not match {self.method}")
-        if not self.call_id:
-            raise SipMessageError("empty Call-ID")
+                defects.append(f"duplicated {name} header")
+        for name in ("From", "To"):
+            value = self.first(name)
+            if value is not None:
+                try:
+                    setattr(self, f"{name.lower()}_addr", parse_name_addr(value))
+                except HeaderError as error:
+                    defects.append(f"{name}: {error}")
+        for name in ("Contact", "Record-Route", "Route"):
+            for value in self.values(name):
+                if name == "Contact" and value == "*":
+                    continue
+                try:
+                    parse_name_addr(value)
+                except HeaderError as error:
+                    defects.append(f"{name}: {error}")
+        cseq = self.first("CSeq")
+        if cseq is not None:
+            try:
+                self._cseq = parse_cseq(cseq)
+            except HeaderError as error:
+                defects.append(str(error))
+            else:
+                if self.is_request and self._cseq[1] != self.method:
+                    defects.append(f"CSeq method {self._cseq[1]!r} does not match {self.method}")
+        if counts.get("Call-ID") and not self.call_id:
+            defects.append("empty Call-ID")
+        max_forwards = self.first("Max-Forwards")
+        if max_forwards is not None and not (max_forwards.isdigit() and len(max_forwards) < 4):
+            defects.append(f"bad Max-Forwards {max_forwards[:20]!r}")
+        if self.is_request and "?" in self.request_uri and self.request_uri[:4].lower() == "sip:":
+            defects.append("headers in the Request-URI")  # RFC 4475 3.1.2.10 (escruri)
 
     def _checked_body(self, body: bytes) -> bytes:
         length_text = self.first("Content-Length")
         if length_text is None:
             return body  # optional over UDP (RFC 3261 18.3): the datagram ends the body
-        if not length_text.isdigit():
-            raise SipMessageError(f"bad Content-Length {length_text!r}")
+        if not length_text.isdigit() or len(length_text) > 9:
+            self.defects.append(f"bad Content-Length {length_text[:20]!r}")
+            return body
         length = int(length_text)
         if length > len(body):
-            raise SipMessageError(f"Content-Length {length} exceeds the {len(body)} body bytes")
+            # RFC 3261 18.3: a datagram shorter than its Content-Length is malformed.
+            self.defects.append(f"Content-Length {length} exceeds the {len(body)} body bytes")
+            return body
         return body[:length]  # RFC 3261 18.3: excess bytes of a datagram are discarded
 
     def _fill_pyvoip_headers(self) -> None:
-        self.headers = {"Via": []}
-        self.parse_header("Via", self.values("Via"))
+        # pyVoIP's model, for pyVoIP-shaped code (its stock methods in the defect tests). Its
+        # parse_header chokes on tel:/sips: URIs and mangles display names, so the agent reads
+        # `via`, `from_addr`, `to_addr` instead, and a value pyVoIP cannot parse stays raw.
+        self.headers = {name: value for name, value in reversed(self.fields)}
+        self.headers["Via"] = []
+        with contextlib.suppress(SIPParseError, ValueError, IndexError, KeyError):
+            self.parse_header("Via", self.values("Via"))
         for name in ("From", "To", "CSeq"):
-            self.parse_header(name, self.first(name) or "")
-        for name, value in self.fields:
-            if name not in ("Via", "From", "To", "CSeq") and name not in self.headers:
-                self.headers[name] = value
+            with contextlib.suppress(SIPParseError, ValueError, IndexError, KeyError):
+                self.parse_header(name, self.first(name) or "")
         if self.content:
             self.body = {"raw": self.content}
 
@@ -217,24 +275,23 @@ class AgentSIPMessage(SIPMessage):
 
     @property
     def cseq(self) -> int:
-        return int((self.first("CSeq") or "0").split()[0])
+        return self._cseq[0]
 
     @property
     def cseq_method(self) -> str:
-        return (self.first("CSeq") or " ").split()[-1]
+        return self._cseq[1]
 
     @property
     def from_tag(self) -> str | None:
-        return header_params(self.first("From") or "").get("tag")
+        return self.from_addr.params.get("tag") if self.from_addr else None
 
     @property
     def to_tag(self) -> str | None:
-        return header_params(self.first("To") or "").get("tag")
+        return self.to_addr.params.get("tag") if self.to_addr else None
 
     @property
     def top_via_branch(self) -> str:
-        vias = self.values("Via")
-        return (header_params(vias[0]).get("branch") or "") if vias else ""
+        return self.via[0].branch if self.via else ""
 
     @property
     def contact_uri(self) -> str | None:
@@ -326,9 +383,11 @@ class AgentSIPClient(SIPClient):
         return f"{challenge.reply_header}: {value}\r\n"
 
     def gen_register_request(
-        self, expires: int, authorization: tuple[DigestChallenge, ...] = ()
+        self, expires: int, authorization: tuple[DigestChallenge, ...] = (), *, query: bool = False
     ) -> OutgoingRequest:
-        """REGISTER for our AOR; same Call-ID for the whole registration (RFC 3261 10.2.4)."""
+        """REGISTER for our AOR; same Call-ID for the whole registration (RFC 3261 10.2.4).
+        `query`: no Contact, so the registrar lists the AOR's bindings and changes none
+        (RFC 3261 10.2.3)."""
         # The registrar's port belongs in the Request-URI only when the domain is its host.
         uri = f"sip:{self.domain}"
         if self.domain == self.server and self.port not in (0, 5060):
@@ -343,8 +402,12 @@ class AgentSIPClient(SIPClient):
             + f"To: <{self.aor}>\r\n"
             + f"Call-ID: {self.register_call_id}\r\n"
             + f"CSeq: {cseq} REGISTER\r\n"
-            + f'Contact: {self.contact};+sip.instance="<urn:uuid:{self.urnUUID}>"\r\n'
-            + f"Expires: {expires}\r\n"
+            + (
+                ""
+                if query
+                else f'Contact: {self.contact};+sip.instance="<urn:uuid:{self.urnUUID}>"\r\n'
+                + f"Expires: {expires}\r\n"
+            )
             + "".join(self.gen_authorization(c, "REGISTER", uri) for c in authorization)
             + f"Allow: {', '.join(ALLOWED_METHODS)}\r\n"
             + f"User-Agent: {USER_AGENT}\r\n"
@@ -387,14 +450,14 @@ class AgentSIPClient(SIPClient):
 
     @staticmethod
     def response_destination(request: AgentSIPMessage) -> tuple[str, int]:
-        """RFC 3261 18.2.2 with RFC 3581: reply to the source address, rport or sent-by port."""
-        top_via = request.headers["Via"][0]  # pyVoIP's parsed Via: {"address": (host, port)}
-        sent_by_host, sent_by_port = top_via["address"]
-        port = int(sent_by_port) if str(sent_by_port).isdigit() else 5060
+        """RFC 3261 18.2.2 with RFC 3581: reply to the source address, rport or sent-by port.
+        The port was checked at parse time (1-65535); the host is the packet's source."""
+        top_via = request.via[0]
+        port = top_via.port or 5060
         if request.source is None:
-            return top_via.get("received") or sent_by_host, port
+            return top_via.params.get("received") or top_via.host, port
         source_ip, source_port = request.source
-        return source_ip, source_port if "rport" in top_via else port
+        return source_ip, source_port if "rport" in top_via.params else port
 
     def gen_response(
         self,
@@ -420,12 +483,14 @@ class AgentSIPClient(SIPClient):
         # D6: Record-Route is copied into responses that establish the dialog.
         if request.method == "INVITE" and 100 < status_code < 300:
             lines += [f"Record-Route: {route}\r\n" for route in request.values("Record-Route")]
-        lines += [
-            f"From: {request.first('From')}\r\n",
-            f"To: {to_value}\r\n",
-            f"Call-ID: {request.call_id}\r\n",
-            f"CSeq: {request.first('CSeq')}\r\n",
-        ]
+        # Copied as received; a 400 for a request missing one of them simply omits it.
+        copied = {
+            "From": request.first("From"),
+            "To": to_value if request.first("To") is not None else None,
+            "Call-ID": request.first("Call-ID"),
+            "CSeq": request.first("CSeq"),
+        }
+        lines += [f"{name}: {value}\r\n" for name, value in copied.items() if value is not None]
         if with_contact:
             lines.append(f"Contact: {self.contact}\r\n")
         lines.append(f"User-Agent: {USER_AGENT}\r\n")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.parser import BytesParser
+from ipaddress import IPv4Address
 
 PCMU = 0
 PCMA = 8
@@ -16,8 +19,38 @@ class SdpError(ValueError):
     """The body is not an SDP we can read."""
 
 
-class NoCommonCodec(Exception):
-    """The offer has no codec we speak: answer 488 Not Acceptable Here."""
+class NotAcceptableHere(Exception):
+    """A readable offer we cannot take: answer 488 Not Acceptable Here (RFC 3261 21.4.26)."""
+
+
+class NoCommonCodec(NotAcceptableHere):
+    """The offer has no codec we speak."""
+
+
+class UnusableAddress(NotAcceptableHere):
+    """The media address is not an IPv4 literal: IPv6 (we are IPv4-only) or a host name, which
+    would have to be resolved (never on the event loop, and never per packet)."""
+
+
+def _payload_type(text: str) -> int:
+    if not text.isdigit() or int(text) > 127:  # RFC 3550: 7 bits
+        raise SdpError(f"bad payload type {text[:12]!r}")
+    return int(text)
+
+
+def _connection_address(value: str) -> str:
+    """`IN IP4 192.0.2.1` -> the address; IPv6 or a name -> UnusableAddress."""
+    parts = value.split()
+    if len(parts) < 3 or parts[0] != "IN":
+        raise SdpError(f"bad c= line {value[:60]!r}")
+    address = parts[2].split("/")[0]
+    if parts[1] != "IP4":
+        raise UnusableAddress(f"{parts[1][:8]} media address {address[:40]!r}: IPv4 only")
+    try:
+        IPv4Address(address)
+    except ValueError as error:
+        raise UnusableAddress(f"media address {address[:40]!r} is not an IPv4 literal") from error
+    return address
 
 
 @dataclass(slots=True)
@@ -72,22 +105,17 @@ def parse_audio_offer(body: bytes | str) -> MediaOffer:
                 in_other_media = True
                 continue
             in_other_media = False
-            try:
-                port = int(parts[1].split("/")[0])
-                payload_types = [int(pt) for pt in parts[3:]]
-            except ValueError as error:
-                raise SdpError(f"bad m= line {value!r}") from error
-            if not 0 <= port < 65536:
-                raise SdpError(f"bad media port in {value!r}")
+            port_text = parts[1].split("/")[0]
+            if not port_text.isdigit() or int(port_text) > 65535:
+                raise SdpError(f"bad media port in {value[:60]!r}")
+            port = int(port_text)
+            payload_types = [_payload_type(pt) for pt in parts[3:]]
             media = MediaOffer(session_address, port, parts[2], payload_types)
             media.direction = session_direction
         elif in_other_media:
             continue
         elif kind == "c":
-            parts = value.split()
-            if len(parts) < 3:
-                raise SdpError(f"bad c= line {value!r}")
-            address = parts[2].split("/")[0]
+            address = _connection_address(value)
             if media is None:
                 session_address = address
             else:
@@ -102,15 +130,14 @@ def parse_audio_offer(body: bytes | str) -> MediaOffer:
             elif media is not None and name == "rtpmap":
                 pt_text, _, encoding = attr_value.partition(" ")
                 codec, _, rate_text = encoding.partition("/")
-                try:
-                    media.rtpmap[int(pt_text)] = (codec, int(rate_text.split("/")[0]))
-                except ValueError as error:
-                    raise SdpError(f"bad rtpmap {attr_value!r}") from error
+                rate = rate_text.split("/")[0]
+                if not rate.isdigit() or len(rate) > 6:
+                    raise SdpError(f"bad rtpmap {attr_value[:60]!r}")
+                media.rtpmap[_payload_type(pt_text)] = (codec, int(rate))
             elif media is not None and name == "ptime":
-                try:
-                    media.ptime = int(float(attr_value))
-                except ValueError:
-                    media.ptime = None
+                # Advisory (RFC 4566): "inf", "nan" or junk is ignored, never fatal.
+                ptime = attr_value.strip()
+                media.ptime = int(ptime) if ptime.isdigit() and len(ptime) < 5 else None
     if media is None:
         raise SdpError("no audio m= line in SDP")
     if not media.address:
@@ -212,3 +239,23 @@ def build_offer(
         )
         + "\r\n"
     )
+
+
+def sdp_from_body(content_type: str, body: bytes) -> bytes:
+    """The SDP of a request body: the body itself, or the application/sdp part of a
+    multipart/mixed body (RFC 5621; RFC 4475 3.1.1.11 mpart01). b"" when there is none."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type in ("", "application/sdp"):
+        return body
+    if media_type != "multipart/mixed":
+        return b""
+    message = BytesParser(policy=email_policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("utf-8", "replace") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise SdpError("multipart body without parts")
+    for part in message.walk():
+        if part.get_content_type() == "application/sdp":
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
+    return b""

@@ -106,6 +106,8 @@ class Kamailio:
     ``record_route``: initial INVITEs are record-routed, so ACK/BYE come through the proxy
     with Route headers.  ``proxy_auth``: REGISTER is challenged with 407 Proxy-Authenticate
     (``proxy_challenge``/``proxy_authorize``) instead of 401 WWW-Authenticate.
+    ``single_contact``: Asterisk-style AORs (max_contacts=1, remove_existing=yes): a REGISTER
+    replaces the other contacts, and OPTIONS is challenged and answered by the registrar.
     """
 
     def __init__(
@@ -115,12 +117,14 @@ class Kamailio:
         qop: bool = True,
         record_route: bool = False,
         proxy_auth: bool = False,
+        single_contact: bool = False,
         port: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.qop = qop
         self.record_route = record_route
         self.proxy_auth = proxy_auth
+        self.single_contact = single_contact
         self.port = port if port is not None else free_udp_port()
         self.host = LOOPBACK
         self.rundir = self.workdir / "run"
@@ -171,6 +175,8 @@ class Kamailio:
             defines.append("#!define WITH_RECORD_ROUTE")
         if self.proxy_auth:
             defines.append("#!define WITH_PROXY_AUTH")
+        if self.single_contact:
+            defines.append("#!define WITH_SINGLE_CONTACT")
         template = TEMPLATE_DIR / "kamailio.cfg.in"
         text = fill_template(
             template.read_text(),

@@ -147,9 +147,28 @@ def test_d9_compact_forms_case_and_body_with_blank_lines():
         (invite().replace(b"To: <sip:agent@127.0.0.1>\r\n", b""), "missing To"),
     ],
 )
-def test_d9_inconsistent_messages_are_rejected(raw, why):
-    with pytest.raises(SipMessageError, match=why):
-        AgentSIPMessage(raw)
+def test_d9_inconsistent_requests_are_marked_for_400(raw, why):
+    # A request whose Via can be answered is kept, with its defects: the endpoint answers 400.
+    message = AgentSIPMessage(raw)
+    assert any(why in defect for defect in message.defects), message.defects
+    if why == "CSeq method":
+        return  # a response's CSeq names the request's method, not its own
+    response = raw.replace(b"INVITE sip:agent@127.0.0.1:5062 SIP/2.0", b"SIP/2.0 200 OK", 1)
+    assert any(why in defect for defect in AgentSIPMessage(response).defects)  # endpoint drops
+
+
+def test_d9_unroutable_top_via_is_dropped():
+    for bad in (b"127.0.0.1:65536", b"127.0.0.1:00000000000000000005060", b"[2001:db8::1"):
+        raw = invite().replace(b"127.0.0.1:25060;branch", bad + b";branch", 1)
+        with pytest.raises(SipMessageError, match="unroutable top Via"):
+            AgentSIPMessage(raw)
+
+
+def test_ipv6_via_sent_by_keeps_its_brackets():
+    # pyVoIP splits "[2001:db8::1]:5070" at the first colon: ('[2001', 'db8').
+    raw = invite().replace(b"127.0.0.1:25060;branch", b"[2001:db8::1]:5070;branch", 1)
+    assert AgentSIPMessage(raw).via[0].host == "[2001:db8::1]"
+    assert AgentSIPMessage(raw).via[0].port == 5070
 
 
 def test_d10_call_ids_unique_across_instances():
