@@ -4,6 +4,7 @@ peer is a raw socket, so every byte on the wire is the test's own."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -216,7 +217,89 @@ async def test_half_open_invites_cannot_make_a_real_caller_hear_busy():
         await wait_until(
             lambda: agent.calls["real-caller"].state == CallState.CONFIRMED, 2, "real call up"
         )
+        bye = request("BYE", caller, agent.local_address[1], cseq=2, to_tag=ok.to_tag or "",
+                      branch="z9hG4bKbye", call_id="real-caller")  # fmt: skip
+        caller.send(bye, agent.local_address)
         # Unconfirmed dialogs sent no media to the address their offer named.
         with pytest.raises(BlockingIOError):
             attacker_media.recv(2048)
     attacker_media.close()
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    packets = []
+    while True:
+        try:
+            packets.append(sock.recv(2048))
+        except BlockingIOError:
+            return packets
+
+
+@pytest.mark.parametrize("hold_sdp", ["a=sendonly", "a=inactive", "c=0.0.0.0"])
+async def test_hold_sends_nothing_and_unhold_continues_where_it_stopped(tmp_path, hold_sdp):
+    """A phone's hold (RFC 3264 8.4, or RFC 2543's c=0.0.0.0): once the agent went on talking
+    into the void. Now nothing is sent while held and the queued audio waits for the unhold."""
+    prompt = tmp_path / "prompt.ulaw"
+    prompt.write_bytes(bytes([0x25]) * 8000 * 4)  # 4 s of voiced audio
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind(("127.0.0.1", 0))
+    media.setblocking(False)
+    media_port = media.getsockname()[1]
+    async with running_agent(app="player", player_file=str(prompt)) as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        uac.send(invite(uac, port, SDP_PCMU.replace("40000", str(media_port)), call_id="hold"),
+                 agent.local_address)  # fmt: skip
+        await uac.collect(0.3)
+        ok = next(m for m in uac.received if m.status_code == 200)
+        to_tag = ok.to_tag or ""
+        uac.send(request("ACK", uac, port, cseq=1, to_tag=to_tag, branch="z9hG4bKa1",
+                         call_id="hold"), agent.local_address)  # fmt: skip
+        await wait_until(lambda: agent.calls["hold"].state == CallState.CONFIRMED, 2, "up")
+        call = agent.calls["hold"]
+        changes: list[bool] = []
+
+        async def watch() -> None:
+            async for held in call.hold_changes():
+                changes.append(held)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.5)
+        assert len(drain(media)) >= 15  # talking
+
+        held_sdp = sdp(media_port, version=2).replace("RTP/AVP 8 0", "RTP/AVP 0")
+        held_sdp = (held_sdp.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
+                    if hold_sdp == "c=0.0.0.0" else held_sdp + hold_sdp + "\n")  # fmt: skip
+        reinvite = request("INVITE", uac, port, cseq=2, to_tag=to_tag, branch="z9hG4bKh1",
+                           sdp=held_sdp, call_id="hold")  # fmt: skip
+        statuses = await send_and_collect(uac, agent.local_address, reinvite, "hold")
+        assert 200 in statuses
+        answer = next(m for m in uac.received if m.status_code == 200 and m.cseq == 2)
+        expected = b"a=inactive" if hold_sdp == "a=inactive" else b"a=recvonly"
+        if hold_sdp != "c=0.0.0.0":
+            assert expected in answer.content
+        uac.send(request("ACK", uac, port, cseq=2, to_tag=to_tag, branch="z9hG4bKa2",
+                         call_id="hold"), agent.local_address)  # fmt: skip
+        await asyncio.sleep(0.1)
+        drain(media)  # what left before the re-INVITE arrived
+        sent_at_hold = call.sent_audio_ms
+        await asyncio.sleep(1.0)
+        assert drain(media) == []  # on hold: not one packet
+        assert call.on_hold and call.sent_audio_ms == sent_at_hold
+
+        resume = request("INVITE", uac, port, cseq=3, to_tag=to_tag, branch="z9hG4bKh2",
+                         sdp=sdp(media_port, version=3), call_id="hold")  # fmt: skip
+        statuses = await send_and_collect(uac, agent.local_address, resume, "hold")
+        assert 200 in statuses
+        uac.send(request("ACK", uac, port, cseq=3, to_tag=to_tag, branch="z9hG4bKa3",
+                         call_id="hold"), agent.local_address)  # fmt: skip
+        await asyncio.sleep(0.5)
+        voiced = [p for p in drain(media) if p[12:13] == bytes([0x25])]
+        assert len(voiced) >= 15  # the prompt goes on from where the hold stopped it
+        assert not call.on_hold and changes == [True, False]
+        assert call.sent_audio_ms > sent_at_hold
+        watcher.cancel()
+        uac.send(request("BYE", uac, port, cseq=4, to_tag=to_tag, branch="z9hG4bKb",
+                         call_id="hold"), agent.local_address)  # fmt: skip
+        await wait_until(lambda: not agent.calls, 2, "call ended")
+    media.close()
