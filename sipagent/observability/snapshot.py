@@ -265,6 +265,7 @@ def build_status(
         "agent": {
             "app": settings.app,
             "sip": "{}:{}".format(*endpoint.local_address) if endpoint.transport else None,
+            "sip_socket": endpoint.transport_state,
             "user": settings.user,
             "started_at": round(started_at, 3),
             "uptime_s": round(max(0.0, now - started_at), 1),

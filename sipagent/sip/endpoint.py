@@ -1279,6 +1279,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         now = asyncio.get_running_loop().time()
         return {
             "sip": f"{self.local_address[0]}:{self.local_address[1]}" if self.transport else None,
+            "sip_socket": self.transport_state,
             "registration": self.registration.status.as_dict(now) if self.registration else None,
             "calls": [call.describe() for call in self.calls.values()],
             "dropped_sip": dict(self.dropped),

@@ -48,12 +48,17 @@ async def test_wrong_password_is_reported_as_auth_failure(kamailio):
         assert "not-the-password" not in repr(agent.status())
 
 
-async def test_unreachable_registrar_is_reported():
+async def test_unreachable_registrar_is_reported(caplog):
     async with running_agent(server="127.0.0.1:9", password="x") as agent:
         await wait_until(
             lambda: agent.registration.status.state == RegistrationState.FAILED, 8, "failure"
         )
         assert "no answer from registrar 127.0.0.1:9" in agent.registration.status.reason
+        failures = agent.registration.status.failures
+        await wait_until(lambda: agent.registration.status.failures > failures, 8, "a retry")
+    # In the log too, once per change of state, not once per retry.
+    lines = [r.getMessage() for r in caplog.records if "not registered" in r.getMessage()]
+    assert len(lines) == 1 and "no answer from registrar 127.0.0.1:9" in lines[0], lines
 
 
 async def test_reregisters_after_registrar_restart(kamailio):
@@ -229,3 +234,25 @@ async def test_a_registrar_answering_options_itself_is_not_hammered():
             assert registers <= 3, registers
     finally:
         transport.close()
+
+
+async def test_a_replaced_binding_on_a_single_contact_aor_is_restored(kamailio, sipp):
+    """Asterisk-style AORs (max_contacts=1, remove_existing=yes; OPTIONS challenged by the
+    registrar): another UA registering our AOR silently removed our contact, and the OPTIONS
+    probe could not tell. The binding query notices and the agent registers again."""
+    kam = await kamailio(qop=True, single_contact=True)
+    async with running_agent(server=kam.address, password="agentpw",
+                             keepalive_interval=0.5) as agent:  # fmt: skip
+        ours = f"sip:agent@{agent.local_address[0]}:{agent.local_address[1]}"
+        await wait_until(lambda: registered(agent), 5, "registered")
+        # The first probe is challenged: from then on the binding is checked by query.
+        await wait_until(lambda: agent._probe_routes_to_us is False, 5, "challenge seen")
+        successes = agent.registration.status.successes
+        intruder = sipp("register.xml", remote=kam.address, service="agent",
+                        auth=("agent", "agentpw"))  # fmt: skip
+        (await intruder.run()).check()
+        assert ours not in await kam.registered_contacts("agent")  # replaced
+        await wait_until(
+            lambda: agent.registration.status.successes > successes, 12, "registered again"
+        )
+        assert await kam.registered_contacts("agent") == [ours]
