@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from sipagent.sip.uri import UriError, parse_uri
+from sipagent.sip.uri import SipUri, UriError, parse_uri
 
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
 _HOSTNAME = re.compile(
@@ -89,6 +89,7 @@ def _parse_params(text: str) -> dict[str, str | None]:
         raise HeaderError(f"junk after the address: {text[:40]!r}")
     for item in text.strip()[1:].split(";"):
         name, sep, value = item.partition("=")
+        value = value.strip()
         name = name.strip()
         if not name or not set(name) <= TOKEN_CHARS:
             raise HeaderError(f"bad parameter {item[:40]!r}")
@@ -143,19 +144,26 @@ class NameAddr:
         return self.uri.partition(":")[0].lower()
 
 
-def _check_uri(uri: str) -> str:
+def _check_uri(uri: str) -> SipUri | None:
+    """Any absolute URI; a sip:/sips: one is parsed and its host checked (else None)."""
     scheme, colon, rest = uri.partition(":")
     if not colon or not _SCHEME.match(scheme) or not rest:
         raise HeaderError(f"bad URI {uri[:60]!r}")
     if any(char.isspace() or ord(char) < 32 or char in '<>"' for char in uri):
         raise HeaderError(f"bad character in URI {uri[:60]!r}")
-    if scheme.lower() in ("sip", "sips"):
-        try:
-            parsed = parse_uri(uri)
-        except UriError as error:
-            raise HeaderError(str(error)) from error
-        validate_host(parsed.host)
-    return uri
+    if scheme.lower() not in ("sip", "sips"):
+        return None
+    try:
+        parsed = parse_uri(uri)
+    except UriError as error:
+        raise HeaderError(str(error)) from error
+    validate_host(parsed.host)
+    return parsed
+
+
+def check_request_uri(uri: str) -> SipUri | None:
+    """The Request-URI: an absolute URI (its scheme is judged by the endpoint: 416)."""
+    return _check_uri(uri)
 
 
 def parse_name_addr(value: str) -> NameAddr:
@@ -189,7 +197,9 @@ def parse_name_addr(value: str) -> NameAddr:
         tail = ";" + params_text if params_text else ""
         if "?" in uri or "," in uri:
             raise HeaderError(f"URI with ',' or '?' must be enclosed in <> in {value[:60]!r}")
-    return NameAddr(display, _check_uri(uri), _parse_params(tail))
+    uri = uri.strip()
+    _check_uri(uri)
+    return NameAddr(display, uri, _parse_params(tail))
 
 
 def parse_cseq(value: str) -> tuple[int, str]:

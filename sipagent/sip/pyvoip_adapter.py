@@ -43,6 +43,7 @@ from sipagent.sip.headers import (
     HeaderError,
     NameAddr,
     Via,
+    check_request_uri,
     parse_cseq,
     parse_name_addr,
     parse_via,
@@ -59,6 +60,7 @@ _COMPACT = {
     "c": "Content-Type", "k": "Supported", "e": "Content-Encoding", "s": "Subject",
     "o": "Event", "r": "Refer-To", "u": "Allow-Events", "b": "Referred-By",
 }  # fmt: skip
+_VERSION = re.compile(r"^SIP/\d+\.\d+$")
 _CANONICAL = {
     name.lower(): name
     for name in (
@@ -117,8 +119,11 @@ class AgentSIPMessage(SIPMessage):
     def parse(self, data: bytes) -> None:
         if len(data) > MAX_MESSAGE_BYTES:
             raise SipMessageError(f"oversize message ({len(data)} bytes)")
+        data = data.lstrip(b"\r\n")  # RFC 3261 7.5: CRLFs before the start line are ignored
         head, separator, body = data.partition(b"\r\n\r\n")
-        if not separator:
+        if not separator and data.endswith(b"\r\n"):
+            head, body = data[:-2], b""  # the datagram ends the message (RFC 3261 18.3)
+        elif not separator:
             raise SipMessageError("no empty line after the headers")
         try:
             text = head.decode("utf-8")
@@ -165,6 +170,21 @@ class AgentSIPMessage(SIPMessage):
             self.request_uri = parts[1]
             if not parts[1] or ":" not in parts[1]:
                 raise SipMessageError(f"bad Request-URI in {line[:60]!r}")
+        elif (words := line.split()) and len(words) >= 3 and set(words[0]) <= TOKEN_CHARS and (
+            _VERSION.match(words[-1])
+        ):
+            # A request, but not as RFC 3261 25.1 spells it (extra or trailing spaces, a
+            # Request-URI with spaces, another version): answered 400 or 505 if the headers
+            # let us answer at all (RFC 4475 3.1.2.8-3.1.2.10, 3.1.2.16).
+            self.type = SIPMessageType.MESSAGE
+            self.version = words[-1]
+            self.method = words[0]
+            self.request_uri = " ".join(words[1:-1])
+            self.defects.append(
+                f"unsupported version {words[-1][:12]}"
+                if words[-1] != "SIP/2.0"
+                else "malformed Request-Line"
+            )
         else:
             raise SipMessageError(f"bad start line {line[:60]!r}")
         self.heading = line.encode()
@@ -176,11 +196,16 @@ class AgentSIPMessage(SIPMessage):
         vias = self.values("Via")
         if not vias:
             raise SipMessageError("missing Via header")
+        defects = self.defects
         try:
             self.via = [parse_via(vias[0])]
         except HeaderError as error:
-            raise SipMessageError(f"unroutable top Via: {error}") from error
-        defects = self.defects
+            # Junk parameters do not stop us answering 400 to a sent-by we can read.
+            try:
+                self.via = [parse_via(vias[0].split(";")[0])]
+            except HeaderError:
+                raise SipMessageError(f"unroutable top Via: {error}") from error
+            defects.append(f"Via: {error}")
         for value in vias[1:]:
             try:
                 self.via.append(parse_via(value))
@@ -222,10 +247,16 @@ class AgentSIPMessage(SIPMessage):
         if counts.get("Call-ID") and not self.call_id:
             defects.append("empty Call-ID")
         max_forwards = self.first("Max-Forwards")
-        if max_forwards is not None and not (max_forwards.isdigit() and len(max_forwards) < 4):
+        if max_forwards is not None and not (max_forwards.isdigit() and len(max_forwards) < 10):
             defects.append(f"bad Max-Forwards {max_forwards[:20]!r}")
-        if self.is_request and "?" in self.request_uri and self.request_uri[:4].lower() == "sip:":
-            defects.append("headers in the Request-URI")  # RFC 4475 3.1.2.10 (escruri)
+        if self.is_request and not defects:
+            try:
+                uri = check_request_uri(self.request_uri)
+            except HeaderError as error:
+                defects.append(f"Request-URI: {error}")
+            else:
+                if uri is not None and uri.headers:
+                    defects.append("headers in the Request-URI")  # RFC 4475 3.1.2.11
 
     def _checked_body(self, body: bytes) -> bytes:
         length_text = self.first("Content-Length")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The user part may hold ; ? / , (RFC 3261 25.1 user-unreserved) but never an unescaped @.
 _URI = re.compile(
-    r"^(?P<scheme>sips?):(?:(?P<user>[^@;?]+)@)?(?P<host>\[[^\]]+\]|[^:;?>]+)(?::(?P<port>\d+))?(?P<params>[^?]*)",
-    re.IGNORECASE,
+    r"^(?P<scheme>sips?):(?:(?P<user>[^@<>\s]+)@)?(?P<host>\[[^\]]+\]|[^:;?>@]+)"
+    r"(?::(?P<port>\d+))?(?P<params>[^?]*)(?:\?(?P<headers>.*))?$",
+    re.IGNORECASE | re.DOTALL,
 )
 
 
@@ -22,6 +24,7 @@ class SipUri:
     host: str
     port: int | None
     params: dict[str, str | None]
+    headers: str = ""  # the ?name=value&... part
 
     @property
     def destination(self) -> tuple[str, int]:
@@ -47,7 +50,12 @@ def parse_uri(text: str) -> SipUri:
     if port is not None and not 0 < port < 65536:
         raise UriError(f"port out of range in {text!r}")
     return SipUri(
-        match.group("scheme").lower(), match.group("user"), match.group("host"), port, params
+        match.group("scheme").lower(),
+        match.group("user"),
+        match.group("host"),
+        port,
+        params,
+        match.group("headers") or "",
     )
 
 
