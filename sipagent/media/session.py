@@ -260,7 +260,8 @@ class RtpSession:
         return self._held
 
     def update_remote(self, remote: tuple[str, int]) -> None:
-        """New SDP address (re-INVITE). Latching restarts with the next inbound packet.
+        """New SDP address (re-INVITE). If it changed, latching restarts with the next
+        inbound packet (see RtpSourceLatch.restart).
 
         ValueError (and nothing changes) unless `remote` is an IP literal of the socket's
         family with a port 1-65535.

@@ -136,7 +136,13 @@ class RtpSourceLatch:
         }
 
     def restart(self, signalled: Address) -> None:
-        """New SDP address (re-INVITE): latch afresh on the next packet."""
+        """New SDP address (re-INVITE): latch afresh on the next packet.
+
+        An unchanged address (a session refresh, hold and back) keeps the latch: starting
+        over would open the first-packet race to anyone spraying the port.
+        """
+        if signalled == self._signalled:
+            return
         self._signalled = signalled
         self._latched = None
         self._last_heard = float("-inf")

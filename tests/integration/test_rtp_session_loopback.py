@@ -319,9 +319,13 @@ async def test_symmetric_rtp_latches_to_the_packet_source(peer_factory, open_ses
     await settle()
     assert len(sdp_address_peer.received) <= count_at_sdp + 1  # at most one was in flight
 
-    harness.session.update_remote(sdp_address_peer.address)  # re-INVITE: latch again
-    assert harness.session.send_address == sdp_address_peer.address
+    harness.session.update_remote(sdp_address_peer.address)  # a session refresh: same SDP
+    assert harness.session.send_address == real_peer.address
+    moved_peer = await peer_factory()
+    harness.session.update_remote(moved_peer.address)  # re-INVITE to a new address: latch again
+    assert harness.session.send_address == moved_peer.address
     assert not harness.session.stats.latched
+    await wait_until(lambda: len(moved_peer.received) >= 3, "media to the new SDP address")
 
 
 def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[bytes]:

@@ -228,6 +228,13 @@ def test_the_sdp_address_wins_back_media_from_a_first_packet_racer() -> None:
     assert racer_verdicts == {SourceVerdict.REJECT_FOREIGN_SOURCE}
 
 
+def test_restart_with_the_same_address_keeps_the_latch() -> None:
+    latch, _ = latched_to_caller()
+    latch.restart(SDP)  # a session refresh or hold and back: same SDP address
+    assert latch.latched_address == CALLER
+    assert latch.check(ATTACKER, packet(0), 1.0) is SourceVerdict.REJECT_FOREIGN_SOURCE
+
+
 def test_restart_latches_afresh() -> None:
     latch, _ = latched_to_caller()
     moved = ("192.0.2.77", 6000)
