@@ -252,8 +252,10 @@ class RtpSession:
 
     def set_held(self, held: bool) -> None:
         """The far end put the call on hold (its offer is sendonly/inactive, our answer
-        recvonly/inactive): send nothing at all and keep the queued audio for the unhold."""
+        recvonly/inactive): send nothing at all and keep the queued audio for the unhold.
+        Its silence on hold does not let another source take the media over."""
         self._held = held
+        self._source.set_held(held, self._clock())
 
     @property
     def held(self) -> bool:

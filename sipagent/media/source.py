@@ -115,6 +115,7 @@ class RtpSourceLatch:
         self._relatch_silence = relatch_silence
         self._latched: Address | None = None
         self._last_heard = float("-inf")  # when the latched source last sent anything
+        self._held = False
         self._candidates: dict[Address, _Candidate] = {}
         self.relatches = 0
         self.rejected_foreign_source = 0
@@ -134,6 +135,13 @@ class RtpSourceLatch:
             SourceVerdict.REJECT_FOREIGN_SOURCE.value: self.rejected_foreign_source,
             SourceVerdict.REJECT_ADDRESS_FAMILY.value: self.rejected_address_family,
         }
+
+    def set_held(self, held: bool, now: float) -> None:
+        """On hold (a=sendonly/inactive) the far end may legitimately fall silent for minutes:
+        its silence proves nothing then, so no other source can take over. The silence is
+        counted afresh from the unhold."""
+        self._held = held
+        self._last_heard = max(self._last_heard, now)
 
     def restart(self, signalled: Address) -> None:
         """New SDP address (re-INVITE): latch afresh on the next packet.
@@ -166,7 +174,8 @@ class RtpSourceLatch:
             self.rejected_address_family += 1
             return SourceVerdict.REJECT_ADDRESS_FAMILY
         if self._extend_run(source, packet, now) >= self._relatch_run and (
-            source == self._signalled or now - self._last_heard >= self._relatch_silence
+            source == self._signalled
+            or (not self._held and now - self._last_heard >= self._relatch_silence)
         ):
             self._latch(source, now)
             self.relatches += 1

@@ -328,7 +328,9 @@ async def test_symmetric_rtp_latches_to_the_packet_source(peer_factory, open_ses
     await wait_until(lambda: len(moved_peer.received) >= 3, "media to the new SDP address")
 
 
-def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[bytes]:
+def dtmf_packets(
+    digit_event: int, timestamp: int, first_sequence: int, ssrc: int = 0x5EED
+) -> list[bytes]:
     durations = [(160, False), (320, False), (480, False), (640, True), (640, True), (640, True)]
     return [
         build_rtp(
@@ -336,7 +338,7 @@ def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[
                 payload_type=TELEPHONE_EVENT,
                 sequence=(first_sequence + i) % 65536,
                 timestamp=timestamp,
-                ssrc=0x5EED,
+                ssrc=ssrc,
                 marker=i == 0,
                 payload=struct.pack("!BBH", digit_event, (0x80 if end else 0) | 10, duration),
             )
@@ -502,6 +504,24 @@ async def test_a_hijacker_gets_nothing_while_the_caller_is_live(
     assert stats.send_address == caller.address
     assert stats.dropped["rejected_foreign_source"] == attack_packets
     assert stats.relatches == 0
+
+
+async def test_a_foreign_source_cannot_press_keys(peer_factory, open_session) -> None:
+    caller = await peer_factory()
+    attacker = await peer_factory("127.0.0.2")
+    harness = await open_session(caller.address)
+    async with streaming(caller, harness.address, ssrc=0x5EED):
+        await wait_until(lambda: len(harness.audio) >= 5, "the caller's audio at the agent")
+        before = harness.session.stats.datagrams_in
+        keypress = dtmf_packets(0, timestamp=160, first_sequence=1, ssrc=0xBAD)  # "0": a human
+        for datagram in keypress:
+            attacker.send(datagram, harness.address)
+        await wait_until(
+            lambda: harness.session.stats.datagrams_in >= before + len(keypress) + 5,
+            "the key press and more of the caller's stream handled",
+        )
+    assert harness.digits == []
+    assert harness.session.stats.dropped["rejected_foreign_source"] == len(keypress)
 
 
 async def test_after_the_caller_falls_silent_a_proper_run_from_a_new_source_takes_over(

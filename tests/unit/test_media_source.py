@@ -228,6 +228,21 @@ def test_the_sdp_address_wins_back_media_from_a_first_packet_racer() -> None:
     assert racer_verdicts == {SourceVerdict.REJECT_FOREIGN_SOURCE}
 
 
+def test_no_other_source_takes_over_while_the_caller_is_on_hold() -> None:
+    """On hold (a=inactive) the caller sends nothing for minutes: that silence proves nothing."""
+    latch, _ = latched_to_caller()
+    latch.set_held(True, now=1.0)
+    newcomer = Stream(ATTACKER, ssrc=0xBAD, start=100.0)
+    assert {newcomer.send(latch) for _ in range(500)} == {SourceVerdict.REJECT_FOREIGN_SOURCE}
+    unheld_at = 110.0
+    latch.set_held(False, now=unheld_at)
+    # After the unhold the caller gets a fresh silence allowance before anyone may take over.
+    verdicts = [(at, newcomer.send(latch)) for at in newcomer.times(200)]
+    relatched_at = [at for at, verdict in verdicts if verdict is SourceVerdict.RELATCHED]
+    assert relatched_at
+    assert relatched_at[0] - unheld_at >= RELATCH_SILENCE
+
+
 def test_restart_with_the_same_address_keeps_the_latch() -> None:
     latch, _ = latched_to_caller()
     latch.restart(SDP)  # a session refresh or hold and back: same SDP address
