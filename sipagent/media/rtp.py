@@ -212,6 +212,12 @@ class InboundRtpFilter:
         self._candidate_ssrc: int | None = None
         self._candidate_count = 0
 
+    def reset(self) -> None:
+        """Forget the locked stream (media moved to another source): lock on the next packet."""
+        self.locked_ssrc = None
+        self._candidate_ssrc = None
+        self._candidate_count = 0
+
     def accept(self, packet: RtpPacket) -> FilterVerdict:
         if packet.payload_type not in self.allowed_payload_types:
             self.dropped_payload_type += 1

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, PCMU, from_wire, silence_frame, to_wire
+from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, G711Codec, codec_named, static_codec
 from sipagent.media.dtmf import DtmfDetector, DtmfSender
 from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
 from sipagent.media.playout import FlushResult, FramePacer, PlayoutQueue
@@ -30,14 +30,13 @@ from sipagent.media.rtp import (
     RtpParseError,
     parse_rtp,
 )
+from sipagent.media.source import Address, RtpSourceLatch, SourceVerdict, validate_remote
 
 logger = logging.getLogger(__name__)
 
 FRAME_INTERVAL: Final = 0.02
 _LOG_INTERVAL: Final = 5.0  # seconds between repeated log lines of one kind
 _LATENESS_SAMPLES: Final = 3000  # the last minute of ticks
-
-Address = tuple[str, int]
 
 
 class _LogRateLimiter:
@@ -63,11 +62,14 @@ class RtpSessionStats:
     remote: Address  # from SDP
     send_address: Address  # where media actually goes (the latched source, if any)
     latched: bool
+    relatches: int  # times media moved to a new source after the first latch
     datagrams_in: int
     packets_in: int  # accepted RTP packets
     packets_out: int
     octets_out: int  # payload octets
-    dropped: dict[str, int]  # inbound datagrams dropped, by reason
+    # Inbound datagrams dropped, by reason; rejected sources (RtpSourceLatch) count as
+    # "rejected_foreign_source" and "rejected_address_family".
+    dropped: dict[str, int]
     jitter: JitterStats
     dtmf_digits: int
     frames_skipped: int  # outgoing frame slots given up after the tick stalled
@@ -87,6 +89,9 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         # ICMP errors (e.g. port unreachable before the far end listens) are routine.
         self._session._log_limited("socket_error", "socket error: %s", exc)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session._on_connection_lost(exc)
+
 
 class RtpSession:
     """RTP media of one call. Create with `await RtpSession.open(...)`."""
@@ -101,25 +106,31 @@ class RtpSession:
         on_dtmf: Callable[[str], None] | None,
         clock: Callable[[], float],
         call_id: str,
+        codec: G711Codec,
+        family: int = socket.AF_INET,
+        on_transport_lost: Callable[[str], None] | None = None,
     ) -> None:
         if telephone_event_pt == payload_type:
             raise ValueError("telephone-event and audio need distinct payload types")
         self.call_id = call_id
-        self._remote = remote
-        self._latched_address: Address | None = None
+        self._family = family
+        self._remote = validate_remote(remote, family)
         self._payload_type = payload_type
+        self._codec = codec
         self._telephone_event_pt = telephone_event_pt
         self._on_audio = on_audio
         self._on_dtmf = on_dtmf
+        self._on_transport_lost = on_transport_lost
         self._clock = clock
 
         self._queue = PlayoutQueue()
         self._packetizer = RtpPacketizer(payload_type)
-        self._wire_silence = silence_frame(payload_type)
+        self._wire_silence = codec.silence_frame()
         allowed = {payload_type}
         if telephone_event_pt is not None:
             allowed.add(telephone_event_pt)
         self._filter = InboundRtpFilter(allowed)
+        self._source = RtpSourceLatch(self._remote, allowed)
         # Inbound audio goes to STT/VAD, not to a loudspeaker: deliver it as soon as it is in
         # sequence; only a gap waits (up to the adaptive delay) for reordered packets.
         self._jitter_buffer = JitterBuffer(eager=True)
@@ -132,6 +143,7 @@ class RtpSession:
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._transport_lost = False
         self._held = False
         self.recorder: TwoChannelRecorder | None = None  # set to record the call (debugging)
         self.talkspurt_started_at: float | None = None
@@ -156,29 +168,46 @@ class RtpSession:
         on_dtmf: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
         call_id: str = "",
+        codec: str | None = None,
+        on_transport_lost: Callable[[str], None] | None = None,
     ) -> RtpSession:
         """Start media on a bound, non-blocking UDP socket (see RtpPortAllocator).
 
-        `remote` is the SDP address (an IP literal: it is not resolved). `on_audio`
-        gets 160-byte mu-law frames (PCMA is transcoded). `clock` supplies monotonic
-        seconds for timing decisions and defaults to the loop's clock; the tick still
-        sleeps on the event loop. `close()` closes the socket; releasing the port in
-        the allocator is the caller's job.
+        `remote` is the SDP address: an IP literal of the socket's family and a port
+        1-65535, else ValueError (names are not resolved). `codec` is the negotiated
+        encoding name ("PCMU"/"PCMA"), which a dynamic `payload_type` needs; None takes it
+        from the static payload type (0/8). `on_audio` gets 160-byte mu-law frames (PCMA
+        is transcoded). `on_transport_lost` is called once, with a reason, if the socket
+        dies under the session (the call is then silent for good: end it). `clock`
+        supplies monotonic seconds for timing decisions and defaults to the loop's clock;
+        the tick still sleeps on the event loop.
+
+        The session owns `sock` from here on: `close()` closes it, and so does a failed
+        open. Releasing the port in the allocator is the caller's job.
         """
         loop = asyncio.get_running_loop()
-        session = cls(
-            remote=remote,
-            payload_type=payload_type,
-            telephone_event_pt=telephone_event_pt,
-            on_audio=on_audio,
-            on_dtmf=on_dtmf,
-            clock=clock or loop.time,
-            call_id=call_id,
-        )
-        transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(session), sock=sock)
+        try:
+            session = cls(
+                remote=remote,
+                payload_type=payload_type,
+                telephone_event_pt=telephone_event_pt,
+                on_audio=on_audio,
+                on_dtmf=on_dtmf,
+                clock=clock or loop.time,
+                call_id=call_id,
+                codec=static_codec(payload_type) if codec is None else codec_named(codec),
+                family=sock.family,
+                on_transport_lost=on_transport_lost,
+            )
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(session), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
         session._transport = transport
         session._task = loop.create_task(session._run(), name=f"rtp-tick-{call_id}")
-        logger.debug("[%s] RTP session open, sending to %s:%d", call_id, *remote)
+        logger.debug("[%s] RTP session open, sending to %s:%d", call_id, *session._remote)
         return session
 
     # ------------------------------------------------------------- public API
@@ -223,17 +252,24 @@ class RtpSession:
 
     def set_held(self, held: bool) -> None:
         """The far end put the call on hold (its offer is sendonly/inactive, our answer
-        recvonly/inactive): send nothing at all and keep the queued audio for the unhold."""
+        recvonly/inactive): send nothing at all and keep the queued audio for the unhold.
+        Its silence on hold does not let another source take the media over."""
         self._held = held
+        self._source.set_held(held, self._clock())
 
     @property
     def held(self) -> bool:
         return self._held
 
     def update_remote(self, remote: tuple[str, int]) -> None:
-        """New SDP address (re-INVITE). Latching restarts with the next inbound packet."""
-        self._remote = remote
-        self._latched_address = None
+        """New SDP address (re-INVITE). If it changed, latching restarts with the next
+        inbound packet (see RtpSourceLatch.restart).
+
+        ValueError (and nothing changes) unless `remote` is an IP literal of the socket's
+        family with a port 1-65535.
+        """
+        self._remote = validate_remote(remote, self._family)
+        self._source.restart(self._remote)
 
     @property
     def sent_audio_ms(self) -> float:
@@ -249,7 +285,7 @@ class RtpSession:
 
     @property
     def send_address(self) -> Address:
-        return self._latched_address or self._remote
+        return self._source.send_address
 
     @property
     def local_address(self) -> Address | None:
@@ -264,11 +300,13 @@ class RtpSession:
         p99 = lateness[min(len(lateness) - 1, int(len(lateness) * 0.99))] if lateness else 0.0
         dropped = dict(self._parse_drops)
         dropped.update(self._filter.dropped)
+        dropped.update(self._source.rejected)
         return RtpSessionStats(
             call_id=self.call_id,
             remote=self._remote,
             send_address=self.send_address,
-            latched=self._latched_address is not None,
+            latched=self._source.latched_address is not None,
+            relatches=self._source.relatches,
             datagrams_in=self._datagrams_in,
             packets_in=self._packets_in,
             packets_out=self._packetizer.packets_sent,
@@ -357,7 +395,7 @@ class RtpSession:
         frame = self._queue.next_frame()
         if self.recorder is not None:
             self.recorder.agent_frame(frame.payload)
-        wire = to_wire(frame.payload, self._payload_type) if frame.voiced else self._wire_silence
+        wire = self._codec.to_wire(frame.payload) if frame.voiced else self._wire_silence
         datagram = self._packetizer.packetize(wire, marker=frame.marker)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(datagram, self.send_address)
@@ -412,6 +450,29 @@ class RtpSession:
                 error,
             )
             return
+        source_verdict = self._source.check(source, packet, now)
+        if not source_verdict.accepted:
+            # Never played nor answered: such packets may be an attempt to inject audio or
+            # to pull the call's media elsewhere.
+            self._log_limited(
+                f"reject:{source_verdict.value}",
+                "rejected RTP from %s: %s (media stays with %s, ssrc=%#010x)",
+                source,
+                source_verdict.value,
+                self.send_address,
+                packet.ssrc,
+                level=logging.WARNING,
+            )
+            return
+        if source_verdict is SourceVerdict.RELATCHED:
+            logger.warning(
+                "[%s] RTP source moved to %s:%d after the previous one fell silent",
+                self.call_id,
+                *source,
+            )
+            self._filter.reset()  # the new source's stream is locked by this packet
+        elif source_verdict is SourceVerdict.LATCHED:
+            logger.debug("[%s] RTP latched to %s:%d", self.call_id, *source)
         verdict = self._filter.accept(packet)
         if not verdict.accepted:
             self._log_limited(
@@ -430,9 +491,6 @@ class RtpSession:
                 self._jitter_buffer.reset()
                 self._inbound_partial.clear()
             self._streams_seen += 1
-            self._latch(source)
-        elif self._latched_address is None:
-            self._latch(source)
 
         if packet.payload_type == self._telephone_event_pt:
             self._jitter_buffer.push_non_audio(packet, now)
@@ -444,26 +502,42 @@ class RtpSession:
                     self._callback_errors += 1
                     self._log_limited("on_dtmf", "on_dtmf callback failed", exc_info=True)
             return
-        if self._payload_type != PCMU:
-            packet = dataclasses.replace(
-                packet, payload=from_wire(packet.payload, self._payload_type)
-            )
+        if self._codec.transcodes:
+            packet = dataclasses.replace(packet, payload=self._codec.from_wire(packet.payload))
         self._jitter_buffer.push(packet, now)
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
 
-    def _latch(self, source: Address) -> None:
-        # Symmetric RTP (RFC 4961, "comedia"): answer where the media comes from, which
-        # is what gets through NATs that rewrite the address the SDP announced.
-        if source != self._latched_address:
-            logger.debug("[%s] RTP latched to %s:%d", self.call_id, *source)
-        self._latched_address = source
+    def _on_connection_lost(self, exc: Exception | None) -> None:
+        if self._closed or self._transport_lost:
+            return  # our own close()
+        # asyncio closed the socket under us (e.g. a send raised something other than
+        # OSError): nothing can be sent or received any more, so the call must end.
+        self._transport_lost = True
+        reason = f"RTP socket lost: {exc!r}" if exc is not None else "RTP socket closed"
+        logger.warning("[%s] %s", self.call_id, reason)
+        if self._on_transport_lost is not None:
+            try:
+                self._on_transport_lost(reason)
+            except Exception:
+                self._callback_errors += 1
+                self._log_limited(
+                    "on_transport_lost", "on_transport_lost callback failed", exc_info=True
+                )
 
-    def _log_limited(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+    def _log_limited(
+        self,
+        key: str,
+        message: str,
+        *args: object,
+        exc_info: bool = False,
+        level: int = logging.DEBUG,
+    ) -> None:
         suppressed = self._log_limiter.allow(key, self._clock())
         if suppressed is None:
             return
         if suppressed:
             message += f" ({suppressed} similar suppressed)"
-        level = logging.WARNING if exc_info else logging.DEBUG
+        if exc_info:
+            level = logging.WARNING
         logger.log(level, f"[%s] {message}", self.call_id, *args, exc_info=exc_info)

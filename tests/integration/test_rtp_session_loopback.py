@@ -5,11 +5,14 @@ delivered, never about how long it took.
 """
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -27,9 +30,10 @@ def pattern_frame(index: int) -> bytes:
     return struct.pack("!H", index) + bytes((index * 3 + i) % 240 for i in range(158))
 
 
-def udp_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+def udp_socket(host: str = "127.0.0.1", sock_class: type[socket.socket] = socket.socket):
+    # Linux routes all of 127.0.0.0/8 on lo: 127.0.0.2 is a distinct source on this host.
+    sock = sock_class(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
     sock.setblocking(False)
     return sock
 
@@ -85,8 +89,8 @@ async def peer_factory() -> AsyncIterator[Callable[[], Awaitable[Peer]]]:
     loop = asyncio.get_running_loop()
     transports: list[asyncio.DatagramTransport] = []
 
-    async def make() -> Peer:
-        sock = udp_socket()
+    async def make(host: str = "127.0.0.1") -> Peer:
+        sock = udp_socket(host)
         peer = Peer(sock)
         transport, _ = await loop.create_datagram_endpoint(lambda: peer, sock=sock)
         transports.append(transport)
@@ -113,10 +117,12 @@ async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
         remote: tuple[str, int],
         payload_type: int = 0,
         on_audio: Callable[[bytes], None] | None = None,
+        sock: socket.socket | None = None,
+        **options: Any,
     ) -> Harness:
         audio: list[bytes] = []
         digits: list[str] = []
-        sock = udp_socket()
+        sock = sock or udp_socket()
         address = sock.getsockname()
         session = await RtpSession.open(
             sock=sock,
@@ -126,6 +132,7 @@ async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
             on_audio=on_audio or audio.append,
             on_dtmf=digits.append,
             call_id="loopback",
+            **options,
         )
         sessions.append(session)
         return Harness(session, address, audio, digits)
@@ -135,15 +142,22 @@ async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
         await session.close()
 
 
-def audio_packet(index: int, *, ssrc: int = 0x5EED, first_sequence: int = 65_500) -> bytes:
+def audio_packet(
+    index: int,
+    *,
+    ssrc: int = 0x5EED,
+    first_sequence: int = 65_500,
+    payload_type: int = 0,
+    payload: bytes | None = None,
+) -> bytes:
     return build_rtp(
         RtpPacket(
-            payload_type=0,
+            payload_type=payload_type,
             sequence=(first_sequence + index) % 65536,
             timestamp=(3_000_000 + index * 160) % 2**32,
             ssrc=ssrc,
             marker=index == 0,
-            payload=pattern_frame(index),
+            payload=pattern_frame(index) if payload is None else payload,
         )
     )
 
@@ -305,12 +319,18 @@ async def test_symmetric_rtp_latches_to_the_packet_source(peer_factory, open_ses
     await settle()
     assert len(sdp_address_peer.received) <= count_at_sdp + 1  # at most one was in flight
 
-    harness.session.update_remote(sdp_address_peer.address)  # re-INVITE: latch again
-    assert harness.session.send_address == sdp_address_peer.address
+    harness.session.update_remote(sdp_address_peer.address)  # a session refresh: same SDP
+    assert harness.session.send_address == real_peer.address
+    moved_peer = await peer_factory()
+    harness.session.update_remote(moved_peer.address)  # re-INVITE to a new address: latch again
+    assert harness.session.send_address == moved_peer.address
     assert not harness.session.stats.latched
+    await wait_until(lambda: len(moved_peer.received) >= 3, "media to the new SDP address")
 
 
-def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[bytes]:
+def dtmf_packets(
+    digit_event: int, timestamp: int, first_sequence: int, ssrc: int = 0x5EED
+) -> list[bytes]:
     durations = [(160, False), (320, False), (480, False), (640, True), (640, True), (640, True)]
     return [
         build_rtp(
@@ -318,7 +338,7 @@ def dtmf_packets(digit_event: int, timestamp: int, first_sequence: int) -> list[
                 payload_type=TELEPHONE_EVENT,
                 sequence=(first_sequence + i) % 65536,
                 timestamp=timestamp,
-                ssrc=0x5EED,
+                ssrc=ssrc,
                 marker=i == 0,
                 payload=struct.pack("!BBH", digit_event, (0x80 if end else 0) | 10, duration),
             )
@@ -403,3 +423,245 @@ async def test_close_is_idempotent_and_stops_sending(peer_factory, open_session)
     count = len(peer.received)
     await settle()
     assert len(peer.received) == count
+
+
+async def test_hold_sends_nothing_and_unhold_plays_what_was_queued(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    await wait_until(lambda: len(peer.received) >= 3, "media before the hold")
+    session.set_held(True)
+    count_at_hold = len(peer.received)
+    session.play(b"".join(pattern_frame(i) for i in range(10)))
+    await settle(20)
+    assert len(peer.received) <= count_at_hold + 1  # at most one was in flight
+    session.set_held(False)
+    await wait_until(lambda: len(peer.voiced()) >= 10, "the queued audio after the unhold")
+    assert [p.payload for p in peer.voiced()] == [pattern_frame(i) for i in range(10)]
+
+
+# ------------------------------------------------------------------- hostile network (issue 9)
+
+ATTACK = b"\x42" * 160  # what an attacker would inject into the call (never a pattern frame)
+
+
+@asynccontextmanager
+async def streaming(
+    peer: Peer, to: tuple[str, int], *, ssrc: int, first_index: int = 0
+) -> AsyncIterator[list[int]]:
+    """`peer` streams pattern frames to `to` in real time (one per 20 ms) inside the block.
+    Yields [next index], which says how far the stream has got."""
+    position = [first_index]
+
+    async def run() -> None:
+        while True:
+            peer.send(audio_packet(position[0], ssrc=ssrc, first_sequence=100), to)
+            position[0] += 1
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(run())
+    try:
+        yield position
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def frame_index(frame: bytes) -> int:
+    return struct.unpack_from("!H", frame)[0]
+
+
+@pytest.mark.parametrize(
+    ("attack_packets", "paced"), [(3, False), (10, False), (100, False), (100, True)]
+)
+async def test_a_hijacker_gets_nothing_while_the_caller_is_live(
+    peer_factory, open_session, attack_packets: int, paced: bool
+) -> None:
+    caller = await peer_factory()
+    attacker = await peer_factory("127.0.0.2")
+    harness = await open_session(caller.address)
+    async with streaming(caller, harness.address, ssrc=0xCA11):
+        await wait_until(lambda: len(harness.audio) >= 5, "the caller's audio at the agent")
+        received_by_caller = len(caller.received)
+        before = harness.session.stats.datagrams_in
+        for index in range(attack_packets):  # a well-formed stream of its own
+            attacker.send(audio_packet(index, ssrc=0xBAD, payload=ATTACK), harness.address)
+            if paced:
+                await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: harness.session.stats.datagrams_in >= before + attack_packets + 5,
+            "the attack and more of the caller's stream handled",
+        )
+        await settle()
+        assert len(caller.received) > received_by_caller + 5  # the caller still hears the agent
+
+    assert attacker.received == []
+    assert ATTACK not in harness.audio
+    stats = harness.session.stats
+    assert stats.send_address == caller.address
+    assert stats.dropped["rejected_foreign_source"] == attack_packets
+    assert stats.relatches == 0
+
+
+async def test_a_foreign_source_cannot_press_keys(peer_factory, open_session) -> None:
+    caller = await peer_factory()
+    attacker = await peer_factory("127.0.0.2")
+    harness = await open_session(caller.address)
+    async with streaming(caller, harness.address, ssrc=0x5EED):
+        await wait_until(lambda: len(harness.audio) >= 5, "the caller's audio at the agent")
+        before = harness.session.stats.datagrams_in
+        keypress = dtmf_packets(0, timestamp=160, first_sequence=1, ssrc=0xBAD)  # "0": a human
+        for datagram in keypress:
+            attacker.send(datagram, harness.address)
+        await wait_until(
+            lambda: harness.session.stats.datagrams_in >= before + len(keypress) + 5,
+            "the key press and more of the caller's stream handled",
+        )
+    assert harness.digits == []
+    assert harness.session.stats.dropped["rejected_foreign_source"] == len(keypress)
+
+
+async def test_after_the_caller_falls_silent_a_proper_run_from_a_new_source_takes_over(
+    peer_factory, open_session
+) -> None:
+    """A NAT rebinding: the caller's stream goes on, same SSRC, from a new port."""
+    caller = await peer_factory()
+    rebound = await peer_factory("127.0.0.3")
+    harness = await open_session(caller.address)
+    async with streaming(caller, harness.address, ssrc=0xCA11) as position:
+        await wait_until(lambda: len(harness.audio) >= 10, "the caller's audio at the agent")
+    first_rebound_index = position[0]
+    async with streaming(
+        rebound, harness.address, ssrc=0xCA11, first_index=first_rebound_index
+    ) as position:
+        await wait_until(lambda: position[0] >= first_rebound_index + 25, "0.5 s of silence")
+        assert rebound.received == []  # the old source is not silent long enough yet
+        await wait_until(lambda: bool(rebound.received), "media moved to the new source")
+        audio_at_relatch = len(harness.audio)
+        received_by_caller = len(caller.received)
+        await wait_until(
+            lambda: len(harness.audio) >= audio_at_relatch + 10, "the new source's audio"
+        )
+    stats = harness.session.stats
+    assert stats.send_address == rebound.address
+    assert stats.relatches == 1
+    assert len(caller.received) <= received_by_caller + 1  # at most one was in flight
+    new_frames = [frame_index(f) for f in harness.audio[audio_at_relatch:]]
+    assert new_frames == list(range(new_frames[0], new_frames[0] + len(new_frames)))
+    assert new_frames[0] > first_rebound_index  # the run before the re-latch was not played
+
+
+async def test_a_new_ssrc_from_the_latched_address_is_followed(peer_factory, open_session) -> None:
+    """A phone restart or a B2BUA switching streams: same address, new SSRC."""
+    caller = await peer_factory()
+    harness = await open_session(caller.address)
+    for index in range(10):
+        caller.send(audio_packet(index, ssrc=0x1111), harness.address)
+    for index in range(10, 20):
+        caller.send(audio_packet(index, ssrc=0x2222, first_sequence=7), harness.address)
+    await wait_until(lambda: pattern_frame(19) in harness.audio, "the new stream's audio")
+    assert harness.session.stats.send_address == caller.address
+    assert harness.session.stats.relatches == 0
+
+
+class BreakableSocket(socket.socket):
+    """A UDP socket whose sendto raises what a bad address makes it raise, once broken."""
+
+    broken = False
+
+    def sendto(self, *args: Any) -> int:
+        if self.broken:
+            raise OverflowError("sendto(): port must be 0-65535.")
+        return super().sendto(*args)
+
+
+async def test_a_lost_transport_is_reported_exactly_once(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    lost: list[str] = []
+    sock = udp_socket(sock_class=BreakableSocket)
+    harness = await open_session(peer.address, sock=sock, on_transport_lost=lost.append)
+    await wait_until(lambda: len(peer.received) >= 3, "media before the failure")
+    sock.broken = True  # asyncio closes the transport on a non-OSError from sendto
+    await wait_until(lambda: bool(lost), "the loss reported")
+    await settle()
+    await harness.session.close()
+    assert len(lost) == 1
+    assert "OverflowError" in lost[0]
+
+
+async def test_our_own_close_is_not_a_lost_transport(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    lost: list[str] = []
+    harness = await open_session(peer.address, on_transport_lost=lost.append)
+    await wait_until(lambda: len(peer.received) >= 3, "media")
+    await harness.session.close()
+    await settle()
+    assert lost == []
+
+
+BAD_REMOTES = [
+    pytest.param(("127.0.0.1", 65536), id="port 65536"),
+    pytest.param(("127.0.0.1", 0), id="port 0"),
+    pytest.param(("slow.example.com", 4000), id="host name"),
+    pytest.param(("fd00::2", 4000), id="IPv6 on an IPv4 socket"),
+    pytest.param(("127.0.0.1\x00", 4000), id="NUL byte"),
+]
+
+
+@pytest.mark.parametrize("remote", BAD_REMOTES)
+async def test_a_bad_remote_is_refused_at_open(open_session, remote) -> None:
+    sock = udp_socket()
+    with pytest.raises(ValueError):
+        await open_session(remote, sock=sock)
+    assert sock.fileno() == -1  # the session owned it: not leaked
+
+
+@pytest.mark.parametrize("remote", BAD_REMOTES)
+async def test_a_bad_remote_is_refused_at_update_remote(peer_factory, open_session, remote) -> None:
+    peer = await peer_factory()
+    lost: list[str] = []
+    harness = await open_session(peer.address, on_transport_lost=lost.append)
+    with pytest.raises(ValueError):
+        harness.session.update_remote(remote)
+    assert harness.session.send_address == peer.address
+    count = len(peer.received)
+    await wait_until(lambda: len(peer.received) >= count + 5, "media still flowing")
+    assert lost == []
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "codec", "wire"),
+    [
+        pytest.param(96, "PCMU", lambda frame: frame, id="PT 96 PCMU"),
+        pytest.param(97, "PCMA", lambda frame: to_wire(frame, PCMA), id="PT 97 PCMA"),
+    ],
+)
+async def test_a_dynamic_payload_type_carries_the_codec_named_in_the_sdp(
+    peer_factory, open_session, payload_type: int, codec: str, wire
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address, payload_type=payload_type, codec=codec)
+    frames = [pattern_frame(i) for i in range(5)]
+    for index, frame in enumerate(frames):
+        peer.send(
+            audio_packet(index, payload_type=payload_type, payload=wire(frame)), harness.address
+        )
+    harness.session.play(b"".join(frames))
+    silence = wire(SILENCE)
+    await wait_until(lambda: len(harness.audio) >= 5, "inbound audio")
+    await wait_until(
+        lambda: sum(r.packet.payload != silence for r in peer.received) >= 5, "outbound audio"
+    )
+    await wait_until(lambda: peer.received[-1].packet.payload == silence, "silence after it")
+    assert harness.audio == [from_wire(wire(f), PCMA) if codec == "PCMA" else f for f in frames]
+    assert {r.packet.payload_type for r in peer.received} == {payload_type}
+    outbound = [r.packet.payload for r in peer.received if r.packet.payload != silence]
+    assert outbound == [wire(f) for f in frames]
+
+
+async def test_a_dynamic_payload_type_without_a_codec_name_is_refused(open_session) -> None:
+    with pytest.raises(ValueError):
+        await open_session(("127.0.0.1", 4000), payload_type=96)

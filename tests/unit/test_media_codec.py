@@ -68,3 +68,21 @@ def test_attenuate_halves_amplitude() -> None:
     assert (
         audioop.max(audioop.ulaw2lin(quiet, 2), 2) < audioop.max(audioop.ulaw2lin(loud, 2), 2) * 0.6
     )
+
+
+def test_codecs_are_known_by_name_whatever_the_payload_type() -> None:
+    # An SDP may map any dynamic payload type to either (a=rtpmap:96 PCMU/8000).
+    assert codec.codec_named("PCMU") is codec.static_codec(codec.PCMU)
+    assert codec.codec_named("pcma") is codec.static_codec(codec.PCMA)
+    mulaw = bytes(range(256))
+    pcma = codec.codec_named("PCMA")
+    assert pcma.to_wire(mulaw) == codec.to_wire(mulaw, codec.PCMA)
+    assert pcma.from_wire(pcma.to_wire(mulaw)) == codec.from_wire(pcma.to_wire(mulaw), codec.PCMA)
+    assert pcma.silence_frame() == b"\xd5" * 160
+    assert codec.codec_named("PCMU").to_wire(mulaw) is mulaw
+
+
+@pytest.mark.parametrize("name", ["G729", "", "PCMU/8000", "L16"])
+def test_unsupported_codec_name(name: str) -> None:
+    with pytest.raises(codec.UnsupportedCodecError):
+        codec.codec_named(name)

@@ -195,6 +195,17 @@ def test_filter_relocks_after_consecutive_packets_of_new_ssrc() -> None:
     assert rtp_filter.dropped == {"drop_payload_type": 0, "drop_foreign_ssrc": 5}
 
 
+def test_filter_reset_locks_on_the_next_packet() -> None:
+    # Media moved to another source (RtpSourceLatch): its stream is taken at once.
+    rtp_filter = InboundRtpFilter({0}, relock_after=3)
+    rtp_filter.accept(packet(ssrc=1))
+    rtp_filter.accept(packet(ssrc=2))
+    rtp_filter.reset()
+    assert rtp_filter.accept(packet(ssrc=3)) is FilterVerdict.ACCEPT_NEW_STREAM
+    assert rtp_filter.accept(packet(ssrc=2)) is FilterVerdict.DROP_FOREIGN_SSRC
+    assert rtp_filter.accept(packet(ssrc=2)) is FilterVerdict.DROP_FOREIGN_SSRC  # count restarted
+
+
 def test_filter_verdict_truthiness() -> None:
     assert FilterVerdict.ACCEPT and FilterVerdict.ACCEPT_NEW_STREAM
     assert not FilterVerdict.DROP_PAYLOAD_TYPE
