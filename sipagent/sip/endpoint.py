@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from sipagent.logcontext import current_call_id
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
+from sipagent.media.source import validate_remote
 from sipagent.sip.admission import AdmissionLimits, InviteAdmission
 from sipagent.sip.call import Call, CallState, ServerInviteTransaction
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
@@ -40,6 +42,7 @@ from sipagent.sip.sdp import (
     NoCommonCodec,
     NotAcceptableHere,
     SdpError,
+    UnusableAddress,
     build_answer,
     build_offer,
     negotiate,
@@ -68,6 +71,17 @@ BODY_TYPES = {
 }
 TRANSPORT_REOPEN_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0)  # then every 2 s
 HALF_OPEN_GRACE = 2.0  # an ACK later than this after our 200 OK: the dialog may be evicted
+
+
+def _usable(media: NegotiatedMedia) -> NegotiatedMedia:
+    """The media address must be one an IPv4 RTP socket can send to (not multicast, not
+    port 0), or be the 0.0.0.0 of an RFC 2543 hold: else 488, before anything is answered."""
+    if media.remote_address != "0.0.0.0":
+        try:
+            validate_remote((media.remote_address, media.remote_port), socket.AF_INET)
+        except ValueError as error:
+            raise UnusableAddress(str(error)) from error
+    return media
 
 
 def _caller_name(request: AgentSIPMessage) -> str:
@@ -681,7 +695,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
             if not sdp:
                 raise NoCommonCodec("no SDP offer in INVITE (late offer is not supported)")
-            media = negotiate(parse_audio_offer(sdp))
+            media = _usable(negotiate(parse_audio_offer(sdp)))
         except (SdpError, UriError) as error:
             log.warning("rejecting INVITE %s: %s", request.call_id, error)
             self._reject_invite(request, 400, "Bad Request", extra_headers=_warning(str(error)))
@@ -836,6 +850,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         finally:
             self._error_transactions.pop(transaction.branch, None)
 
+    def _media_lost(self, call: Call, reason: str) -> None:
+        """The call's RTP socket died (asyncio closed it): the call is silent for good, so it
+        is ended with a BYE rather than left up and mute."""
+        if call.state != CallState.ENDED:
+            log.warning("call %s: media lost (%s), hanging up", call.call_id, reason)
+            self._spawn(self.hangup(call, f"media lost: {reason}"), call.call_id)
+
     async def _answer(self, call: Call, received_at: float) -> None:
         assert self.client is not None
         try:
@@ -867,6 +888,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             on_audio=call.deliver_audio,
             on_dtmf=call.deliver_digit,
             call_id=call.call_id,
+            codec=call.media.codec,
+            on_transport_lost=lambda reason: self._media_lost(call, reason),
         )
         call.set_held(call.media.on_hold)
         self._start_recording(call)
@@ -962,7 +985,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if request.content:
             try:
                 sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
-                media = negotiate(parse_audio_offer(sdp))
+                media = _usable(negotiate(parse_audio_offer(sdp)))
             except (SdpError, NotAcceptableHere) as error:
                 self._respond(
                     request, 488, reason="Not Acceptable Here", extra_headers=_warning(str(error))
@@ -976,7 +999,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def _apply_remote_sdp(self, call: Call, request: AgentSIPMessage) -> None:
         try:
             sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
-            self._update_media(call, negotiate(parse_audio_offer(sdp)))
+            self._update_media(call, _usable(negotiate(parse_audio_offer(sdp))))
         except (SdpError, NotAcceptableHere) as error:
             log.warning("call %s: ignoring unusable SDP in ACK: %s", call.call_id, error)
 
@@ -1196,6 +1219,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             on_audio=call.deliver_audio,
             on_dtmf=call.deliver_digit,
             call_id=call.call_id,
+            codec=media.codec,
+            on_transport_lost=lambda reason: self._media_lost(call, reason),
         )
         self._start_recording(call)
         call.state = CallState.CONFIRMED

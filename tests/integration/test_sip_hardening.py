@@ -139,6 +139,7 @@ SDP_PCMU = sdp(40000).replace("RTP/AVP 8 0", "RTP/AVP 0")
         ("c-hostname", SDP_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 slow.example.com"), 488),
         ("c-ipv6", SDP_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP6 fd00::2"), 488),
         ("c-nul", SDP_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.\x00.1"), 488),
+        ("c-multicast", SDP_PCMU.replace("c=IN IP4 127.0.0.1", "c=IN IP4 224.0.0.9"), 488),
         ("no-codec", SDP_PCMU.replace("RTP/AVP 0", "RTP/AVP 9"), 488),
     ],
 )  # fmt: skip
@@ -303,3 +304,23 @@ async def test_hold_sends_nothing_and_unhold_continues_where_it_stopped(tmp_path
                          call_id="hold"), agent.local_address)  # fmt: skip
         await wait_until(lambda: not agent.calls, 2, "call ended")
     media.close()
+
+
+async def test_a_call_whose_media_dies_is_ended_with_a_bye():
+    """Once: the RTP socket closed under a live call, which then stayed up and silent."""
+    async with running_agent(app="echo") as agent:
+        uac = MiniUac()
+        port = agent.local_address[1]
+        uac.send(invite(uac, port, SDP_PCMU, call_id="dies"), agent.local_address)
+        await uac.collect(0.3)
+        ok = next(m for m in uac.received if m.status_code == 200)
+        uac.send(request("ACK", uac, port, cseq=1, to_tag=ok.to_tag or "", branch="z9hG4bKa",
+                         call_id="dies"), agent.local_address)  # fmt: skip
+        await wait_until(lambda: agent.calls["dies"].session is not None, 2, "media up")
+        session = agent.calls["dies"].session
+        assert session is not None and session._transport is not None
+        session._transport.sendto(b"x", ("127.0.0.1", 65536))  # asyncio closes the socket
+        uac.received.clear()
+        await uac.collect(1.0)
+        assert any(m.is_request and m.method == "BYE" for m in uac.received)
+        assert agent.ended_calls[-1].end_reason.startswith("media lost")
