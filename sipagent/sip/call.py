@@ -30,7 +30,7 @@ class ServerInviteTransaction:
     """The INVITE we are answering: its last response, resent on retransmitted INVITEs."""
 
     request: AgentSIPMessage
-    branch: str
+    branch: str  # the INVITE's transaction key (RFC 3261 17.2.3: branch and sent-by)
     last_response: bytes = b""
     retransmit_task: asyncio.Task[None] | None = None
 

@@ -582,7 +582,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     if tag.lower() not in SUPPORTED_OPTION_TAGS]  # fmt: skip
         content_type = (request.first("Content-Type") or "").split(";")[0].strip().lower()
         body_types = BODY_TYPES.get(method)
-        if request.defects:
+        if request.version != "SIP/2.0":
+            status = (505, "Version Not Supported", "")
+        elif request.defects:
             log.info("400 to %s from %s:%d: %s", method, *request.source or ("?", 0),
                      request.defects[0])  # fmt: skip
             status = (400, "Bad Request", _warning(request.defects[0]))
@@ -592,6 +594,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             status = (420, "Bad Extension", f"Unsupported: {', '.join(required)}\r\n")
         elif request.content and body_types is not None and content_type not in body_types:
             status = (415, "Unsupported Media Type", f"Accept: {', '.join(body_types)}\r\n")
+        elif request.content and (request.first("Content-Encoding") or "identity").lower() != (
+            "identity"
+        ):
+            status = (415, "Unsupported Media Type", "Accept-Encoding: identity\r\n")
         elif method == "INVITE" and not _accepts_sdp(_option_values(request, "Accept")):
             status = (406, "Not Acceptable", "")
         if status is None:
@@ -649,11 +655,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         assert self.client is not None
         existing = self.calls.get(request.call_id)
         if existing is not None:
-            if existing.invite.branch == request.top_via_branch and existing.invite.last_response:
+            if existing.invite.branch == request.transaction_key and existing.invite.last_response:
                 # A retransmitted INVITE: repeat our last response (RFC 3261 17.2.1).
                 self._send(existing.invite.last_response, self.client.response_destination(request))
             return
-        if request.top_via_branch in self._error_transactions:
+        if request.transaction_key in self._error_transactions:
             return  # a retransmission of an INVITE we refused: that answer is retransmitted
         received_at = time.perf_counter()
         if not self._source_allowed(request):
@@ -720,7 +726,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             caller=_caller_name(request),
             dialog=dialog,
             media=media,
-            invite=ServerInviteTransaction(request, request.top_via_branch),
+            invite=ServerInviteTransaction(request, request.transaction_key),
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.app_hangup,
             transfer_callback=self.transfer,
@@ -823,8 +829,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             request, status_code, reason=reason, to_tag=to_tag or self.client.gen_tag(),
             extra_headers=extra_headers,
         )  # fmt: skip
-        transaction = ServerInviteTransaction(request, request.top_via_branch, response)
-        self._error_transactions[request.top_via_branch] = transaction
+        transaction = ServerInviteTransaction(request, request.transaction_key, response)
+        self._error_transactions[request.transaction_key] = transaction
         transaction.retransmit_task = self._spawn(
             self._retransmit_until_ack(transaction, request, on_timeout=None)
         )
@@ -904,7 +910,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             session_version=call.session_version,
         )
         call.invite.request = request
-        call.invite.branch = request.top_via_branch
+        call.invite.branch = request.transaction_key
         call.invite.last_response = self.client.gen_answer(request, sdp)
         self._send(call.invite.last_response, self.client.response_destination(request))
         call.invite.stop_retransmitting()
@@ -922,7 +928,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
 
     def _handle_ack(self, request: AgentSIPMessage) -> None:
-        error_transaction = self._error_transactions.pop(request.top_via_branch, None)
+        error_transaction = self._error_transactions.pop(request.transaction_key, None)
         if error_transaction is not None:
             error_transaction.stop_retransmitting()
             return
@@ -963,7 +969,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _handle_cancel(self, request: AgentSIPMessage) -> None:
         call = self.calls.get(request.call_id)
-        if call is None or call.invite.branch != request.top_via_branch:
+        if call is None or call.invite.branch != request.transaction_key:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
             return
         self._respond(request, 200, to_tag=call.dialog.local_tag)

@@ -115,12 +115,16 @@ class Via:
         return self.params.get("branch") or ""
 
 
-def parse_via(value: str) -> Via:
+def parse_via(value: str, *, allow_other_version: bool = False) -> Via:
     """One via-parm: `SIP / 2.0 / UDP host[:port] *(;param)` with LWS allowed around `/`."""
-    match = re.match(r"^\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9-]+)\s+([^;\s]+)\s*(.*)$", value, re.S)
+    match = re.match(
+        r"^\s*SIP\s*/\s*(\d+\.\d+)\s*/\s*([A-Za-z0-9-]+)\s+([^;\s]+)\s*(.*)$", value, re.S
+    )
     if not match:
         raise HeaderError(f"bad Via {value[:60]!r}")
-    transport, sent_by, tail = match.groups()
+    version, transport, sent_by, tail = match.groups()
+    if version != "2.0" and not allow_other_version:
+        raise HeaderError(f"Via of SIP/{version}")
     host, port = split_host_port(sent_by)
     params = _parse_params(tail)
     if params.get("received") is not None and not is_ip_literal(params["received"] or ""):
@@ -194,11 +198,11 @@ def parse_name_addr(value: str) -> NameAddr:
         # addr-spec: a URI with `,`, `?` or `;` must be in <> (RFC 3261 20.10); `;` here
         # starts the header parameters.
         uri, _, params_text = text.partition(";")
+        uri = uri.strip()  # LWS before the header parameters (RFC 4475 3.1.1.1 wsinv)
         tail = ";" + params_text if params_text else ""
         if "?" in uri or "," in uri:
             raise HeaderError(f"URI with ',' or '?' must be enclosed in <> in {value[:60]!r}")
-    uri = uri.strip()
-    _check_uri(uri)
+    _check_uri(uri)  # inside <> as given: spaces there are an error (RFC 4475 3.1.2.14)
     return NameAddr(display, uri, _parse_params(tail))
 
 

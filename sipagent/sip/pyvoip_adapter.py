@@ -200,9 +200,10 @@ class AgentSIPMessage(SIPMessage):
         try:
             self.via = [parse_via(vias[0])]
         except HeaderError as error:
-            # Junk parameters do not stop us answering 400 to a sent-by we can read.
+            # Junk parameters or another SIP version do not stop us answering 400 or 505 to
+            # a sent-by we can read.
             try:
-                self.via = [parse_via(vias[0].split(";")[0])]
+                self.via = [parse_via(vias[0].split(";")[0], allow_other_version=True)]
             except HeaderError:
                 raise SipMessageError(f"unroutable top Via: {error}") from error
             defects.append(f"Via: {error}")
@@ -323,6 +324,22 @@ class AgentSIPMessage(SIPMessage):
     @property
     def top_via_branch(self) -> str:
         return self.via[0].branch if self.via else ""
+
+    @property
+    def transaction_key(self) -> str:
+        """Which server transaction this request belongs to (RFC 3261 17.2.3): the branch with
+        the top Via's sent-by (and Call-ID, CSeq number); without the RFC 3261 magic cookie (an RFC 2543 peer), the
+        Request-URI, From tag, Call-ID, CSeq number and top Via. An ACK for an error response
+        gets the key of its INVITE."""
+        if not self.via:
+            return ""
+        top = self.via[0]
+        sent_by = f"{top.host}:{top.port or 5060}"
+        if top.branch.startswith("z9hG4bK"):
+            # Call-ID and CSeq too: peers (and test corpora) that reuse a branch for a new
+            # request must not have it taken for a retransmission.
+            return f"{top.branch}|{sent_by}|{self.call_id}|{self.cseq}"
+        return f"2543|{self.request_uri}|{self.from_tag}|{self.call_id}|{self.cseq}|{sent_by}"
 
     @property
     def contact_uri(self) -> str | None:

@@ -101,6 +101,7 @@ async def test_legal_but_unusual_requests_are_answered(name, kwargs):
          {"target": "sip:agent@127.0.0.1?Route=%3Csip:example.com%3E"}, 400, ""),
         ("nul-in-contact", {"extra": "Contact: <sip:mini@127.0.0.\x001:5060>\n"}, 400, ""),
         ("bad-cseq", {"cseq": "1 2 OPTIONS"}, 400, ""),
+        ("lws-request-line", {"target": "sip:agent@127.0.0.1  "}, 400, ""),
     ],
 )  # fmt: skip
 async def test_requests_the_rfc_refuses_get_its_answer(name, kwargs, status, header):
@@ -161,6 +162,7 @@ async def test_every_invite_gets_a_final_answer(name, body, status):
         ("text-body", "text/plain", "", 415),
         ("accept-html", "application/sdp", "Accept: text/html\n", 406),
         ("accept-any", "application/sdp", "Accept: application/*, text/html\n", 200),
+        ("gzip", "application/sdp", "Content-Encoding: gzip\n", 415),
     ],
 )
 async def test_content_negotiation_of_an_invite(name, content_type, extra, status):
@@ -171,7 +173,7 @@ async def test_content_negotiation_of_an_invite(name, content_type, extra, statu
         statuses = await send_and_collect(uac, agent.local_address, data, name, seconds=0.6)
         assert [code for code in statuses if code >= 200][:1] == [status], statuses
         if status == 415:
-            assert any(n == "Accept" for n, _ in uac.received[-1].fields)
+            assert any(n in ("Accept", "Accept-Encoding") for n, _ in uac.received[-1].fields)
 
 
 async def test_a_multipart_offer_is_answered():
@@ -324,3 +326,17 @@ async def test_a_call_whose_media_dies_is_ended_with_a_bye():
         await uac.collect(1.0)
         assert any(m.is_request and m.method == "BYE" for m in uac.received)
         assert agent.ended_calls[-1].end_reason.startswith("media lost")
+
+
+async def test_other_sip_versions_get_505_and_rfc2543_transactions_are_told_apart():
+    async with running_agent(app="echo") as agent:
+        uac = MiniUac()
+        data = options(uac, agent.local_address[1], call_id="v7")
+        data = data.replace(" SIP/2.0\n", " SIP/7.0\n", 1)
+        assert await send_and_collect(uac, agent.local_address, data, "v7") == [505]
+        # Two RFC 2543 INVITEs (no branch): each its own transaction, each answered.
+        for call_id in ("old-1", "old-2"):
+            data = invite(uac, agent.local_address[1], SDP_PCMU.replace("RTP/AVP 0", "RTP/AVP 9"),
+                          call_id=call_id).replace(f";branch=z9hG4bK{call_id}", "")  # fmt: skip
+            statuses = await send_and_collect(uac, agent.local_address, data, call_id)
+            assert [code for code in statuses if code >= 200][:1] == [488], statuses
