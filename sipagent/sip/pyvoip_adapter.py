@@ -328,9 +328,9 @@ class AgentSIPMessage(SIPMessage):
     @property
     def transaction_key(self) -> str:
         """Which server transaction this request belongs to (RFC 3261 17.2.3): the branch with
-        the top Via's sent-by (and Call-ID, CSeq number); without the RFC 3261 magic cookie (an RFC 2543 peer), the
-        Request-URI, From tag, Call-ID, CSeq number and top Via. An ACK for an error response
-        gets the key of its INVITE."""
+        the top Via's sent-by (and Call-ID, CSeq number); without the RFC 3261 magic cookie
+        (an RFC 2543 peer), the Request-URI, From tag, Call-ID, CSeq number and top Via. An
+        ACK for an error response gets the key of its INVITE."""
         if not self.via:
             return ""
         top = self.via[0]
