@@ -641,7 +641,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         elif method in NOT_ALLOWED:
             self._respond(request, 405, extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
         else:
-            self._respond(request, 501)
+            self._respond(request, 501, extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
 
     def _find_dialog_call(self, request: AgentSIPMessage) -> Call | None:
         call = self.calls.get(request.call_id)
