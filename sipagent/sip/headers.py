@@ -22,7 +22,7 @@ _HOSTNAME = re.compile(
 )
 _IPV4_SHAPE = re.compile(r"^[0-9.]+$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
-_LWS = re.compile(r"\s+")
+_UNQUOTED_DISPLAY_FORBIDDEN = frozenset('"<>,;\\')
 
 
 class HeaderError(ValueError):
@@ -186,7 +186,9 @@ def parse_name_addr(value: str) -> NameAddr:
             raise HeaderError(f"no <URI> after the display name in {value[:60]!r}")
     elif "<" in text:
         display = text[: text.index("<")].strip()
-        if display and not all(set(word) <= TOKEN_CHARS for word in _LWS.split(display)):
+        # RFC 3261 wants tokens here; phones send UTF-8 names unquoted, which we take. A
+        # comma, quote or semicolon would change the header's meaning: those must be quoted.
+        if any(char in _UNQUOTED_DISPLAY_FORBIDDEN or ord(char) < 32 for char in display):
             raise HeaderError(f"display name must be quoted in {value[:60]!r}")
         text = text[text.index("<") :]
     if text.startswith("<"):

@@ -59,6 +59,7 @@ def test_vias_that_cannot_be_answered(value):
         ("<tel:+15551234567;phone-context=x>", "", "tel:+15551234567;phone-context=x", None),
         ("sip:bob@example.com;tag=3", "", "sip:bob@example.com", "3"),
         ("<isbn:2983792873>", "", "isbn:2983792873", None),
+        ("José Núñez <sip:jose@example.com>;tag=4", "José Núñez", "sip:jose@example.com", "4"),
     ],
 )
 def test_name_addr_forms(value, display, uri, tag):
