@@ -13,7 +13,7 @@ from typing import Any
 
 from sipagent.apps.base import build_app
 from sipagent.config import AgentSettings
-from sipagent.sip.call import Call
+from sipagent.sip.call import Call, CallState
 from sipagent.sip.endpoint import SipEndpoint
 from sipagent.sip.pyvoip_adapter import AgentSIPMessage
 
@@ -133,3 +133,20 @@ def sdp(port: int, version: int = 1) -> str:
         f"v=0\no=mini 1 {version} IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
         f"m=audio {port} RTP/AVP 8 0\na=rtpmap:8 PCMA/8000\na=rtpmap:0 PCMU/8000\n"
     )
+
+
+async def sipp_pattern_call(
+    agent: SipEndpoint, sipp: Callable[..., Any], audio_dir: Path
+) -> tuple[Any, Call]:
+    """A SIPp caller streaming tests' pattern.ulaw straight at `agent`, up and confirmed:
+    (the SIPp process, the agent's Call). SIPp hangs up 1.5 s after the pattern ends."""
+    pattern_file = audio_dir / "pattern.ulaw"
+    host, port = agent.local_address
+    caller = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                  params={"AUDIO": pattern_file,
+                          "HOLD_MS": pattern_file.stat().st_size // 8 + 1500})  # fmt: skip
+    await caller.start(wait_bound=False)
+    await wait_until(
+        lambda: any(c.state == CallState.CONFIRMED for c in agent.calls.values()), 5, "up"
+    )
+    return caller, next(iter(agent.calls.values()))

@@ -7,7 +7,7 @@ import logging
 import socket
 
 import pytest
-from agentlib import running_agent, wait_until
+from agentlib import running_agent, sipp_pattern_call, wait_until
 from hostile_input import hostile_rtp_datagrams, hostile_sip_messages
 from test_agent_calls import assert_same_frames, recording
 
@@ -38,14 +38,7 @@ async def test_hostile_input_during_a_call(sipp, audio_dir, tmp_path, caplog):
     pattern = (audio_dir / "pattern.ulaw").read_bytes()
     async with running_agent(record_dir=record_dir) as agent:
         host, port = agent.local_address
-        caller = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
-                      params={"AUDIO": audio_dir / "pattern.ulaw",
-                              "HOLD_MS": len(pattern) // 8 + 1500})  # fmt: skip
-        await caller.start(wait_bound=False)
-        await wait_until(
-            lambda: any(c.state == CallState.CONFIRMED for c in agent.calls.values()), 5, "up"
-        )
-        call = next(iter(agent.calls.values()))
+        caller, call = await sipp_pattern_call(agent, sipp, audio_dir)
         sip_corpus = hostile_sip_messages()
         rtp_corpus = hostile_rtp_datagrams()
         await asyncio.gather(

@@ -6,11 +6,10 @@ import asyncio
 import socket
 
 import pytest
-from agentlib import running_agent, wait_until
+from agentlib import running_agent, sipp_pattern_call, wait_until
 from test_agent_calls import assert_same_frames, recording
 
 from sipagent.media.rtp import RtpPacket, build_rtp
-from sipagent.sip.call import CallState
 
 pytestmark = [pytest.mark.peers]
 
@@ -25,15 +24,7 @@ async def test_a_hijack_attempt_during_a_call_is_refused_and_counted(sipp, audio
     attacker.bind(("127.0.0.2", 0))
     attacker.setblocking(False)
     async with running_agent(record_dir=record_dir) as agent:
-        host, port = agent.local_address
-        caller = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
-                      params={"AUDIO": audio_dir / "pattern.ulaw",
-                              "HOLD_MS": len(pattern) // 8 + 1500})  # fmt: skip
-        await caller.start(wait_bound=False)
-        await wait_until(
-            lambda: any(c.state == CallState.CONFIRMED for c in agent.calls.values()), 5, "up"
-        )
-        call = next(iter(agent.calls.values()))
+        caller, call = await sipp_pattern_call(agent, sipp, audio_dir)
         await wait_until(lambda: call.session.stats.packets_in >= 25, 5, "the caller's stream")
         sent = 0
         for _ in range(5):  # bursts of a well-formed stream of its own, while the caller talks
