@@ -179,7 +179,10 @@ class EspeakTextToSpeech:
 
         await loop.run_in_executor(_executor, load)
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, *, previous_text: str = "", next_text: str = ""
+    ) -> AsyncIterator[bytes]:
+        # espeak-ng speaks each sentence on its own: the neighbouring text is not used.
         if not text.strip():
             return
         loop = asyncio.get_running_loop()

@@ -84,8 +84,101 @@ def _mask(key: str) -> str:
     return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 7 else "***"
 
 
-def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+def _error_body(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryError:
+    """Why api.openai.com refuses a `messages` array (its 400 `message` and `param`)."""
+
+    message: str
+    param: str
+    code: str | None = None
+
+
+def history_error(messages: list[Any]) -> HistoryError | None:
+    """The first reason the real API would answer 400 to this history, or None.
+
+    The rules and wording are the API's own: roles from its fixed list; an assistant message
+    with `tool_calls` followed, before anything else, by one `tool` message per id; a `tool`
+    message only inside such a group and only for an id of that group; text content is a
+    string (only an assistant message with tool calls may have none).
+    """
+    open_ids: list[str] = []  # ids of the last tool_calls message not answered yet
+    group: set[str] = set()  # all ids of that message (a tool message may only answer these)
+    in_group = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return HistoryError(
+                f"Invalid type for 'messages[{i}]': expected an object.", f"messages[{i}]"
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            supported = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
+            return HistoryError(
+                f"Invalid value: '{role}'. Supported values are: {supported}.",
+                f"messages[{i}].role",
+                "invalid_value",
+            )
+        if role != "tool" and open_ids:
+            return HistoryError(
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(open_ids)}",
+                f"messages.[{i}].role",
+            )
+        if role == "tool":
+            if not in_group:
+                return HistoryError(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    f"messages.[{i}].role",
+                )
+            call_id = message.get("tool_call_id")
+            if call_id not in group:
+                return HistoryError(
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    f"messages.[{i}].tool_call_id",
+                )
+            if call_id in open_ids:
+                open_ids.remove(call_id)
+            if not isinstance(message.get("content"), str):
+                return HistoryError(
+                    "Invalid type for 'content': expected a string.", f"messages[{i}].content"
+                )
+            continue
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls:
+            ids = [c.get("id") for c in calls if isinstance(c, dict)]
+            if len(ids) != len(calls) or not all(isinstance(x, str) and x for x in ids):
+                return HistoryError(
+                    "Missing required parameter: 'tool_calls[].id'.",
+                    f"messages[{i}].tool_calls",
+                )
+            open_ids, group, in_group = list(ids), set(ids), True
+            continue
+        in_group = False
+        if not isinstance(message.get("content"), str):
+            return HistoryError(
+                f"Invalid value for 'content': expected a string, got "
+                f"{type(message.get('content')).__name__}.",
+                f"messages.[{i}].content",
+            )
+    if open_ids:
+        return HistoryError(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(open_ids)}",
+            f"messages.[{len(messages)}].role",
+        )
+    return None
 
 
 def _words(text: str) -> list[str]:
@@ -173,6 +266,10 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
       drop_after_tokens    after this many chunks close the connection abruptly
       tool_call_style      "interleaved" (default) or "sequential" parallel tool calls
       fail_next(status, n) answer the next n requests with an error status (500, 429, ...)
+      retry_after          the `retry-after` header (seconds) of a 429
+    Like api.openai.com it refuses (400) a history that breaks the tool-call pairing rules or
+    has an unknown role (`history_error`). A one-token request (`max_tokens: 1`, a warm-up) is
+    answered with one token, recorded in `warm_ups`, and does not use up the script.
     """
 
     def __init__(
@@ -193,6 +290,8 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         self.stall_after_tokens = stall_after_tokens
         self.drop_after_tokens = drop_after_tokens
         self.tool_call_style = tool_call_style
+        self.retry_after = "1"
+        self.warm_ups: list[RecordedRequest] = []
         self.missing_models: set[str] = set()  # GET /v1/models/{model} answers 404 for these
         self.model_lookups: list[RecordedRequest] = []  # GET /v1/models/{model} (not in requests)
         self._script = replies if callable(replies) else list(replies)
@@ -215,7 +314,11 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             body: Any = await request.json()
         except ValueError:
             body = None
-        rec = self._record(request, body)
+        warm_up = isinstance(body, dict) and 1 in (
+            body.get("max_tokens"),
+            body.get("max_completion_tokens"),
+        )
+        rec = self._record(request, body, into=self.warm_ups if warm_up else None)
         try:
             return await self._respond(request, rec)
         finally:
@@ -261,7 +364,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         rec.status = status
         headers = {"x-request-id": f"req_fake_{len(self.requests)}"}
         if status == 429:
-            headers["retry-after"] = "1"
+            headers["retry-after"] = self.retry_after
         return web.json_response(body, status=status, headers=headers)
 
     async def _respond(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
@@ -301,8 +404,17 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             return self._error(
                 rec, 400, _error_body("[] is too short - 'tools'", "invalid_request_error", None)
             )
+        refused = history_error(body["messages"])
+        if refused is not None:
+            return self._error(
+                rec,
+                400,
+                _error_body(refused.message, "invalid_request_error", refused.code, refused.param),
+            )
 
-        reply = self._next_reply(body)
+        reply = (
+            Reply("Hi", finish_reason="length") if rec in self.warm_ups else self._next_reply(body)
+        )
         if reply is None:
             return self._error(rec, 500, _error_body("fake script exhausted", "server_error", None))
         call_ids = [c.id or f"call_{next(self._call_counter):04d}" for c in reply.tool_calls]
