@@ -75,6 +75,7 @@ class ReceptionistApp:
             llm=self.providers.llm,
             tts=self.providers.tts,
             fallback_tts=self.providers.fallback_tts,
+            tts_slots=self.providers.tts_slots,
             tools=ReceptionistTools(self.store, self.hours, self.clock),
             settings=self.conversation,
             transfer=getattr(call, "transfer", None),

@@ -206,7 +206,8 @@ def plan_deltas(
     the function name (arguments "" or a first fragment); later deltas carry only index and an
     arguments fragment. "interleaved" mixes parallel calls by index (sometimes two calls in one
     delta), which a client that assumes one call at a time gets wrong; "sequential" sends them
-    one after the other, as api.openai.com usually does.
+    one after the other, as api.openai.com usually does; "ollama" sends each call whole with
+    index 0 for all of them, told apart only by their ids, as Ollama does.
     """
     deltas: list[tuple[dict[str, Any], str | None]] = []
     role: dict[str, Any] = {"role": "assistant"}
@@ -235,7 +236,17 @@ def plan_deltas(
         role = {}
         return delta
 
-    if style == "sequential":
+    if style == "ollama":
+        # Ollama: each call whole in one delta, and every one of them with index 0.
+        for call, call_id in zip(reply.tool_calls, call_ids, strict=True):
+            whole = {
+                "index": 0,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            deltas.append((with_role([whole]), None))
+    elif style == "sequential":
         for queue in queues:
             deltas.extend((with_role([piece]), None) for piece in queue)
     else:
@@ -264,7 +275,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
       inter_token_delay    seconds between chunks
       stall_after_tokens   after this many chunks stop sending, keep the connection open
       drop_after_tokens    after this many chunks close the connection abruptly
-      tool_call_style      "interleaved" (default) or "sequential" parallel tool calls
+      tool_call_style      "interleaved" (default), "sequential" or "ollama" parallel tool calls
       fail_next(status, n) answer the next n requests with an error status (500, 429, ...)
       retry_after          the `retry-after` header (seconds) of a 429
     Like api.openai.com it refuses (400) a history that breaks the tool-call pairing rules or
@@ -292,7 +303,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         self.tool_call_style = tool_call_style
         self.retry_after = "1"
         self.warm_ups: list[RecordedRequest] = []
-        self.missing_models: set[str] = set()  # GET /v1/models/{model} answers 404 for these
+        self.missing_models: set[str] = set()  # requests naming these models get a 404
         self.model_lookups: list[RecordedRequest] = []  # GET /v1/models/{model} (not in requests)
         self._script = replies if callable(replies) else list(replies)
         self._call_counter = itertools.count(1)
@@ -403,6 +414,11 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             # api.openai.com rejects an empty tools array; clients must leave it out.
             return self._error(
                 rec, 400, _error_body("[] is too short - 'tools'", "invalid_request_error", None)
+            )
+        if body["model"] in self.missing_models:
+            message = f"The model '{body['model']}' does not exist or you do not have access to it."
+            return self._error(
+                rec, 404, _error_body(message, "invalid_request_error", "model_not_found")
             )
         refused = history_error(body["messages"])
         if refused is not None:
