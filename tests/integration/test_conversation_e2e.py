@@ -4,7 +4,9 @@ against wire-protocol fakes) answers, books, reads back, is interrupted, recover
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from agentlib import running_agent, wait_until
@@ -60,6 +62,18 @@ def agent_settings(deepgram, openai, elevenlabs) -> dict:
     }
 
 
+def next_tuesday() -> str:
+    """ "next Tuesday" as a model resolves it (ISO, in the clinic's time zone)."""
+    today = datetime.now(ZoneInfo("America/New_York")).date()
+    return (today + timedelta(days=(1 - today.weekday()) % 7 or 7)).isoformat()
+
+
+BOOKING = {
+    "patient_name": "Maria Lopez", "phone": "555 123 4567", "preferred_date": next_tuesday(),
+    "preferred_time": "15:00", "reason": "cleaning",
+}  # fmt: skip
+
+
 def receptionist_replies(request: dict) -> Reply:
     """What a good model would answer, decided from the conversation so far."""
     last = request["messages"][-1]
@@ -75,10 +89,7 @@ def receptionist_replies(request: dict) -> Reply:
     if "keypad" in text:
         return Reply("Thanks, I have your number.")
     if "book" in text:
-        return Reply("", (FakeToolCall.of("book_appointment", {
-            "patient_name": "Maria Lopez", "phone": "555 123 4567",
-            "preferred_date": "next Tuesday", "preferred_time": "3 pm", "reason": "cleaning",
-        }, "call_b"),))  # fmt: skip
+        return Reply("", (FakeToolCall.of("book_appointment", BOOKING, "call_b"),))
     return Reply("Of course. How can I help you with that?")
 
 
@@ -147,7 +158,7 @@ async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio
     second = openai.requests[1]
     assert second.messages[-1]["role"] == "tool" and '"ok": true' in second.messages[-1]["content"]
     # The LLM connection was opened while the greeting played, and the first turn reused it.
-    [warm_up] = openai.model_lookups
+    [warm_up] = openai.warm_ups
     assert warm_up.received_at < openai.requests[0].received_at
     assert openai.requests[0].client_port == warm_up.client_port
     readback = next(t for t in session.turns if t.role == "assistant" and "booked" in t.text)
