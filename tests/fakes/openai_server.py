@@ -276,7 +276,8 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
       stall_after_tokens   after this many chunks stop sending, keep the connection open
       drop_after_tokens    after this many chunks close the connection abruptly
       tool_call_style      "interleaved" (default), "sequential" or "ollama" parallel tool calls
-      fail_next(status, n) answer the next n requests with an error status (500, 429, ...)
+      fail_next(status, n) answer the next n requests with an error status (500, 429, ...);
+                           warm-ups do not use these up (`failing_warm_ups` fails those)
       retry_after          the `retry-after` header (seconds) of a 429
     Like api.openai.com it refuses (400) a history that breaks the tool-call pairing rules or
     has an unknown role (`history_error`). A one-token request (`max_tokens: 1`, a warm-up) is
@@ -302,6 +303,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         self.drop_after_tokens = drop_after_tokens
         self.tool_call_style = tool_call_style
         self.retry_after = "1"
+        self.failing_warm_ups = 0  # the next n warm-ups get a 500
         self.warm_ups: list[RecordedRequest] = []
         self.missing_models: set[str] = set()  # requests naming these models get a 404
         self.model_lookups: list[RecordedRequest] = []  # GET /v1/models/{model} (not in requests)
@@ -386,8 +388,11 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             return self._error(
                 rec, 401, _error_body(msg, "invalid_request_error", "invalid_api_key")
             )
-        if self._failures:
-            status = self._failures.pop(0)
+        warm_up_fails = rec in self.warm_ups and self.failing_warm_ups > 0
+        if warm_up_fails or (self._failures and rec not in self.warm_ups):
+            if warm_up_fails:
+                self.failing_warm_ups -= 1
+            status = 500 if warm_up_fails else self._failures.pop(0)
             if status == 429:
                 body = _error_body(
                     "Rate limit reached for requests", "requests", "rate_limit_exceeded"

@@ -513,7 +513,7 @@ async def test_warm_up_is_a_one_token_completion_on_the_connection_the_turn_reus
 
 async def test_a_failed_warm_up_never_raises_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     async with FakeOpenAIServer(["Hello."]) as server:
-        server.fail_next(500)
+        server.failing_warm_ups = 1
         llm = make_llm(server)
         try:
             await llm.warm_up()
