@@ -71,6 +71,10 @@ LLM_FALLBACK = (
     "I'm sorry, I'm having trouble right now. Please stay on the line or call back in a few "
     "minutes, and we'll get you booked."
 )
+STT_LOST = (
+    "I'm sorry, I can't hear you right now. You can type your phone number on the keypad, "
+    "or please call us back in a few minutes."
+)
 # What an open tool_call id is answered with until its tool finishes (or if it never does).
 TOOL_INTERRUPTED = json.dumps({"ok": False, "error": "interrupted before completion"})
 # Sentences of one reply synthesised at once: the one playing and the next.
@@ -204,10 +208,12 @@ class ConversationSession:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
+        greeting = self.settings.greeting
         try:
             await self.stt.start()
         except ProviderError as error:
             self._provider_error("stt", error)
+            greeting = f"{greeting} {STT_LOST}"  # the caller must not talk into the void
         try:
             # A worker that dies takes the group down: the call ends, loudly, instead of going
             # on deaf (no audio pump) or without its time limit (no watchdog).
@@ -221,7 +227,7 @@ class ConversationSession:
                     self._watchdog, self._follow_hold,
                 ):  # fmt: skip
                     workers.create_task(worker(), name=worker.__name__.strip("_"))
-                self._start_reply(None, greeting=self.settings.greeting)
+                self._start_reply(None, greeting=greeting)
                 await self._done.wait()
                 raise _CallOver
         except* _CallOver:
@@ -305,7 +311,9 @@ class ConversationSession:
                 self._end_of_caller_turn(now)
             elif event.kind == SttEventKind.ERROR:
                 self.provider_errors.append(f"stt: {event.detail}")
-                log.warning("STT: %s", event.detail)
+                log.warning("[%s] STT: %s", self.call.call_id, event.detail)
+                if event.detail.startswith("gave up"):
+                    self._start_reply(None, greeting=STT_LOST)
 
     def _end_of_caller_turn(self, now: float) -> None:
         text = " ".join(self._pending_finals).strip()

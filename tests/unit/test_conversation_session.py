@@ -24,6 +24,7 @@ from sipagent.conversation.chunker import SentenceChunker
 from sipagent.conversation.session import (
     APOLOGY,
     LLM_FALLBACK,
+    STT_LOST,
     ConversationSession,
     ConversationSettings,
     Turn,
@@ -682,5 +683,33 @@ async def test_the_idle_timer_is_suspended_while_the_caller_has_us_on_hold() -> 
     assert "Are you still there?" not in tts.texts  # the silence counts from the unhold
     now[0] += 9.0
     await wait_for(lambda: "Are you still there?" in tts.texts, "re-prompted after the hold")
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class RefusedStt(PushedStt):
+    async def start(self) -> None:
+        raise ProviderError("Deepgram: out of credit (HTTP 402: Project does not have enough)")
+
+
+async def test_a_caller_the_stt_cannot_hear_is_told_so() -> None:
+    call, stt, tts = MemoryCall(), RefusedStt(), InstantTts()
+    session = make_session(call, stt, GatedLlm("unused"), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    assert tts.texts == ["Hello.", *split_sentences(STT_LOST)]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_an_stt_that_gives_up_mid_call_is_announced() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    session = make_session(call, stt, GatedLlm("unused"), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    stt.queue.put_nowait(SttEvent(SttEventKind.ERROR, detail="reconnecting: connection lost"))
+    stt.queue.put_nowait(SttEvent(SttEventKind.ERROR, detail="gave up: Deepgram HTTP 402"))
+    await wait_for(lambda: len(session.turns) == 2, "the notice said")
+    assert tts.texts == ["Hello.", *split_sentences(STT_LOST)]
     call.ended.set()
     await asyncio.wait_for(runner, 5)
