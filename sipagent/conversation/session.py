@@ -393,13 +393,11 @@ class ConversationSession:
     # -- hold -------------------------------------------------------------------------------
     async def _follow_hold(self) -> None:
         async for held in self.call.hold_changes():
+            # While held the media layer sends nothing and keeps the queue (RtpSession).
             log.info("[%s] caller %s", self.call.call_id, "put us on hold" if held else "is back")
-            if held:
-                self.call.pause()  # belt and braces: the media layer sends nothing either
-            else:
+            if not held:
                 self.idle.caller_active(self.clock())
                 self._say_again_what_was_cut()
-                self.call.resume()
 
     def _say_again_what_was_cut(self) -> None:
         """After a hold: the reply's audio still queued starts again from the beginning of the

@@ -713,3 +713,37 @@ async def test_an_stt_that_gives_up_mid_call_is_announced() -> None:
     assert tts.texts == ["Hello.", *split_sentences(STT_LOST)]
     call.ended.set()
     await asyncio.wait_for(runner, 5)
+
+
+class HeldCallWithMusic(MemoryCall):
+    """On hold from the start, the caller's PBX playing hold music to us."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_hold = True
+        self.music_played = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        for _ in range(50):
+            yield bytes(range(0, 160))  # loud, not silence
+        self.music_played.set()
+        await self.ended.wait()
+
+
+class RecordingStt(PushedStt):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio = bytearray()
+
+    def send_audio(self, mulaw: bytes) -> None:
+        self.audio += mulaw
+
+
+async def test_hold_music_is_not_taken_for_the_caller() -> None:
+    call, stt = HeldCallWithMusic(), RecordingStt()
+    session = make_session(call, stt, GatedLlm("unused"), InstantTts())
+    runner = asyncio.create_task(session.run())
+    await wait_for(call.music_played.is_set, "the hold music played")
+    assert stt.audio == b"" and session.barge_in_events == []
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
