@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakes.elevenlabs_server import FakeElevenLabsServer
 from fakes.openai_server import history_error
 
 from sipagent.booking.rules import ClinicHours
@@ -30,6 +31,7 @@ from sipagent.conversation.session import (
     Turn,
 )
 from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
+from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 from sipagent.tools.receptionist import ReceptionistTools
 
 
@@ -747,3 +749,28 @@ async def test_hold_music_is_not_taken_for_the_caller() -> None:
     assert stt.audio == b"" and session.barge_in_events == []
     call.ended.set()
     await asyncio.wait_for(runner, 5)
+
+
+async def test_a_long_reply_stays_within_a_two_request_plan_of_the_real_tts() -> None:
+    # The real ElevenLabs provider against the fake on a Free plan (2 concurrent requests):
+    # started all at once, the later sentences of this reply would get 429s and the offline
+    # voice mid-reply.
+    async with FakeElevenLabsServer(concurrency_limit=2) as server:
+        tts = ElevenLabsTextToSpeech(
+            api_key=server.api_key, voice_id="voice", base_url=server.base_url
+        )
+        call, stt, fallback = MemoryCall(), PushedStt(), InstantTts()
+        llm = GatedLlm(REPLY)
+        llm.go.set()
+        session = make_session(call, stt, llm, tts, fallback_tts=fallback)
+        runner = asyncio.create_task(session.run())
+        try:
+            await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+            caller_says(stt, "When are you open?")
+            await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+        finally:
+            call.ended.set()
+            await asyncio.wait_for(runner, 5)
+            await tts.aclose()
+    assert [r.status for r in server.requests] == [200] * 5  # the greeting and 4 sentences
+    assert fallback.texts == [] and session.provider_errors == []
