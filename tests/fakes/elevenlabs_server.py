@@ -67,6 +67,7 @@ class RecordedTtsRequest:
     chunks_sent: int = 0
     completed: bool = False  # every byte was written and the body terminated
     disconnected: bool = False  # the client hung up before the reply was complete
+    released: bool = False  # no longer counted against the concurrency limit
     first_chunk_sent: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # handler is done
 
@@ -137,8 +138,15 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
         try:
             return await self._respond(request, rec)
         finally:
-            self.in_flight -= 1
+            self._done_generating(rec)
             rec.finished.set()
+
+    def _done_generating(self, rec: RecordedTtsRequest) -> None:
+        """The request stops counting against the plan once its last byte is out (before the
+        end of the body reaches the client, which may then start its next request at once)."""
+        if not rec.released:
+            rec.released = True
+            self.in_flight -= 1
 
     @staticmethod
     def _error(rec: RecordedTtsRequest, status: int, code: str, message: str) -> web.Response:
@@ -235,6 +243,7 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
                 seconds = len(chunk) / SAMPLE_RATE / self.speed
                 if not await self._pause(request, rec, seconds):
                     return
+        self._done_generating(rec)
         await resp.write_eof()
         rec.completed = True
 
