@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
+
 from sipagent.booking.rules import REASONS, WEEKDAYS, ClinicHours
 
 
@@ -25,6 +27,7 @@ class ClinicProfile:
     timezone: str
     transfer_uri: str
     hours: ClinicHours = field(default_factory=ClinicHours)
+    region: str = "US"  # ISO country: how callers' national phone numbers are read
 
     @property
     def greeting(self) -> str:
@@ -63,6 +66,9 @@ def parse_clinic(data: dict[str, Any], source: str = "clinic file") -> ClinicPro
             f"{source}: [services] {unsupported} not bookable (use {', '.join(REASONS)})"
         )
     durations = {reason: services.get(reason, slot_minutes) for reason in REASONS}
+    region = str(data.get("region", "US")).upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ClinicConfigError(f"{source}: region {region!r} is not an ISO country code")
     hours = ClinicHours(
         timezone=timezone,
         open_days=tuple(WEEKDAYS.index(day) for day in days),
@@ -80,6 +86,7 @@ def parse_clinic(data: dict[str, Any], source: str = "clinic file") -> ClinicPro
         timezone=timezone,
         transfer_uri=str(data.get("transfer_uri", "")),
         hours=hours,
+        region=region,
     )
 
 

@@ -131,6 +131,12 @@ class AgentSettings(BaseSettings):
         description="any OpenAI-compatible server (Ollama, llama.cpp, vLLM)",
     )
     openai_model: str = "gpt-4o-mini"
+    llm_first_token_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="seconds to wait for the LLM's first token before apologising and retrying; "
+        "0 = 2 s for OpenAI's cloud, 8 s with a base URL (a local model may be loading)",
+    )
     elevenlabs_api_key: SecretStr = Field(
         SecretStr(""),
         validation_alias=AliasChoices("SIPAGENT_ELEVENLABS_API_KEY", "ELEVENLABS_API_KEY"),
@@ -138,6 +144,12 @@ class AgentSettings(BaseSettings):
     elevenlabs_base_url: str = ""
     elevenlabs_voice: str = "21m00Tcm4TlvDq8ikWAM"
     elevenlabs_model: str = "eleven_turbo_v2_5"
+    tts_max_concurrent: int = Field(
+        5,
+        ge=1,
+        description="TTS requests in flight at once in this process: your ElevenLabs plan's "
+        "concurrency limit (Free 2, Starter 3, Creator 5, Pro 10, Scale/Business 15)",
+    )
     barge_in_sensitivity: str = Field("medium", description="low | medium | high")
     # The clinic profile comes from a TOML file (default: the packaged Sunrise Dental one);
     # these, when set, override single fields of it.

@@ -30,6 +30,7 @@ class ReceptionistApp:
         store: BookingStore | None = None,
         recorder: CallRecorder | None = None,
         clock: Callable[[], datetime] | None = None,
+        region: str = "US",
     ) -> None:
         self.providers = providers
         self.conversation = conversation
@@ -37,6 +38,7 @@ class ReceptionistApp:
         self.store = store or InMemoryBookingStore()
         self.recorder = recorder
         self.clock = clock or (lambda: datetime.now(hours.zone))
+        self.region = region
         self.sessions: dict[str, ConversationSession] = {}
 
     @classmethod
@@ -57,7 +59,9 @@ class ReceptionistApp:
         engine = make_engine(settings.database_url)
         store = SqlBookingStore(engine, hours.slot_minutes, timezone=hours.timezone)
         providers = build_providers(settings, clinic_name=profile.name)
-        return cls(providers, conversation, hours, store, CallRecorder(engine))
+        return cls(
+            providers, conversation, hours, store, CallRecorder(engine), region=profile.region
+        )
 
     async def farewell(self, call: CallChannel) -> None:
         """The agent is shutting down: say goodbye on this call (the endpoint then hangs up)."""
@@ -75,7 +79,8 @@ class ReceptionistApp:
             llm=self.providers.llm,
             tts=self.providers.tts,
             fallback_tts=self.providers.fallback_tts,
-            tools=ReceptionistTools(self.store, self.hours, self.clock),
+            tts_slots=self.providers.tts_slots,
+            tools=ReceptionistTools(self.store, self.hours, self.clock, self.region),
             settings=self.conversation,
             transfer=getattr(call, "transfer", None),
             today=now.strftime("%A %B %-d, %Y, %-I:%M %p %Z"),

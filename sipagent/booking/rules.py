@@ -1,4 +1,12 @@
-"""Booking rules: natural dates and times, clinic hours, phone numbers. Pure; `now` injected."""
+"""Booking rules: dates and times, clinic hours, phone numbers. Pure; `now` injected.
+
+The tools take what the LLM is asked for, ISO dates (YYYY-MM-DD) and 24-hour times (HH:MM) in
+the clinic's time zone (`parse_iso_date`, `parse_iso_time`): the model knows today's date and
+turns "next Tuesday" into a date far better than any rule. The natural-language readers
+(`read_date`, `parse_time`) serve the offline scripted receptionist, which has no model. Phone
+numbers are read by Google's libphonenumber (`phonenumbers`) in the clinic's region and kept
+in E.164.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+import phonenumbers
 
 REASONS = ("cleaning", "checkup", "emergency", "consultation")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -24,6 +34,13 @@ ORDINALS = {
     "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
     "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
     "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
+}  # fmt: skip
+
+
+# Spoken phone words, as digits and signs libphonenumber reads.
+_SPOKEN_PHONE = {
+    **{w: str(n) for w, n in NUMBER_WORDS.items() if n < 10},
+    "plus": "+", "extension": " ext ", "ext": " ext ",
 }  # fmt: skip
 
 
@@ -51,44 +68,109 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9:/-]+", text.lower().replace(".", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class DateReading:
+    day: date
+    # A weekday said with an explicit date that does not fall on it ("Monday the 24th of
+    # March" when the 24th is a Wednesday): the date wins, and this says so to the caller.
+    weekday_mismatch: str | None = None
+
+
 def parse_date(text: str, today: date) -> date:
-    """'tomorrow', 'next Tuesday', 'Friday', 'December 3', '3rd of December', '2026-12-03'."""
+    return read_date(text, today).day
+
+
+def read_date(text: str, today: date) -> DateReading:
+    """'tomorrow', 'the day after tomorrow', 'a week from today', 'next Tuesday', 'Friday',
+    'December 3', '3rd of December', 'Monday the 24th of March', '2026-12-03'."""
     lowered = text.lower().strip()
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", lowered):
-        return date.fromisoformat(lowered)
+        return DateReading(date.fromisoformat(lowered))
     words = _words(lowered)
-    if "today" in words:
-        return today
+    weekday = next(
+        (i for i, name in enumerate(WEEKDAYS) if name in words or name[:3] in words), None
+    )
+    explicit = _explicit_date(text, lowered, words, today)
+    if explicit is not None:
+        if weekday is None or weekday == explicit.weekday():
+            return DateReading(explicit)
+        return DateReading(
+            explicit,
+            f"{explicit:%B} {explicit.day} is a {WEEKDAYS[explicit.weekday()].title()}, "
+            f"not a {WEEKDAYS[weekday].title()}",
+        )
+    if "week" in words and ("from" in words or "in" in words) and weekday is None:
+        start = today + timedelta(days=1) if "tomorrow" in words else today
+        return DateReading(start + timedelta(days=7))  # "a week from today", "in a week"
     if "tomorrow" in words:
-        return today + timedelta(days=2 if "after" in words else 1)
-    for index, name in enumerate(WEEKDAYS):
-        if name in words or name[:3] in words:
-            ahead = (index - today.weekday()) % 7 or 7
-            if "next" in words and ahead < 7 and today.weekday() < index and "week" in words:
-                ahead += 7  # "Tuesday next week"
-            return today + timedelta(days=ahead)
-    month = next((i + 1 for i, m in enumerate(MONTHS) if m in words or m[:3] in words), None)
-    day = None
-    for word in words:
-        digits = re.fullmatch(r"(\d{1,2})(st|nd|rd|th)?", word)
-        if digits:
-            day = int(digits.group(1))
-        elif word in ORDINALS:
-            day = ORDINALS[word] + (day or 0) if day == 20 else ORDINALS[word]
-        elif word == "twenty":
-            day = 20
-    slash = re.search(r"\b(\d{1,2})/(\d{1,2})\b", lowered)
-    if slash:
-        month, day = int(slash.group(1)), int(slash.group(2))
-    if month and day:
-        try:
-            candidate = date(today.year, month, day)
-        except ValueError as error:
-            raise BookingRuleError(f"{text!r} is not a valid date") from error
-        return candidate if candidate >= today else candidate.replace(year=today.year + 1)
+        return DateReading(today + timedelta(days=2 if "after" in words else 1))
+    if "today" in words:
+        return DateReading(today)
+    if weekday is not None:
+        ahead = (weekday - today.weekday()) % 7 or 7
+        if "next" in words and ahead < 7 and today.weekday() < weekday and "week" in words:
+            ahead += 7  # "Tuesday next week"
+        return DateReading(today + timedelta(days=ahead))
     raise BookingRuleError(
         f"could not understand the date {text!r}; ask for a weekday or a date like 'December 3'"
     )
+
+
+def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> date | None:
+    """A month and day named in the text (the next such date from today on), or None."""
+    month = next((i + 1 for i, m in enumerate(MONTHS) if m in words or m[:3] in words), None)
+    # A day said as an ordinal ("24th", "the fifteenth", "twenty first") beats a bare number,
+    # which may be the time ("March 24th at 10").
+    ordinal: int | None = None
+    bare: int | None = None
+    for index, word in enumerate(words):
+        digits = re.fullmatch(r"(\d{1,2})(st|nd|rd|th)?", word)
+        if digits and digits.group(2):
+            ordinal = ordinal or int(digits.group(1))
+        elif digits:
+            after = words[index + 1] if index + 1 < len(words) else ""
+            if bare is None and after not in ("am", "pm", "oclock", "o"):
+                bare = int(digits.group(1))
+        elif word in ORDINALS:
+            twenty = index > 0 and words[index - 1] == "twenty"
+            ordinal = ordinal or (ORDINALS[word] + (20 if twenty else 0))
+    day = ordinal or bare
+    slash = re.search(r"\b(\d{1,2})/(\d{1,2})\b", lowered)
+    if slash:
+        month, day = int(slash.group(1)), int(slash.group(2))
+    if not (month and day):
+        return None
+    try:
+        candidate = date(today.year, month, day)
+    except ValueError as error:
+        raise BookingRuleError(f"{text!r} is not a valid date") from error
+    return candidate if candidate >= today else candidate.replace(year=today.year + 1)
+
+
+def parse_iso_date(text: str) -> date:
+    """A tool argument: YYYY-MM-DD, nothing else (the model resolves "next Tuesday")."""
+    try:
+        return date.fromisoformat(text.strip()) if len(text.strip()) == 10 else _no_date(text)
+    except ValueError:
+        return _no_date(text)
+
+
+def _no_date(text: str) -> date:
+    raise BookingRuleError(
+        f"the date {text!r} is not YYYY-MM-DD; work out the calendar date from today's date "
+        "and call again"
+    )
+
+
+def parse_iso_time(text: str) -> time:
+    """A tool argument: 24-hour HH:MM in the clinic's time zone, nothing else."""
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", text.strip())
+    if match is None:
+        raise BookingRuleError(
+            f"the time {text!r} is not 24-hour HH:MM (e.g. 14:30 for half past two in the "
+            "afternoon); call again with that"
+        )
+    return time(int(match.group(1)), int(match.group(2)))
 
 
 def parse_time(text: str) -> time:
@@ -108,8 +190,10 @@ def parse_time(text: str) -> time:
             raise BookingRuleError(f"could not understand the time {text!r}; ask e.g. '3 pm'")
         if "half" in lowered and "past" in lowered:
             hour, minute = numbers[0], 30
+        elif "quarter" in lowered and re.search(r"\b(to|till|until|of)\b", lowered):
+            hour, minute = (numbers[0] - 1) or 12, 45  # "quarter to three" is 2:45
         elif "quarter" in lowered:
-            hour, minute = numbers[0], 15 if "past" in lowered else 0
+            hour, minute = numbers[0], 15 if "past" in lowered or "after" in lowered else 0
         else:
             hour, minute = numbers[0], sum(numbers[1:3])
     if meridiem == "pm" and hour < 12:
@@ -123,21 +207,31 @@ def parse_time(text: str) -> time:
     return time(hour, minute)
 
 
-def normalise_phone(text: str, default_country_code: str = "1") -> str:
-    """E.164. Accepts digits, spoken digits ('five five five ...'), +country codes."""
-    spoken = [
-        str(NUMBER_WORDS[w]) for w in _words(text) if w in NUMBER_WORDS and NUMBER_WORDS[w] < 10
-    ]
-    digits = re.sub(r"\D", "", text) or "".join(spoken)
-    if text.strip().startswith("+") and 8 <= len(digits) <= 15:
-        return "+" + digits
-    if len(digits) == 10:
-        return f"+{default_country_code}{digits}"
-    if len(digits) == 11 and digits.startswith(default_country_code):
-        return "+" + digits
-    raise BookingRuleError(
-        f"the phone number {text!r} has {len(digits)} digits; ask for the full 10-digit number"
+def normalise_phone(text: str, region: str = "US") -> str:
+    """E.164, read by libphonenumber as dialled in `region` (the clinic's country): national
+    forms ("020 7946 0958" in GB), international ones ("+61 2 9374 4000", "0044 ..."), spoken
+    digits ("five five five ...", "plus four four ..."). An extension ("ext. 12") is read but
+    not kept: E.164 has no place for it."""
+    spoken = re.sub(
+        r"[a-z]+",
+        lambda word: _SPOKEN_PHONE.get(word.group(0), word.group(0)),
+        text.lower().replace("ext.", "ext"),
     )
+    try:
+        number = phonenumbers.parse(spoken, region.upper())
+    except phonenumbers.NumberParseException as error:
+        raise BookingRuleError(
+            f"{text!r} is not a phone number; ask for it digit by digit"
+        ) from error
+    # Not IS_POSSIBLE_LOCAL_ONLY: a number without its area code cannot be called back.
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        country = phonenumbers.region_code_for_number(number) or region.upper()
+        raise BookingRuleError(
+            f"the phone number {text!r} is not a complete {country} number; ask for the full "
+            "number with its area code"
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def check_slot(start: datetime, duration_minutes: int, hours: ClinicHours, now: datetime) -> None:
@@ -160,6 +254,6 @@ def check_slot(start: datetime, duration_minutes: int, hours: ClinicHours, now: 
         raise BookingRuleError(f"appointments start on the {hours.slot_minutes}-minute marks")
 
 
-def resolve_start(date_text: str, time_text: str, hours: ClinicHours, now: datetime) -> datetime:
-    day = parse_date(date_text, now.astimezone(hours.zone).date())
-    return datetime.combine(day, parse_time(time_text), tzinfo=hours.zone)
+def resolve_start(date_text: str, time_text: str, hours: ClinicHours) -> datetime:
+    """The start of a visit from tool arguments (ISO date, 24-hour time) in the clinic's zone."""
+    return datetime.combine(parse_iso_date(date_text), parse_iso_time(time_text), hours.zone)

@@ -1,10 +1,19 @@
 """One call's conversation: caller audio -> STT -> LLM (+ tools) -> sentences -> TTS -> RTP.
 
 Everything streams: the first sentence of a reply is synthesised while the LLM is still
-writing the second, and the next sentence's TTS runs while the current one plays. Barge-in
-pauses the line on voice and flushes it on words (see barge_in.py). Failures are spoken
-around: an LLM error gets an apology and one retry, a TTS error falls back to the offline
-voice for that sentence, the STT provider reconnects by itself.
+writing the second, and the next sentence's TTS runs while the current one plays (at most
+those two requests per reply, and a process-wide cap). Barge-in pauses the line on voice and
+flushes it on words (see barge_in.py). Failures are spoken around: an LLM error gets an
+apology and one retry (after the service's retry-after, if it gave one), a second failure the
+fallback line; a TTS error falls back to the offline voice for that sentence, or for the rest
+of the call when the error cannot heal; the STT provider reconnects by itself. A hold (the
+caller's re-INVITE) suspends the idle timer, and on unhold the sentence that was cut is said
+again from its start.
+
+The history sent to the LLM stays valid on every path: a tool round answers each of its
+tool_call ids at once (with "interrupted before completion" until the tool's real result
+replaces it), and a tool still running when the caller interrupts is finished and its result
+kept, so a booking that committed is never forgotten.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,8 +39,9 @@ from sipagent.conversation.barge_in import (
     is_backchannel,
 )
 from sipagent.conversation.chunker import SentenceChunker
-from sipagent.conversation.heard import SpokenChunk, heard_text
+from sipagent.conversation.heard import SpokenChunk, first_unheard_chunk, heard_text
 from sipagent.conversation.idle import IdleAction, IdlePolicy
+from sipagent.conversation.tts_slots import TtsSlots
 from sipagent.providers.base import (
     LanguageModel,
     ProviderError,
@@ -52,7 +63,22 @@ consultation), then call book_appointment and read the booking back. Use check_a
 before offering times. If a tool returns an error, explain it simply and offer alternatives.
 Text like "(keypad) 5551234567" is what the caller typed on the keypad. If the caller asks for
 a person, call transfer_to_human. When the caller is done, say goodbye and call end_call.
-Today is {today}."""
+Today is {today}. Tool arguments take dates as YYYY-MM-DD and times as 24-hour HH:MM, in the
+clinic's time zone."""
+
+APOLOGY = "Sorry, just one moment."
+LLM_FALLBACK = (
+    "I'm sorry, I'm having trouble right now. Please stay on the line or call back in a few "
+    "minutes, and we'll get you booked."
+)
+STT_LOST = (
+    "I'm sorry, I can't hear you right now. You can type your phone number on the keypad, "
+    "or please call us back in a few minutes."
+)
+# What an open tool_call id is answered with until its tool finishes (or if it never does).
+TOOL_INTERRUPTED = json.dumps({"ok": False, "error": "interrupted before completion"})
+# Sentences of one reply synthesised at once: the one playing and the next.
+TTS_REQUESTS_PER_REPLY = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +96,9 @@ class ConversationSettings:
     dtmf_interdigit_seconds: float = 2.0
     max_tool_rounds: int = 3
     transfer_uri: str = ""
+    # A 429's retry-after longer than this is not waited for: the fallback line is said instead.
+    max_retry_after_seconds: float = 3.0
+    watchdog_interval: float = 0.25
 
 
 @dataclass(slots=True)
@@ -109,6 +138,7 @@ class _Reply:
         self.chunks: list[SpokenChunk] = []
         self.text = ""
         self.started_speaking = False
+        self.tts_requests = asyncio.Semaphore(TTS_REQUESTS_PER_REPLY)
 
 
 class ConversationSession:
@@ -126,6 +156,8 @@ class ConversationSession:
         on_turn: Callable[[int, Turn], None] | None = None,
         today: str = "",
         clock: Callable[[], float] | None = None,
+        tts_slots: TtsSlots | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.call = call
         self.stt = stt
@@ -137,6 +169,8 @@ class ConversationSession:
         self.transfer = transfer
         self.on_turn = on_turn
         self.clock = clock or asyncio.get_running_loop().time
+        self.tts_slots = tts_slots  # process-wide TTS concurrency (None: unbounded)
+        self.sleep = sleep
         self.messages: list[dict[str, Any]] = [
             {
                 "role": "system",
@@ -149,6 +183,8 @@ class ConversationSession:
         self.barge_in = BargeInPolicy(self.settings.barge_in)
         self.barge_in_events: list[BargeInEvent] = []
         self.provider_errors: list[str] = []
+        # Providers that failed in a way that cannot heal: not asked again during this call.
+        self.given_up: set[str] = set()
         self.state = "listening"
         self._vad = webrtcvad.Vad(self.settings.vad_mode)
         self._pending_finals: list[str] = []
@@ -159,6 +195,9 @@ class ConversationSession:
         # worker thread) holds the GIL for ~3 ms, which would land on the LLM request.
         self._turns_to_record: list[int] = []
         self._holding_records = False
+        # Tool rounds still running (a booking waiting on the database): a later reply waits
+        # for them so the model learns their real outcome.
+        self._tool_rounds: set[asyncio.Task[str | None]] = set()
         self._done = asyncio.Event()
         self.idle = IdlePolicy(
             self.clock(),
@@ -169,29 +208,45 @@ class ConversationSession:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
+        greeting = self.settings.greeting
         try:
             await self.stt.start()
         except ProviderError as error:
             self._provider_error("stt", error)
-        workers = [
-            # The LLM's connection opens while the greeting plays, not on the caller's first
-            # turn (the greeting's own TTS request opens the TTS connection).
-            *([asyncio.create_task(self.llm.warm_up())] if isinstance(self.llm, WarmsUp) else []),
-            asyncio.create_task(self._pump_audio()),
-            asyncio.create_task(self._consume_transcripts()),
-            asyncio.create_task(self._consume_digits()),
-            asyncio.create_task(self._watchdog()),
-        ]
-        self._start_reply(None, greeting=self.settings.greeting)
+            greeting = f"{greeting} {STT_LOST}"  # the caller must not talk into the void
         try:
-            await self._done.wait()
+            # A worker that dies takes the group down: the call ends, loudly, instead of going
+            # on deaf (no audio pump) or without its time limit (no watchdog).
+            async with asyncio.TaskGroup() as workers:
+                if isinstance(self.llm, WarmsUp):
+                    # The LLM's connection opens while the greeting plays, not on the caller's
+                    # first turn (the greeting's own TTS request opens the TTS connection).
+                    workers.create_task(self.llm.warm_up(), name="llm warm-up")
+                for worker in (
+                    self._pump_audio, self._consume_transcripts, self._consume_digits,
+                    self._watchdog, self._follow_hold,
+                ):  # fmt: skip
+                    workers.create_task(worker(), name=worker.__name__.strip("_"))
+                self._start_reply(None, greeting=greeting)
+                await self._done.wait()
+                raise _CallOver
+        except* _CallOver:
+            pass
+        except* Exception as failed:
+            for error in failed.exceptions:
+                log.error(
+                    "[%s] conversation worker failed, ending the call: %s: %s",
+                    self.call.call_id, type(error).__name__, error, exc_info=error,
+                )  # fmt: skip
+            await self.call.hangup("internal error")
         finally:
-            for worker in workers:
-                worker.cancel()
             await self._cancel_reply()
+            await self._settle_tool_rounds(timeout=5.0)
             self._release_records()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self.stt.close(), 2.0)
+            except Exception as error:
+                log.warning("[%s] closing the STT failed: %r", self.call.call_id, error)
 
     def _end(self) -> None:
         self._done.set()
@@ -201,16 +256,18 @@ class ConversationSession:
         self._start_reply(None, greeting=text)
         task = self._reply_task
         if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task})  # its failures are logged by the reply itself
 
     # -- caller audio -----------------------------------------------------------------------
     async def _pump_audio(self) -> None:
         async for frame in self.call.frames():
             now = self.clock()
+            if self.call.on_hold:
+                continue  # music or silence from the caller's PBX is not the caller talking
             try:
                 voiced = self._vad.is_speech(audioop.ulaw2lin(frame, 2), 8000)
-            except Exception:
+            except Exception as error:  # a frame webrtcvad cannot take counts as silence
+                log.debug("[%s] VAD refused a frame: %r", self.call.call_id, error)
                 voiced = False
             if voiced:
                 self._last_caller_voice = now
@@ -254,7 +311,9 @@ class ConversationSession:
                 self._end_of_caller_turn(now)
             elif event.kind == SttEventKind.ERROR:
                 self.provider_errors.append(f"stt: {event.detail}")
-                log.warning("STT: %s", event.detail)
+                log.warning("[%s] STT: %s", self.call.call_id, event.detail)
+                if event.detail.startswith("gave up"):
+                    self._start_reply(None, greeting=STT_LOST)
 
     def _end_of_caller_turn(self, now: float) -> None:
         text = " ".join(self._pending_finals).strip()
@@ -307,10 +366,11 @@ class ConversationSession:
     # -- idle and call length ---------------------------------------------------------------
     async def _watchdog(self) -> None:
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.settings.watchdog_interval)
             now = self.clock()
             busy = self._reply_task is not None and not self._reply_task.done()
-            if busy or self._pending_finals:
+            if busy or self._pending_finals or self.call.on_hold:
+                # On hold the caller is away on purpose: no "Are you still there?" meanwhile.
                 self.idle.agent_active(now)
             action = self.idle.tick(now)
             if action == IdleAction.REPROMPT:
@@ -329,6 +389,34 @@ class ConversationSession:
                     then_hangup=True,
                 )
                 return
+
+    # -- hold -------------------------------------------------------------------------------
+    async def _follow_hold(self) -> None:
+        async for held in self.call.hold_changes():
+            # While held the media layer sends nothing and keeps the queue (RtpSession).
+            log.info("[%s] caller %s", self.call.call_id, "put us on hold" if held else "is back")
+            if not held:
+                self.idle.caller_active(self.clock())
+                self._say_again_what_was_cut()
+
+    def _say_again_what_was_cut(self) -> None:
+        """After a hold: the reply's audio still queued starts again from the beginning of the
+        sentence the hold cut, so the caller hears whole sentences and nothing is skipped."""
+        reply = self._reply
+        if reply is None or self.call.queued_ms <= 0:
+            return  # nothing was waiting to be said
+        played_ms = self.call.sent_audio_ms - reply.baseline_sent_ms
+        start = first_unheard_chunk(reply.chunks, played_ms)
+        if start is None:
+            return
+        again = b"".join(bytes(chunk.audio) for chunk in reply.chunks[start:])
+        self.call.flush()
+        # heard_text() counts from the baseline: the replay starts at this chunk's offset.
+        reply.baseline_sent_ms = self.call.sent_audio_ms - sum(
+            chunk.audio_ms for chunk in reply.chunks[:start]
+        )
+        if again:
+            self.call.play(again)
 
     # -- replies ----------------------------------------------------------------------------
     def _start_reply(
@@ -377,8 +465,8 @@ class ConversationSession:
             await self._wait_played()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("reply failed")
+        except Exception:  # a bug, not a provider failure (those are spoken around below)
+            log.exception("[%s] reply failed", self.call.call_id)
         finally:
             if self._reply is reply:  # an interrupted reply must not touch its successor
                 self.barge_in.set_agent_speaking(False)
@@ -395,6 +483,7 @@ class ConversationSession:
     async def _respond(self, reply: _Reply) -> str | None:
         """LLM rounds until it stops calling tools; returns a call action if any."""
         action: str | None = None
+        await self._settle_tool_rounds()
         for _ in range(self.settings.max_tool_rounds):
             text, tool_calls = await self._stream_llm_with_retry(reply)
             if not tool_calls:
@@ -411,6 +500,14 @@ class ConversationSession:
         return action
 
     async def _run_tools(self, tool_calls: tuple[ToolCall, ...], text: str) -> str | None:
+        """Run one round of tool calls. Every id is answered in the history at once, so the
+        history is valid whenever this reply is cancelled; each answer is replaced in place by
+        the tool's result. The round runs on if the reply is cancelled (a booking is not
+        abandoned half way), and the next reply waits for it (see _settle_tool_rounds)."""
+        answers = [
+            {"role": "tool", "tool_call_id": call.id, "content": TOOL_INTERRUPTED}
+            for call in tool_calls
+        ]
         self.messages.append(
             {
                 "role": "assistant",
@@ -425,32 +522,61 @@ class ConversationSession:
                 ],
             }
         )
+        self.messages.extend(answers)
+        round_task = asyncio.get_running_loop().create_task(
+            self._execute_tools(tool_calls, answers), name="tool round"
+        )
+        self._tool_rounds.add(round_task)
+        round_task.add_done_callback(self._tool_rounds.discard)
+        return await asyncio.shield(round_task)
+
+    async def _execute_tools(
+        self, tool_calls: tuple[ToolCall, ...], answers: list[dict[str, Any]]
+    ) -> str | None:
         action = None
-        for tool_call in tool_calls:
+        for tool_call, answer in zip(tool_calls, answers, strict=True):
             outcome = await self.tools.execute(tool_call, self.call.call_id)
-            log.info("tool %s -> %s", tool_call.name, outcome.content[:200])
-            self.messages.append(
-                {"role": "tool", "tool_call_id": tool_call.id, "content": outcome.content}
-            )
+            log.info("[%s] tool %s -> %s", self.call.call_id, tool_call.name, outcome.content[:200])
+            answer["content"] = outcome.content
             action = outcome.action or action
         return action
 
+    async def _settle_tool_rounds(self, timeout: float | None = None) -> None:
+        """Wait for tool rounds an interruption left running, so their results are in the
+        history before the next request (a booking that committed is never forgotten)."""
+        if not self._tool_rounds:
+            return
+        done, pending = await asyncio.wait(set(self._tool_rounds), timeout=timeout)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("[%s] a tool round failed: %r", self.call.call_id, task.exception())
+        if pending:
+            log.warning("[%s] %d tool round(s) still running", self.call.call_id, len(pending))
+
     async def _stream_llm_with_retry(self, reply: _Reply) -> tuple[str, tuple[ToolCall, ...]]:
+        """The model's reply, or after a failure an apology and one retry; whatever fails, the
+        caller hears something (the fallback line), and each failure is one log line."""
         for attempt in range(2):
+            if "llm" in self.given_up:
+                break
+            chunks_before = len(reply.chunks)
             try:
                 return await self._stream_llm(reply)
             except ProviderError as error:
                 self._provider_error("llm", error)
-                if reply.text:
-                    raise  # words already spoken: do not start over mid-sentence
-                if attempt == 0:
-                    await self._speak_text("Sorry, just one moment.", reply)
-                    continue
-                await self._speak_text(
-                    "I'm sorry, I'm having trouble right now. Please stay on the line or call "
-                    "back in a few minutes, and we'll get you booked.",
-                    reply,
+                wait = error.retry_after or 0.0
+                retry = (
+                    attempt == 0
+                    and error.heals
+                    # Words of this attempt already spoken: do not start over mid-reply.
+                    and len(reply.chunks) == chunks_before
+                    and wait <= self.settings.max_retry_after_seconds
                 )
+                if not retry:
+                    break
+                # The apology plays while the service's retry-after runs out.
+                await asyncio.gather(self._speak_text(APOLOGY, reply), self.sleep(wait))
+        await self._speak_text(LLM_FALLBACK, reply)
         return "", ()
 
     async def _stream_llm(self, reply: _Reply) -> tuple[str, tuple[ToolCall, ...]]:
@@ -527,8 +653,7 @@ class ConversationSession:
         if task is None or task.done() or task is asyncio.current_task():
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await asyncio.wait({task})  # it logs its own failures
 
     def _record_assistant(self, reply: _Reply, *, interrupted: bool) -> None:
         if any(turn.timings is reply.timings for turn in self.turns if turn.role == "assistant"):
@@ -587,8 +712,19 @@ class ConversationSession:
         )
 
     def _provider_error(self, stage: str, error: Exception) -> None:
+        """One concise line per failure: the service's own words, no traceback."""
         self.provider_errors.append(f"{stage}: {error}")
-        log.warning("%s provider failed: %s", stage, error)
+        gives_up = isinstance(error, ProviderError) and not error.heals
+        if gives_up:
+            self.given_up.add(stage)
+        log.warning(
+            "[%s] %s provider failed: %s%s", self.call.call_id, stage, error,
+            " (not used again on this call)" if gives_up else "",
+        )  # fmt: skip
+
+
+class _CallOver(Exception):
+    """Raised inside the worker group once the call is over, to stop the workers."""
 
 
 def _session_time(call: CallChannel, name: str) -> float | None:
@@ -597,8 +733,10 @@ def _session_time(call: CallChannel, name: str) -> float | None:
 
 
 class _Speaker:
-    """Speaks sentences in order with pipelined TTS: every sentence's synthesis starts as soon
-    as it is known; audio is queued for playout in sentence order, as it arrives."""
+    """Speaks sentences in order with pipelined TTS: a sentence's synthesis starts as soon as
+    it is known and a request slot is free (two per reply: the sentence playing and the next;
+    and the process-wide TtsSlots); audio is queued for playout in sentence order, as it
+    arrives."""
 
     def __init__(self, session: ConversationSession, reply: _Reply) -> None:
         self.session = session
@@ -615,7 +753,7 @@ class _Speaker:
         self.reply.chunks.append(chunk)
         audio: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._synth_tasks.append(
-            asyncio.get_running_loop().create_task(self._synthesize(sentence, audio))
+            asyncio.get_running_loop().create_task(self._synthesize(chunk, audio))
         )
         self._sentences.put_nowait((chunk, audio))
 
@@ -627,31 +765,58 @@ class _Speaker:
         for task in (*self._synth_tasks, self._player):
             if not task.done():
                 task.cancel()
-        for task in (*self._synth_tasks, self._player):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        tasks = (*self._synth_tasks, self._player)
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("[%s] speaking failed: %r", self.session.call.call_id, task.exception())
 
-    async def _synthesize(self, sentence: str, audio: asyncio.Queue[bytes | None]) -> None:
-        session = self.session
-        produced = False
+    async def _synthesize(self, chunk: SpokenChunk, audio: asyncio.Queue[bytes | None]) -> None:
+        session, reply = self.session, self.reply
         try:
-            async with contextlib.aclosing(session.tts.synthesize(sentence)) as stream:
-                async for data in stream:
-                    produced = True
-                    audio.put_nowait(data)
-        except ProviderError as error:
-            session._provider_error("tts", error)
-            if session.fallback_tts is not None and not produced:
-                try:
-                    async with contextlib.aclosing(
-                        session.fallback_tts.synthesize(sentence)
-                    ) as stream:
-                        async for data in stream:
-                            audio.put_nowait(data)
-                except ProviderError as fallback_error:
-                    session._provider_error("fallback tts", fallback_error)
+            async with reply.tts_requests:
+                if "tts" not in session.given_up and await self._speak_with(
+                    "tts", session.tts, chunk, audio, first_sentence=reply.chunks[0] is chunk
+                ):
+                    return
+                if session.fallback_tts is not None:
+                    await self._speak_with("fallback tts", session.fallback_tts, chunk, audio)
         finally:
             audio.put_nowait(None)
+
+    async def _speak_with(
+        self,
+        stage: str,
+        tts: TextToSpeech,
+        chunk: SpokenChunk,
+        audio: asyncio.Queue[bytes | None],
+        *,
+        first_sentence: bool = False,
+    ) -> bool:
+        """Synthesise `chunk` with `tts` into `audio`; False if it failed before any audio (so
+        another voice can say the sentence whole)."""
+        chunks = self.reply.chunks
+        index = next(i for i, said in enumerate(chunks) if said is chunk)
+        context = {
+            # What was said just before, and (when already known) what comes next.
+            "previous_text": " ".join(c.text for c in chunks[:index])[-500:],
+            "next_text": chunks[index + 1].text if index + 1 < len(chunks) else "",
+        }
+        slots = self.session.tts_slots if stage == "tts" else None
+        produced = failed = False
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if slots is not None:
+                    await stack.enter_async_context(slots.slot(first_sentence=first_sentence))
+                stream = tts.synthesize(chunk.text, **context)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for data in stream:
+                        produced = True
+                        audio.put_nowait(data)
+        except ProviderError as error:
+            self.session._provider_error(stage, error)
+            failed = True
+        return produced or not failed
 
     async def _play(self) -> None:
         session, reply = self.session, self.reply
@@ -665,6 +830,7 @@ class _Speaker:
                 if reply.timings.tts_first_byte is None:
                     reply.timings.tts_first_byte = session.clock()
                 chunk.audio_ms += len(data) / 8  # mu-law: 8 bytes per ms
+                chunk.audio += data
                 first = not reply.started_speaking
                 before = _session_time(session.call, "talkspurt_started_at")
                 session._audio_started(reply)

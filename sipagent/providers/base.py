@@ -14,7 +14,19 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class ProviderError(Exception):
-    """A provider failed (connection, HTTP status, protocol). The session speaks around it."""
+    """A provider failed (connection, HTTP status, protocol). The session speaks around it.
+
+    `retry_after`: seconds the service asked us to wait before the next request (HTTP 429).
+    `heals`: False when asking again within this call cannot work (bad key, no credit or quota
+    left, unknown voice or model): the session then stops using the provider for the call.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, heals: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.heals = heals
 
 
 class SttEventKind(StrEnum):
@@ -80,9 +92,13 @@ class LanguageModel(Protocol):
 
 
 class TextToSpeech(Protocol):
-    def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """8 kHz mu-law audio for `text`, chunk by chunk as it is produced. Closing the iterator
-        cancels synthesis. Raises ProviderError on failure."""
+    def synthesize(
+        self, text: str, *, previous_text: str = "", next_text: str = ""
+    ) -> AsyncIterator[bytes]:
+        """8 kHz mu-law audio for `text`, chunk by chunk as it is produced. `previous_text` /
+        `next_text` are the words said just before / to be said just after (when known), so a
+        provider that can use them joins sentences naturally. Closing the iterator cancels
+        synthesis. Raises ProviderError on failure."""
         ...
 
 

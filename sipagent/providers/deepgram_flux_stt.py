@@ -15,9 +15,12 @@ conversation engine does not know which one it is talking to:
 Everything else is inherited from DeepgramSpeechToText: connection supervision, reconnect with
 replay of the audio no EndOfTurn has covered yet (`audio_window_end` plays the part of a v1
 final's `start + duration`; between turns only the last half second is replayed), close and
-error descriptions. Flux has no KeepAlive message, so a
-stream whose caller audio stopped (media paused) is kept open with 20 ms of mu-law silence,
-queued as audio so that the replay offsets stay true; `finalize()` sends `ForceEndTurn`.
+error descriptions. Audio goes out in 80 ms messages, the chunk size Deepgram recommends for
+Flux (the media path delivers 20 ms frames). A turn is open from StartOfTurn to EndOfTurn only:
+Flux also sends Updates between turns, which must not make a reconnect replay the silence. Flux
+has no KeepAlive message, so a stream whose caller audio stopped (media paused) is kept open
+with 80 ms of mu-law silence, queued as audio so that the replay offsets stay true;
+`finalize()` sends `ForceEndTurn`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ DEFAULT_FLUX_MODEL = "flux-general-en"
 # Between turns (no StartOfTurn open), a new connection gets only this much of the audio sent
 # before the drop: a turn could be starting in it; nothing older is waiting for a transcript.
 _REPLAY_BETWEEN_TURNS_BYTES = SAMPLE_RATE // 2
-_SILENCE_FRAME = b"\xff" * (SAMPLE_RATE // 50)  # 20 ms of mu-law zero
+_MESSAGE_BYTES = SAMPLE_RATE * 80 // 1000  # 80 ms per message, as Deepgram recommends
+_SILENCE = b"\xff" * _MESSAGE_BYTES  # 80 ms of mu-law zero
 _log = logging.getLogger(__name__)
 _PARTIAL_EVENTS = frozenset({"Update", "EagerEndOfTurn", "TurnResumed"})
 
@@ -78,6 +82,8 @@ def flux_events_from_message(
 
 class DeepgramFluxSpeechToText(DeepgramSpeechToText):
     """One call's transcription with Deepgram Flux; see the module docstring."""
+
+    message_bytes = _MESSAGE_BYTES
 
     def __init__(
         self,
@@ -119,9 +125,10 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
         )
 
     def _events_from(self, message: Any, received_at: float) -> tuple[list[SttEvent], float | None]:
-        if isinstance(message, ListenV2TurnInfo):
-            self._turn_open = str(message.event) != "EndOfTurn"
-        elif isinstance(message, ListenV2Warning):
+        event = str(message.event) if isinstance(message, ListenV2TurnInfo) else ""
+        if event in ("StartOfTurn", "EndOfTurn"):
+            self._turn_open = event == "StartOfTurn"
+        if isinstance(message, ListenV2Warning):
             _log.warning("deepgram flux: %s", self._scrub(f"{message.code}: {message.description}"))
         return flux_events_from_message(message, received_at)
 
@@ -130,4 +137,4 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
 
     async def _keep_alive(self, socket: Any) -> None:
         # Queued like caller audio (the sender sends it next), so replay offsets stay exact.
-        self._audio.append(_SILENCE_FRAME)
+        self._audio.append(_SILENCE)

@@ -146,6 +146,17 @@ def events_from_message(message: Any, received_at: float) -> tuple[list[SttEvent
     return [], None  # Metadata, ConfigureSuccess, unknown messages: nothing to report
 
 
+def _handshake_error(exc: ApiError) -> str:
+    """ ": <reason>" from the refused handshake's `dg-error` header (where Deepgram says why),
+    or "". The SDK's ApiError keeps only our request headers; the websockets exception it was
+    raised from (its __context__) has the response's."""
+    failure = exc.__context__
+    response = getattr(failure, "response", None)  # websockets.InvalidStatus
+    headers = getattr(response, "headers", None) or getattr(failure, "headers", None)
+    reason = headers.get("dg-error") if headers is not None else None
+    return f": {reason}" if reason else ""
+
+
 def _ws_to_http(url: str) -> str:
     return "https" + url[3:] if url.startswith("wss") else "http" + url[2:]
 
@@ -169,6 +180,10 @@ class _StreamEnded(Exception):
 
 class DeepgramSpeechToText:
     """One call's live transcription over Deepgram's websocket (see the module docstring)."""
+
+    # Audio per websocket message: 0 sends each frame the moment it arrives (v1); a subclass
+    # may ask for fixed-size messages (then only the audio before a control goes out shorter).
+    message_bytes = 0
 
     def __init__(
         self,
@@ -408,8 +423,8 @@ class DeepgramSpeechToText:
             self._wake.clear()
             while True:  # audio first (up to the next control's position), then that control
                 upto = self._controls[0].upto if self._controls else None
-                offset, chunk = self._audio.next_chunk(_CHUNK_BYTES, upto)
-                if chunk:
+                offset, chunk = self._audio.next_chunk(self.message_bytes or _CHUNK_BYTES, upto)
+                if chunk and (len(chunk) >= self.message_bytes or upto is not None):
                     await socket.send_media(chunk)
                     self._audio.mark_sent(offset + len(chunk))
                     last_sent = loop.time()
@@ -444,14 +459,18 @@ class DeepgramSpeechToText:
         """A key-free description of a connection failure, and whether retrying is futile."""
         url = self.listen_url
         if isinstance(exc, ApiError):
-            status = exc.status_code
+            status = exc.status_code or 0
+            said = _handshake_error(exc)
             if status in (401, 403):
-                text, fatal = f"Deepgram rejected the API key (HTTP {status}) at {url}", True
+                text = f"Deepgram rejected the API key (HTTP {status}{said}) at {url}"
             elif status == 400:
-                text = f"Deepgram refused the stream parameters (HTTP 400) at {url}"
-                fatal = True
+                text = f"Deepgram refused the stream parameters (HTTP 400{said}) at {url}"
+            elif status == 402:
+                text = f"Deepgram: out of credit (HTTP 402{said}) at {url}"
             else:
-                text, fatal = f"Deepgram websocket handshake failed (HTTP {status}) at {url}", False
+                text = f"Deepgram websocket handshake failed (HTTP {status}{said}) at {url}"
+            # Asking again cannot fix a bad key, bad parameters or an empty account.
+            fatal = status in (400, 401, 402, 403)
         elif isinstance(exc, TimeoutError):
             text, fatal = f"timed out connecting to Deepgram at {url}", False
         elif isinstance(exc, websockets.exceptions.ConnectionClosed):

@@ -8,7 +8,13 @@ The SDK's `text_to_speech.stream()` is used as is (real request building, error 
 two deliberate settings: `chunk_size=None`, because the SDK otherwise re-chunks the body into
 1024-byte pieces (128 ms of audio held back at the start of every reply); and our own
 first-byte / idle deadlines, because one httpx timeout cannot tell "the service is still
-thinking" from "the stream died mid-sentence".
+thinking" from "the stream died mid-sentence". `previous_text` / `next_text` go with each
+sentence so the service joins sentences of one reply with natural prosody.
+
+Errors quote the service's own `detail.status` and message ("quota_exceeded: This request
+exceeds your quota...", "voice_not_found: ...", "too_many_concurrent_requests: ..."), and say
+whether asking again during this call can help (`heals`): a bad key, a used-up quota or a
+voice that does not exist cannot.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ OUTPUT_FORMAT = "ulaw_8000"
 # Idle connections are kept this long (httpcore drops one the server has closed before reusing
 # it); under the 60 s idle timeout common on load balancers, which may drop them silently.
 DEFAULT_KEEPALIVE_SECONDS = 55.0
+# Answers that asking again during the call cannot change.
+_UNHEALING_STATUSES = frozenset({401, 402, 403, 404})
 
 
 class ElevenLabsTextToSpeech:
@@ -90,7 +98,9 @@ class ElevenLabsTextToSpeech:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***")
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, *, previous_text: str = "", next_text: str = ""
+    ) -> AsyncIterator[bytes]:
         """8 kHz mu-law for `text`, chunk by chunk as the service produces it.
 
         Raises ProviderError on HTTP errors, dropped streams and timeouts. Closing the generator
@@ -110,6 +120,10 @@ class ElevenLabsTextToSpeech:
             "output_format": OUTPUT_FORMAT,
             "request_options": options,
         }
+        if previous_text:
+            kwargs["previous_text"] = previous_text
+        if next_text:
+            kwargs["next_text"] = next_text
         if self.optimize_streaming_latency is not None:
             kwargs["optimize_streaming_latency"] = self.optimize_streaming_latency
         if self.voice_settings is not None:
@@ -137,7 +151,10 @@ class ElevenLabsTextToSpeech:
                     ) from None
                 except ApiError as exc:
                     # `from None`: the SDK error's str() dumps all response headers and body.
-                    raise ProviderError(self._describe_status(exc)) from None
+                    raise ProviderError(
+                        self._describe_status(exc),
+                        heals=exc.status_code not in _UNHEALING_STATUSES,
+                    ) from None
                 except httpx.HTTPError as exc:
                     # Connect failures, a dropped connection mid-body ("incomplete chunked
                     # read"), httpx-level timeouts; none of them carries the key.
@@ -152,11 +169,12 @@ class ElevenLabsTextToSpeech:
             await audio.aclose()
 
     def _describe_status(self, exc: ApiError) -> str:
-        status = exc.status_code
-        if status in (401, 403):
-            return f"ElevenLabs: HTTP {status}: authentication failed (check the API key)"
+        """The service's own words: "HTTP 401: quota_exceeded: This request exceeds..."."""
         detail: Any = exc.body.get("detail") if isinstance(exc.body, dict) else exc.body
         if isinstance(detail, dict):
-            detail = detail.get("message") or detail.get("status") or detail
+            parts = [str(detail[k]) for k in ("status", "message") if detail.get(k)]
+            detail = ": ".join(parts) if parts else detail
         text = str(detail)[:300] if detail else ""
-        return self._redact(f"ElevenLabs: HTTP {status}" + (f": {text}" if text else ""))
+        if exc.status_code in (401, 403) and not text:
+            text = "authentication failed (check the API key)"
+        return self._redact(f"ElevenLabs: HTTP {exc.status_code}" + (f": {text}" if text else ""))

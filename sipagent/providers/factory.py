@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipagent.config import AgentSettings
+from sipagent.conversation.tts_slots import TtsSlots
 from sipagent.providers.base import LanguageModel, SpeechToText, TextToSpeech
 
 log = logging.getLogger("sipagent.providers")
@@ -55,6 +56,7 @@ class Providers:
     llm: LanguageModel
     tts: TextToSpeech
     fallback_tts: TextToSpeech | None
+    tts_slots: TtsSlots | None = None  # the cloud TTS plan's concurrency, shared by all calls
 
 
 def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental") -> Providers:
@@ -97,14 +99,20 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
 
     llm: LanguageModel
     if choice.llm == "openai":
-        from sipagent.providers.openai_llm import OpenAILanguageModel
+        from sipagent.providers.openai_llm import (
+            CLOUD_FIRST_TOKEN_TIMEOUT,
+            LOCAL_FIRST_TOKEN_TIMEOUT,
+            OpenAILanguageModel,
+        )
 
+        local = bool(settings.openai_base_url)
         llm = OpenAILanguageModel(
             api_key=settings.openai_api_key.get_secret_value(),
             model=settings.openai_model,
             base_url=settings.openai_base_url or None,
             # Past this we apologise and retry rather than leave the caller in silence.
-            first_token_timeout=2.0,
+            first_token_timeout=settings.llm_first_token_timeout
+            or (LOCAL_FIRST_TOKEN_TIMEOUT if local else CLOUD_FIRST_TOKEN_TIMEOUT),
         )
     else:
         from sipagent.providers.scripted_llm import ScriptedReceptionist
@@ -112,6 +120,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
         llm = ScriptedReceptionist(clinic_name=clinic_name)
 
     tts: TextToSpeech
+    tts_slots: TtsSlots | None = None
     if choice.tts == "elevenlabs":
         from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 
@@ -124,6 +133,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
             first_byte_timeout=1.5,
         )
         fallback = espeak()
+        tts_slots = TtsSlots(settings.tts_max_concurrent)
     else:
         tts = espeak()
         fallback = None
@@ -131,4 +141,4 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
         "providers: stt=%s llm=%s tts=%s%s",
         choice.stt, choice.llm, choice.tts, " (OFFLINE MODE)" if choice.offline else "",
     )  # fmt: skip
-    return Providers(choice, new_stt, llm, tts, fallback)
+    return Providers(choice, new_stt, llm, tts, fallback, tts_slots)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import ctypes
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,8 @@ _BUFFER_MS = 60
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
+
+_log = logging.getLogger(__name__)
 
 
 class _Espeak:
@@ -179,7 +182,10 @@ class EspeakTextToSpeech:
 
         await loop.run_in_executor(_executor, load)
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, *, previous_text: str = "", next_text: str = ""
+    ) -> AsyncIterator[bytes]:
+        # espeak-ng speaks each sentence on its own: the neighbouring text is not used.
         if not text.strip():
             return
         loop = asyncio.get_running_loop()
@@ -238,5 +244,5 @@ class EspeakTextToSpeech:
                     await asyncio.shield(future)
                 except asyncio.CancelledError:
                     raise  # the worker still stops at its next buffer; cancellation wins
-                except Exception:
-                    pass  # the worker reports errors through the queue, which nobody reads now
+                except Exception as error:  # its queue has no reader any more: log it here
+                    _log.debug("espeak-ng worker failed after the stream closed: %r", error)

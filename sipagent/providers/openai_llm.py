@@ -16,9 +16,15 @@ Two things keep the request off the caller's clock. The request goes through the
 parsing and chunk models) rather than `chat.completions.create`, because `create` first walks
 every message and tool schema through the SDK's TypedDict transform, which cost 3-8 ms per turn
 on a 2-vCPU machine (growing with the history) for JSON that is already in wire format. And the
-HTTP connection is opened before it is needed (`warm_up`, at the start of each call) and kept
-for `keepalive_seconds` rather than httpx's 5 s: a caller's turn plus our reply is often longer
-than 5 s, and a new TLS connection to the API costs one to three round trips on every turn.
+HTTP connection is opened before it is needed (`warm_up`, at the start of each call, with a
+real one-token completion: it also makes a local server load its model while the greeting
+plays) and kept for `keepalive_seconds` rather than httpx's 5 s: a caller's turn plus our reply
+is often longer than 5 s, and a new TLS connection to the API costs one to three round trips on
+every turn.
+
+Errors say what the service said (status, code, message) and carry what the conversation needs
+to decide: `retry_after` from a 429, and `heals=False` for failures that asking again cannot fix
+within a call (a bad key, a model that does not exist, a quota used up).
 """
 
 from __future__ import annotations
@@ -70,6 +76,16 @@ _SAMPLE_CHUNK: dict[str, Any] = {
 }
 # Local OpenAI-compatible servers ignore the key, but the SDK refuses to start without one.
 _PLACEHOLDER_KEY = "sk-no-key-required"
+_WARM_UP_MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "Hello"}]
+# A warm-up may wait this long for a local server to load its model (it runs beside the call).
+_WARM_UP_SECONDS = 60.0
+# First-token bounds: the cloud answers in well under a second, so 2 s means trouble; a local
+# server (a base URL is set) may be loading its model or reading a long prompt on a CPU.
+CLOUD_FIRST_TOKEN_TIMEOUT = 2.0
+LOCAL_FIRST_TOKEN_TIMEOUT = 8.0
+# Answers that asking again during the call cannot change.
+_UNHEALING_STATUSES = frozenset({401, 402, 403, 404})
+_UNHEALING_CODES = frozenset({"insufficient_quota", "model_not_found", "invalid_api_key"})
 
 
 @dataclass(slots=True)
@@ -139,18 +155,30 @@ class OpenAILanguageModel:
         await self._client.close()
 
     async def warm_up(self) -> None:
-        """Open the HTTP (and TLS) connection now, so the caller's first turn does not pay for
-        it. Best effort: any answer, even a 404 from a server without the route, leaves a
-        connection in the pool; failures are only logged (the real request will report)."""
+        """Open the HTTP (and TLS) connection now with a one-token completion, so the caller's
+        first turn pays neither for the connection nor (on a local server) for loading the
+        model. Best effort: failures are logged once; the real request will report."""
         try:
             # The SDK builds its chunk models' field caches on first use: ~5 ms on the first
             # chunk of the process's first reply, unless paid here.
             ChatCompletionChunk.model_construct(**_SAMPLE_CHUNK)
-            await self._client.models.retrieve(self.model, timeout=self.connect_timeout)
-        except openai.APIStatusError:
-            pass  # the connection is open, which is all this was for
+            body = {**self._request_body(_WARM_UP_MESSAGES, []), "max_tokens": 1}
+            async with asyncio.timeout(_WARM_UP_SECONDS):
+                stream = await self._client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=ChatCompletionChunk,
+                    options={"security": {"bearer_auth": True}},
+                    stream=True,
+                    stream_cls=AsyncStream[ChatCompletionChunk],
+                )
+                async with stream:
+                    async for _ in stream:
+                        pass
+        except openai.APIStatusError as exc:
+            _log.warning("OpenAI warm-up: %s", self._describe_status(exc))
         except Exception as exc:  # a warm-up must never fail a call
-            _log.debug("OpenAI warm-up failed: %s", self._redact(f"{type(exc).__name__}: {exc}"))
+            _log.warning("OpenAI warm-up failed: %s", self._redact(f"{type(exc).__name__}: {exc}"))
 
     def _redact(self, text: str) -> str:
         # Some OpenAI-compatible servers echo the Authorization header or key back in errors.
@@ -197,7 +225,8 @@ class OpenAILanguageModel:
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + self.first_token_timeout
         sdk_stream: AsyncStream[ChatCompletionChunk] | None = None
-        calls: dict[int, _PartialToolCall] = {}
+        calls: list[_PartialToolCall] = []
+        calls_by_index: dict[int | None, _PartialToolCall] = {}
         finish_reason: str | None = None
         seen_token = False
         try:
@@ -224,7 +253,7 @@ class OpenAILanguageModel:
                             text = delta.content or getattr(delta, "refusal", None) or ""
                             if delta.tool_calls:
                                 seen_token = True
-                                _merge_tool_deltas(calls, delta.tool_calls)
+                                _merge_tool_deltas(calls, calls_by_index, delta.tool_calls)
                             if text:
                                 seen_token = True
                                 yield LlmChunk(text=text)
@@ -240,7 +269,12 @@ class OpenAILanguageModel:
             except openai.APIStatusError as exc:
                 # `from None`: the SDK exception carries the response body, which some servers
                 # fill with (a masked form of) the key; our message says what matters.
-                raise ProviderError(self._describe_status(exc)) from None
+                raise ProviderError(
+                    self._describe_status(exc),
+                    retry_after=_retry_after(exc.response.headers),
+                    heals=exc.status_code not in _UNHEALING_STATUSES
+                    and exc.code not in _UNHEALING_CODES,
+                ) from None
             except openai.APIConnectionError as exc:
                 # Timeouts from the HTTP layer are APITimeoutError, a subclass of this.
                 kind = (
@@ -261,7 +295,7 @@ class OpenAILanguageModel:
                 await sdk_stream.close()
 
         yield LlmChunk(
-            tool_calls=tuple(_finish_tool_call(i, calls[i]) for i in sorted(calls)),
+            tool_calls=tuple(_finish_tool_call(i, call) for i, call in enumerate(calls)),
             finish_reason=finish_reason,
         )
 
@@ -284,19 +318,27 @@ class OpenAILanguageModel:
         return self._redact(": ".join(parts))
 
 
-def _merge_tool_deltas(calls: dict[int, _PartialToolCall], deltas: list[Any]) -> None:
-    """Fold one chunk's tool-call deltas into the calls assembled so far, keyed by `index`.
+def _merge_tool_deltas(
+    calls: list[_PartialToolCall],
+    by_index: dict[int | None, _PartialToolCall],
+    deltas: list[Any],
+) -> None:
+    """Fold one chunk's tool-call deltas into the calls assembled so far (in order of arrival).
 
-    Parallel calls can be interleaved and several can share one chunk, so only `index` says
-    which call a fragment belongs to. The id and name arrive whole in a call's first delta;
-    some servers repeat them later, so the first non-empty value wins rather than being
-    concatenated. Arguments are raw JSON text cut anywhere and are concatenated as is.
+    Parallel calls can be interleaved and several can share one chunk, so `index` says which
+    call a fragment belongs to; but Ollama streams parallel calls all with index 0, each whole
+    in its own delta with its own id, so a delta whose id differs from its slot's id starts a
+    new call. The id and name arrive whole in a call's first delta; some servers repeat them
+    later, so the first non-empty value wins rather than being concatenated. Arguments are raw
+    JSON text cut anywhere and are concatenated as is. Off-spec servers without `index`: a new
+    id starts a new call, anything else continues the last one.
     """
     for tc in deltas:
-        index = tc.index
-        if index is None:  # off-spec servers: a new id starts a new call, else continue the last
-            index = len(calls) if (tc.id or not calls) else max(calls)
-        slot = calls.setdefault(index, _PartialToolCall())
+        slot = by_index.get(tc.index) if tc.index is not None else (calls or [None])[-1]
+        if slot is None or (tc.id and slot.id and tc.id != slot.id):
+            slot = _PartialToolCall()
+            calls.append(slot)
+            by_index[tc.index] = slot
         if tc.id and not slot.id:
             slot.id = tc.id
         function = tc.function
@@ -305,6 +347,19 @@ def _merge_tool_deltas(calls: dict[int, _PartialToolCall], deltas: list[Any]) ->
                 slot.name = function.name
             if function.arguments:
                 slot.arguments.append(function.arguments)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from a 429's `retry-after-ms` / `retry-after` (seconds) header."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            continue  # an HTTP date: rare enough to treat as "no advice"
+    return None
 
 
 def _finish_tool_call(index: int, call: _PartialToolCall) -> ToolCall:

@@ -3,7 +3,9 @@
 It fills the same slots as the cloud model (reason, name, date, time, phone), asks for what
 is missing, and emits the same tool calls (`book_appointment`, `end_call`,
 `transfer_to_human`), reading tool results back. Stateless: everything is derived from the
-message history, exactly like a chat-completions model.
+message history, exactly like a chat-completions model (today's date from the system prompt).
+It reads dates and times as callers say them and hands the tools what a model would: an ISO
+date and a 24-hour time; a weekday that contradicts an explicit date is said back.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from sipagent.booking.rules import NUMBER_WORDS, BookingRuleError, parse_date, parse_time
+from sipagent.booking.rules import NUMBER_WORDS, BookingRuleError, parse_time, read_date
 from sipagent.providers.base import LlmChunk, ToolCall
 
 _REASONS = {
@@ -25,14 +27,16 @@ _REASONS = {
     "consultation": ("consult",),
 }
 _TIME = re.compile(
-    r"\b(?:\d{1,2}(?::\d{2})?\s*(?:a\.?m\.?|p\.?m\.?)|noon|"
+    r"\b(?:(?:half past|(?:a )?quarter (?:past|to|after))\s+"
+    r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\d{1,2})|"
+    r"\d{1,2}(?::\d{2})?\s*(?:a\.?m\.?|p\.?m\.?)|noon|"
     r"(?:at\s+)?(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\d{1,2})"
     r"(?:\s+(?:thirty|fifteen|forty-five|o'clock))?\s*(?:a\.?m\.?|p\.?m\.?|in the morning|"
     r"in the afternoon)?(?=\W|$))",
     re.IGNORECASE,
 )
 _DATE_WORDS = re.compile(
-    r"\b(today|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|"
+    r"\b(today|tomorrow|week|monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|"
     r"february|march|april|may|june|july|august|september|october|november|december|"
     r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2})\b",
     re.IGNORECASE,
@@ -42,6 +46,7 @@ _NAME = re.compile(
     re.IGNORECASE,
 )
 _NOT_NAMES = {"calling", "looking", "trying", "here", "just", "a", "the", "not", "going", "fine"}
+_TODAY = re.compile(r"Today is (?:\w+ )?(\w+ \d{1,2}, \d{4})")
 _GOODBYE = re.compile(r"\b(bye|goodbye|that's all|that is all|nothing else|no thanks)\b", re.I)
 _HUMAN = re.compile(r"\b(human|real person|receptionist|operator|someone|front desk)\b", re.I)
 
@@ -75,7 +80,18 @@ def normalise_spoken(text: str) -> str:
     return re.sub(r"\bforty\s+five\b", "forty-five", text, flags=re.IGNORECASE)
 
 
-def extract_slots(user_texts: list[str]) -> Slots:
+def today_from(messages: list[dict[str, Any]]) -> date:
+    """Today as the system prompt states it ("Today is Wednesday November 25, 2026, ...")."""
+    for message in messages:
+        if message.get("role") == "system":
+            found = _TODAY.search(str(message.get("content") or ""))
+            if found:
+                return datetime.strptime(found.group(1), "%B %d, %Y").date()
+    return date.today()
+
+
+def extract_slots(user_texts: list[str], today: date | None = None) -> Slots:
+    today = today or date.today()
     slots = Slots()
     for text in map(normalise_spoken, user_texts):
         lowered = text.lower()
@@ -85,15 +101,16 @@ def extract_slots(user_texts: list[str]) -> Slots:
         if (name := _NAME.search(text)) and name.group(1).split()[0].lower() not in _NOT_NAMES:
             slots.name = " ".join(word.capitalize() for word in name.group(1).split())
         if date_match := _DATE_WORDS.search(text):
-            phrase = text[max(0, date_match.start() - 5) : date_match.end() + 12]
+            phrase = text[max(0, date_match.start() - 16) : date_match.end() + 24]
             try:
-                parse_date(phrase, date.today())  # only checks it parses
+                read_date(phrase, today)  # only checks it parses
                 slots.date = phrase.strip()
             except BookingRuleError:
                 pass
         for time_match in _TIME.finditer(text):
             candidate = time_match.group(0).strip()
-            if not re.search(r"[ap]\.?m|noon|morning|afternoon|o'clock|^at ", candidate, re.I):
+            clock_words = r"[ap]\.?m|noon|morning|afternoon|o'clock|^at |half past|quarter"
+            if not re.search(clock_words, candidate, re.I):
                 continue
             try:
                 parse_time(candidate)
@@ -136,16 +153,21 @@ class ScriptedReceptionist:
             return f"Thank you for calling {self.clinic_name}. Goodbye!", (
                 ToolCall("call_end", "end_call", '{"reason": "caller said goodbye"}'),
             )
-        slots = extract_slots(user_texts)
+        today = today_from(messages)
+        slots = extract_slots(user_texts, today)
         if self._already_booked(messages) and not _DATE_WORDS.search(latest):
             return "Is there anything else I can help you with?", ()
         missing = slots.missing()
         if not missing:
+            assert slots.date is not None and slots.time is not None  # nothing missing
+            day = read_date(slots.date, today)
             arguments = {
-                "patient_name": slots.name, "phone": slots.phone, "preferred_date": slots.date,
-                "preferred_time": slots.time, "reason": slots.reason,
+                "patient_name": slots.name, "phone": slots.phone,
+                "preferred_date": day.day.isoformat(),
+                "preferred_time": parse_time(slots.time).strftime("%H:%M"), "reason": slots.reason,
             }  # fmt: skip
-            return "Let me book that for you.", (
+            said_back = f"{day.weekday_mismatch}. " if day.weekday_mismatch else ""
+            return said_back + "Let me book that for you.", (
                 ToolCall(f"call_book_{len(messages)}", "book_appointment", json.dumps(arguments)),
             )
         ask = {

@@ -19,7 +19,7 @@ from sipagent.booking.rules import (
     ClinicHours,
     check_slot,
     normalise_phone,
-    parse_date,
+    parse_iso_date,
     resolve_start,
 )
 from sipagent.booking.store import Appointment, BookingStore, SlotTakenError
@@ -41,18 +41,27 @@ def _function(
     }
 
 
+# The model turns "next Tuesday at 3" into these itself (today's date is in its prompt).
+_DATE = {
+    "type": "string",
+    "description": "calendar date as YYYY-MM-DD, e.g. 2026-12-01",
+    "pattern": r"^\d{4}-\d{2}-\d{2}$",
+}
+_TIME = {
+    "type": "string",
+    "description": "24-hour time HH:MM in the clinic's time zone, e.g. 15:00 for 3 pm",
+    "pattern": r"^([01]\d|2[0-3]):[0-5]\d$",
+}
+
 TOOL_SCHEMAS: list[dict[str, Any]] = [
     _function(
         "book_appointment",
         "Book a dental appointment once you have the patient's name, phone, date, time and reason.",
         {
             "patient_name": {"type": "string", "description": "full name of the patient"},
-            "phone": {"type": "string", "description": "callback phone number"},
-            "preferred_date": {
-                "type": "string",
-                "description": "e.g. 'next Tuesday', '2026-12-01'",
-            },
-            "preferred_time": {"type": "string", "description": "e.g. '3 pm', '10:30'"},
+            "phone": {"type": "string", "description": "callback phone number, as said"},
+            "preferred_date": _DATE,
+            "preferred_time": _TIME,
             "reason": {"type": "string", "enum": list(REASONS)},
         },
         ["patient_name", "phone", "preferred_date", "preferred_time", "reason"],
@@ -60,7 +69,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
     _function(
         "check_availability",
         "List free appointment times on a date before offering them.",
-        {"preferred_date": {"type": "string"}, "reason": {"type": "string", "enum": list(REASONS)}},
+        {"preferred_date": _DATE, "reason": {"type": "string", "enum": list(REASONS)}},
         ["preferred_date"],
     ),
     _function(
@@ -80,8 +89,8 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
         "Move a booked appointment to a new date and time.",
         {
             "appointment_id": {"type": "integer"},
-            "new_date": {"type": "string"},
-            "new_time": {"type": "string"},
+            "new_date": _DATE,
+            "new_time": _TIME,
         },
         ["appointment_id", "new_date", "new_time"],
     ),
@@ -135,10 +144,12 @@ class ReceptionistTools:
         store: BookingStore,
         hours: ClinicHours,
         clock: Callable[[], datetime],
+        region: str = "US",
     ) -> None:
         self.store = store
         self.hours = hours
         self.clock = clock
+        self.region = region  # where phone numbers are dialled from (the clinic's country)
 
     async def execute(self, tool_call: ToolCall, call_id: str) -> ToolOutcome:
         try:
@@ -173,11 +184,9 @@ class ReceptionistTools:
             return ToolOutcome(
                 _result(ok=False, error=f"reason must be one of {', '.join(REASONS)}")
             )
-        phone = normalise_phone(str(args["phone"]))
+        phone = normalise_phone(str(args["phone"]), self.region)
         now = self.clock()
-        start = resolve_start(
-            str(args["preferred_date"]), str(args["preferred_time"]), self.hours, now
-        )
+        start = resolve_start(str(args["preferred_date"]), str(args["preferred_time"]), self.hours)
         duration = self.hours.durations.get(reason, self.hours.slot_minutes)
         refused = await self._refusal(start, duration, now)
         if refused is not None:
@@ -220,7 +229,7 @@ class ReceptionistTools:
         return None
 
     async def _tool_find_appointments(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
-        phone = normalise_phone(str(args.get("phone") or ""))
+        phone = normalise_phone(str(args.get("phone") or ""), self.region)
         found = await self.store.find_by_phone(phone)
         return ToolOutcome(
             _result(ok=True, phone=phone, appointments=[_describe(a) for a in found])
@@ -245,7 +254,7 @@ class ReceptionistTools:
             )
         now = self.clock()
         start = resolve_start(
-            str(args.get("new_date") or ""), str(args.get("new_time") or ""), self.hours, now
+            str(args.get("new_date") or ""), str(args.get("new_time") or ""), self.hours
         )
         refused = await self._refusal(start, current.duration_minutes, now)
         if refused is not None:
@@ -261,9 +270,7 @@ class ReceptionistTools:
 
     async def _tool_check_availability(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
         now = self.clock()
-        day = parse_date(
-            str(args.get("preferred_date") or ""), now.astimezone(self.hours.zone).date()
-        )
+        day = parse_iso_date(str(args.get("preferred_date") or ""))
         reason = str(args.get("reason") or "checkup").lower()
         duration = self.hours.durations.get(reason, self.hours.slot_minutes)
         start = datetime.combine(day, self.hours.opens, tzinfo=self.hours.zone)

@@ -88,6 +88,7 @@ NET0001 = (
     "See https://dpgr.am/net0001"
 )
 _EPS = 1e-9
+FLUX_UPDATE_SECONDS = 0.25  # Flux sends a TurnInfo Update for about every 0.25 s of audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,12 +466,26 @@ class Recogniser:
 class FluxRecogniser(Recogniser):
     """The same timeline as Recogniser, in Flux's words: `TurnInfo` messages (StartOfTurn at
     the onset, Update for interim words, EndOfTurn at the end of the turn, trigger "manual"
-    after ForceEndTurn), every message numbered by `sequence_id` (0 is `Connected`)."""
+    after ForceEndTurn), every message numbered by `sequence_id` (0 is `Connected`). Like the
+    service, it sends an Update for about every 0.25 s of audio between turns too (with an
+    empty transcript)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sequence_id = 0
         self.turn_index = 0
+        self._next_idle_update = FLUX_UPDATE_SECONDS
+
+    def _frame(
+        self, frame: bytes, t0: float, t1: float, arrival: float, out: list[Outgoing]
+    ) -> None:
+        was_speaking = self.speaking
+        super()._frame(frame, t0, t1, arrival, out)
+        if was_speaking or self.speaking or t1 < self._next_idle_update - _EPS:
+            return
+        self._next_idle_update = t1 + FLUX_UPDATE_SECONDS
+        update = self._turn_info("Update", [], t1, confidence=0.0)
+        out.append(self._emit(arrival, {**update, "audio_window_start": round(t0, 3)}))
 
     def connected(self, now: float) -> Outgoing:
         return self._emit(now, {"type": "Connected", "request_id": self.request_id})
@@ -557,6 +572,7 @@ class FakeListenConnection:
     request_id: str
     protocol: str = "v1"  # "v1" (live) or "flux" (/v2/listen)
     audio: bytearray = field(default_factory=bytearray)
+    audio_messages: list[int] = field(default_factory=list)  # bytes in each binary message
     controls: list[str] = field(default_factory=list)  # text message types, in order
     control_offsets: list[int] = field(default_factory=list)  # audio bytes received before each
     sent: list[dict[str, Any]] = field(default_factory=list)  # JSON messages sent, in order
@@ -614,6 +630,7 @@ class FakeDeepgramServer(LoopbackServer):
         self.script = TranscriptScript(transcripts)
         self.connections: list[FakeListenConnection] = []
         self.rejected: list[Rejection] = []
+        self.out_of_credit = False  # handshakes get 402 Payment Required
         self.model_uuid = str(uuid.uuid4())
         self._live: dict[int, web.Request] = {}
         self._changed = asyncio.Condition()
@@ -665,17 +682,25 @@ class FakeDeepgramServer(LoopbackServer):
 
     # -- connection handling ---------------------------------------------------------------
 
+    async def _refuse(
+        self, status: int, code: str, message: str, query: dict[str, str]
+    ) -> web.Response:
+        """Deepgram's refused handshake: the error body, and its message in `dg-error` (the
+        only part a websocket client can read) with the request id in `dg-request-id`."""
+        self.rejected.append(Rejection(status, message, query))
+        await self._notify()
+        request_id = str(uuid.uuid4())
+        body = {"err_code": code, "err_msg": message, "request_id": request_id}
+        headers = {"dg-error": message, "dg-request-id": request_id}
+        return web.json_response(body, status=status, headers=headers)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         if request.headers.get("Authorization", "") != f"Token {self.api_key}":
-            self.rejected.append(Rejection(401, "invalid credentials", query))
-            await self._notify()
-            body = {
-                "err_code": "INVALID_AUTH",
-                "err_msg": "Invalid credentials.",
-                "request_id": str(uuid.uuid4()),
-            }
-            return web.json_response(body, status=401)
+            return await self._refuse(401, "INVALID_AUTH", "Invalid credentials.", query)
+        if self.out_of_credit:
+            message = "Project does not have enough credits for an API request."
+            return await self._refuse(402, "ASR_PAYMENT_REQUIRED", message, query)
         protocol = "flux" if request.path == "/v2/listen" else "v1"
         try:
             if protocol == "flux":
@@ -683,10 +708,7 @@ class FakeDeepgramServer(LoopbackServer):
             else:
                 params = parse_listen_params(query, self.required_params)
         except ValueError as exc:
-            self.rejected.append(Rejection(400, str(exc), query))
-            await self._notify()
-            body = {"err_code": "Bad Request", "err_msg": str(exc), "request_id": str(uuid.uuid4())}
-            return web.json_response(body, status=400)
+            return await self._refuse(400, "Bad Request", str(exc), query)
 
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
@@ -786,6 +808,7 @@ class FakeDeepgramServer(LoopbackServer):
                         continue  # Deepgram ignores audio after CloseStream
                     last_data = now
                     conn.audio.extend(msg.data)
+                    conn.audio_messages.append(len(msg.data))
                     queue(recogniser.feed(msg.data, now))
                     await self._notify()
                     if (

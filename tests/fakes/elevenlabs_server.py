@@ -67,6 +67,7 @@ class RecordedTtsRequest:
     chunks_sent: int = 0
     completed: bool = False  # every byte was written and the body terminated
     disconnected: bool = False  # the client hung up before the reply was complete
+    released: bool = False  # no longer counted against the concurrency limit
     first_chunk_sent: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # handler is done
 
@@ -81,7 +82,14 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
       speed                how many times faster than real time audio is sent (None: no pacing)
       drop_after_bytes     close the connection abruptly once this many bytes have been sent
       fail_next(status, n) answer the next n requests with an error status (500, 401, ...)
-    A wrong `xi-api-key` always gets a 401, like the real service.
+      concurrency_limit    the plan's concurrent requests (Free 2, Starter 3, Creator 5, ...):
+                           one more in flight gets 429 `too_many_concurrent_requests`
+      credits              characters left on the key (None: unlimited); a request for more
+                           text than that gets 401 `quota_exceeded`
+      voices               the voice ids that exist (None: any); others get 404
+                           `voice_not_found`
+    A wrong `xi-api-key` always gets a 401, like the real service. Error bodies are the real
+    service's: {"detail": {"status": ..., "message": ...}}.
     """
 
     def __init__(
@@ -91,12 +99,18 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
         first_byte_latency: float = 0.0,
         speed: float | None = 20.0,
         drop_after_bytes: int | None = None,
+        concurrency_limit: int = 5,
     ) -> None:
         super().__init__()
         self.api_key = api_key
         self.first_byte_latency = first_byte_latency
         self.speed = speed
         self.drop_after_bytes = drop_after_bytes
+        self.concurrency_limit = concurrency_limit
+        self.credits: int | None = None
+        self.voices: set[str] | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._handle)
@@ -119,10 +133,20 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
             client_port=client_port(request),
         )
         self.requests.append(rec)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             return await self._respond(request, rec)
         finally:
+            self._done_generating(rec)
             rec.finished.set()
+
+    def _done_generating(self, rec: RecordedTtsRequest) -> None:
+        """The request stops counting against the plan once its last byte is out (before the
+        end of the body reaches the client, which may then start its next request at once)."""
+        if not rec.released:
+            rec.released = True
+            self.in_flight -= 1
 
     @staticmethod
     def _error(rec: RecordedTtsRequest, status: int, code: str, message: str) -> web.Response:
@@ -138,6 +162,23 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
             if status == 401:
                 return self._error(rec, 401, "invalid_api_key", "Invalid API key")
             return self._error(rec, status, "internal_error", "Synthesis failed, please retry")
+        if self.in_flight > self.concurrency_limit:
+            return self._error(
+                rec,
+                429,
+                "too_many_concurrent_requests",
+                "Too many concurrent requests. Your current subscription is associated with a "
+                f"maximum of {self.concurrency_limit} concurrent requests running in parallel. "
+                "Please upgrade your subscription to a higher tier or wait for other requests "
+                "to finish.",
+            )
+        if self.voices is not None and rec.voice_id not in self.voices:
+            return self._error(
+                rec,
+                404,
+                "voice_not_found",
+                f"A voice with the voice_id {rec.voice_id} was not found.",
+            )
         if rec.query.get("output_format") != "ulaw_8000":
             # The fake speaks only the telephone format; anything else is a client bug here.
             return self._error(rec, 400, "invalid_output_format", "this fake serves ulaw_8000 only")
@@ -148,8 +189,20 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
             or not body["text"].strip()
             or not isinstance(body.get("model_id", ""), str)
             or not isinstance(body.get("voice_settings") or {}, dict)
+            or not all(isinstance(body.get(k) or "", str) for k in ("previous_text", "next_text"))
         ):
             return self._error(rec, 422, "invalid_body", "text, model_id or voice_settings invalid")
+        needed = len(body["text"])
+        if self.credits is not None:
+            if needed > self.credits:
+                return self._error(
+                    rec,
+                    401,
+                    "quota_exceeded",
+                    f"This request exceeds your quota of 10000. You have {self.credits} credits "
+                    f"remaining, while {needed} credits are required for this request.",
+                )
+            self.credits -= needed
 
         audio = expected_audio(body["text"])
         rec.bytes_planned = len(audio)
@@ -190,6 +243,7 @@ class FakeElevenLabsServer(HttpFakeServer[RecordedTtsRequest]):
                 seconds = len(chunk) / SAMPLE_RATE / self.speed
                 if not await self._pause(request, rec, seconds):
                     return
+        self._done_generating(rec)
         await resp.write_eof()
         rec.completed = True
 

@@ -84,8 +84,101 @@ def _mask(key: str) -> str:
     return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 7 else "***"
 
 
-def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+def _error_body(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryError:
+    """Why api.openai.com refuses a `messages` array (its 400 `message` and `param`)."""
+
+    message: str
+    param: str
+    code: str | None = None
+
+
+def history_error(messages: list[Any]) -> HistoryError | None:
+    """The first reason the real API would answer 400 to this history, or None.
+
+    The rules and wording are the API's own: roles from its fixed list; an assistant message
+    with `tool_calls` followed, before anything else, by one `tool` message per id; a `tool`
+    message only inside such a group and only for an id of that group; text content is a
+    string (only an assistant message with tool calls may have none).
+    """
+    open_ids: list[str] = []  # ids of the last tool_calls message not answered yet
+    group: set[str] = set()  # all ids of that message (a tool message may only answer these)
+    in_group = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return HistoryError(
+                f"Invalid type for 'messages[{i}]': expected an object.", f"messages[{i}]"
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            supported = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
+            return HistoryError(
+                f"Invalid value: '{role}'. Supported values are: {supported}.",
+                f"messages[{i}].role",
+                "invalid_value",
+            )
+        if role != "tool" and open_ids:
+            return HistoryError(
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(open_ids)}",
+                f"messages.[{i}].role",
+            )
+        if role == "tool":
+            if not in_group:
+                return HistoryError(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    f"messages.[{i}].role",
+                )
+            call_id = message.get("tool_call_id")
+            if call_id not in group:
+                return HistoryError(
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    f"messages.[{i}].tool_call_id",
+                )
+            if call_id in open_ids:
+                open_ids.remove(call_id)
+            if not isinstance(message.get("content"), str):
+                return HistoryError(
+                    "Invalid type for 'content': expected a string.", f"messages[{i}].content"
+                )
+            continue
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls:
+            ids = [c.get("id") for c in calls if isinstance(c, dict)]
+            if len(ids) != len(calls) or not all(isinstance(x, str) and x for x in ids):
+                return HistoryError(
+                    "Missing required parameter: 'tool_calls[].id'.",
+                    f"messages[{i}].tool_calls",
+                )
+            open_ids, group, in_group = list(ids), set(ids), True
+            continue
+        in_group = False
+        if not isinstance(message.get("content"), str):
+            return HistoryError(
+                f"Invalid value for 'content': expected a string, got "
+                f"{type(message.get('content')).__name__}.",
+                f"messages.[{i}].content",
+            )
+    if open_ids:
+        return HistoryError(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(open_ids)}",
+            f"messages.[{len(messages)}].role",
+        )
+    return None
 
 
 def _words(text: str) -> list[str]:
@@ -113,7 +206,8 @@ def plan_deltas(
     the function name (arguments "" or a first fragment); later deltas carry only index and an
     arguments fragment. "interleaved" mixes parallel calls by index (sometimes two calls in one
     delta), which a client that assumes one call at a time gets wrong; "sequential" sends them
-    one after the other, as api.openai.com usually does.
+    one after the other, as api.openai.com usually does; "ollama" sends each call whole with
+    index 0 for all of them, told apart only by their ids, as Ollama does.
     """
     deltas: list[tuple[dict[str, Any], str | None]] = []
     role: dict[str, Any] = {"role": "assistant"}
@@ -142,7 +236,17 @@ def plan_deltas(
         role = {}
         return delta
 
-    if style == "sequential":
+    if style == "ollama":
+        # Ollama: each call whole in one delta, and every one of them with index 0.
+        for call, call_id in zip(reply.tool_calls, call_ids, strict=True):
+            whole = {
+                "index": 0,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            deltas.append((with_role([whole]), None))
+    elif style == "sequential":
         for queue in queues:
             deltas.extend((with_role([piece]), None) for piece in queue)
     else:
@@ -171,8 +275,13 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
       inter_token_delay    seconds between chunks
       stall_after_tokens   after this many chunks stop sending, keep the connection open
       drop_after_tokens    after this many chunks close the connection abruptly
-      tool_call_style      "interleaved" (default) or "sequential" parallel tool calls
-      fail_next(status, n) answer the next n requests with an error status (500, 429, ...)
+      tool_call_style      "interleaved" (default), "sequential" or "ollama" parallel tool calls
+      fail_next(status, n) answer the next n requests with an error status (500, 429, ...);
+                           warm-ups do not use these up (`failing_warm_ups` fails those)
+      retry_after          the `retry-after` header (seconds) of a 429
+    Like api.openai.com it refuses (400) a history that breaks the tool-call pairing rules or
+    has an unknown role (`history_error`). A one-token request (`max_tokens: 1`, a warm-up) is
+    answered with one token, recorded in `warm_ups`, and does not use up the script.
     """
 
     def __init__(
@@ -193,7 +302,10 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         self.stall_after_tokens = stall_after_tokens
         self.drop_after_tokens = drop_after_tokens
         self.tool_call_style = tool_call_style
-        self.missing_models: set[str] = set()  # GET /v1/models/{model} answers 404 for these
+        self.retry_after = "1"
+        self.failing_warm_ups = 0  # the next n warm-ups get a 500
+        self.warm_ups: list[RecordedRequest] = []
+        self.missing_models: set[str] = set()  # requests naming these models get a 404
         self.model_lookups: list[RecordedRequest] = []  # GET /v1/models/{model} (not in requests)
         self._script = replies if callable(replies) else list(replies)
         self._call_counter = itertools.count(1)
@@ -215,7 +327,11 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             body: Any = await request.json()
         except ValueError:
             body = None
-        rec = self._record(request, body)
+        warm_up = isinstance(body, dict) and 1 in (
+            body.get("max_tokens"),
+            body.get("max_completion_tokens"),
+        )
+        rec = self._record(request, body, into=self.warm_ups if warm_up else None)
         try:
             return await self._respond(request, rec)
         finally:
@@ -261,7 +377,7 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
         rec.status = status
         headers = {"x-request-id": f"req_fake_{len(self.requests)}"}
         if status == 429:
-            headers["retry-after"] = "1"
+            headers["retry-after"] = self.retry_after
         return web.json_response(body, status=status, headers=headers)
 
     async def _respond(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
@@ -272,8 +388,11 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             return self._error(
                 rec, 401, _error_body(msg, "invalid_request_error", "invalid_api_key")
             )
-        if self._failures:
-            status = self._failures.pop(0)
+        warm_up_fails = rec in self.warm_ups and self.failing_warm_ups > 0
+        if warm_up_fails or (self._failures and rec not in self.warm_ups):
+            if warm_up_fails:
+                self.failing_warm_ups -= 1
+            status = 500 if warm_up_fails else self._failures.pop(0)
             if status == 429:
                 body = _error_body(
                     "Rate limit reached for requests", "requests", "rate_limit_exceeded"
@@ -301,8 +420,22 @@ class FakeOpenAIServer(HttpFakeServer[RecordedRequest]):
             return self._error(
                 rec, 400, _error_body("[] is too short - 'tools'", "invalid_request_error", None)
             )
+        if body["model"] in self.missing_models:
+            message = f"The model '{body['model']}' does not exist or you do not have access to it."
+            return self._error(
+                rec, 404, _error_body(message, "invalid_request_error", "model_not_found")
+            )
+        refused = history_error(body["messages"])
+        if refused is not None:
+            return self._error(
+                rec,
+                400,
+                _error_body(refused.message, "invalid_request_error", refused.code, refused.param),
+            )
 
-        reply = self._next_reply(body)
+        reply = (
+            Reply("Hi", finish_reason="length") if rec in self.warm_ups else self._next_reply(body)
+        )
         if reply is None:
             return self._error(rec, 500, _error_body("fake script exhausted", "server_error", None))
         call_ids = [c.id or f"call_{next(self._call_counter):04d}" for c in reply.tool_calls]

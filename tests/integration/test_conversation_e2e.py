@@ -4,7 +4,10 @@ against wire-protocol fakes) answers, books, reads back, is interrupted, recover
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from agentlib import running_agent, wait_until
@@ -16,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sipagent.conversation.chunker import SentenceChunker
-from sipagent.conversation.session import ConversationSettings
+from sipagent.conversation.session import APOLOGY, LLM_FALLBACK, ConversationSettings
 from sipagent.sip.call import CallState
 from sipagent.storage.models import AppointmentRecord, CallRecord
 
@@ -60,6 +63,18 @@ def agent_settings(deepgram, openai, elevenlabs) -> dict:
     }
 
 
+def next_tuesday() -> str:
+    """ "next Tuesday" as a model resolves it (ISO, in the clinic's time zone)."""
+    today = datetime.now(ZoneInfo("America/New_York")).date()
+    return (today + timedelta(days=(1 - today.weekday()) % 7 or 7)).isoformat()
+
+
+BOOKING = {
+    "patient_name": "Maria Lopez", "phone": "555 123 4567", "preferred_date": next_tuesday(),
+    "preferred_time": "15:00", "reason": "cleaning",
+}  # fmt: skip
+
+
 def receptionist_replies(request: dict) -> Reply:
     """What a good model would answer, decided from the conversation so far."""
     last = request["messages"][-1]
@@ -75,10 +90,7 @@ def receptionist_replies(request: dict) -> Reply:
     if "keypad" in text:
         return Reply("Thanks, I have your number.")
     if "book" in text:
-        return Reply("", (FakeToolCall.of("book_appointment", {
-            "patient_name": "Maria Lopez", "phone": "555 123 4567",
-            "preferred_date": "next Tuesday", "preferred_time": "3 pm", "reason": "cleaning",
-        }, "call_b"),))  # fmt: skip
+        return Reply("", (FakeToolCall.of("book_appointment", BOOKING, "call_b"),))
     return Reply("Of course. How can I help you with that?")
 
 
@@ -147,7 +159,7 @@ async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio
     second = openai.requests[1]
     assert second.messages[-1]["role"] == "tool" and '"ok": true' in second.messages[-1]["content"]
     # The LLM connection was opened while the greeting played, and the first turn reused it.
-    [warm_up] = openai.model_lookups
+    [warm_up] = openai.warm_ups
     assert warm_up.received_at < openai.requests[0].received_at
     assert openai.requests[0].client_port == warm_up.client_port
     readback = next(t for t in session.turns if t.role == "assistant" and "booked" in t.text)
@@ -280,3 +292,87 @@ async def test_a_turn_heard_by_deepgram_flux(sipp, capture, audio, tmp_path):
     assert openai.requests[0].messages[-1] == {"role": "user", "content": said}
     assert [(t.role, t.text) for t in session.turns[1:3]] == [("user", said), ("assistant", reply)]
     assert heard_all(reply, agent_stream(cap, runner.media_port))
+
+
+def parking_replies(request: dict) -> Reply:
+    """A model that books with a sentence first, and answers a question about parking."""
+    last = request["messages"][-1]
+    if last["role"] == "tool":
+        return Reply("You're booked. Anything else?")
+    text = last["content"].lower()
+    if "parking" in text:
+        return Reply("Yes, we have free parking behind the clinic.")
+    if "book" in text:
+        booking = FakeToolCall.of("book_appointment", BOOKING, "call_b")
+        return Reply("Let me book that for you.", (booking,))
+    return Reply("Of course. How can I help you with that?")
+
+
+async def test_a_new_turn_during_a_slow_booking_keeps_the_booking_and_the_history_valid(
+    sipp, capture, audio, tmp_path
+):
+    said = ["I would like to book a cleaning.", "Is there parking at the clinic?"]
+    # The second question comes while the booking still waits (gaps are silence between).
+    caller = caller_audio(audio, tmp_path, [(5.0, said[0]), (2.0, said[1])], tail=6.0)
+    database = tmp_path / "agent.db"
+    async with (
+        FakeDeepgramServer(said) as deepgram,
+        FakeOpenAIServer(parking_replies) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(
+            **agent_settings(deepgram, openai, elevenlabs), database_url=f"sqlite:///{database}"
+        ) as agent,
+    ):
+        # The database is busy (another writer holds its lock): the booking waits in the
+        # tool round while the caller moves on.
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 19000}, timeout=30)  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+
+            def callers_turns() -> int:
+                return sum(t.role == "user" for s in agent.app.sessions.values() for t in s.turns)
+
+            await wait_until(lambda: callers_turns() == 2, 20, "the caller's second turn")
+            assert len(openai.requests) == 1  # the next request waits for the booking
+            lock.execute("ROLLBACK")
+            lock.close()
+            await wait_until(lambda: bool(agent.ended_calls), 25, "the caller to hang up")
+            (await runner.wait()).check()
+        call = agent.ended_calls[0]
+        [appointment] = await agent.app.store.for_call(call.call_id)
+    # Every request was one the real API accepts (the strict fake answers 400 otherwise).
+    assert [r.status for r in openai.requests] == [200, 200]
+    second = openai.requests[1].messages
+    answer = next(m for m in second if m["role"] == "tool")
+    assert json.loads(answer["content"])["appointment_id"] == appointment.id
+    assert second[-1] == {"role": "user", "content": said[1]}
+    assert appointment.patient_name == "Maria Lopez"
+    heard = agent_stream(cap, runner.media_port)
+    assert heard_all("Yes, we have free parking behind the clinic.", heard)
+
+
+async def test_two_llm_failures_in_a_row_end_in_the_spoken_fallback(sipp, capture, audio, tmp_path):
+    caller = caller_audio(audio, tmp_path, [(5.0, "I want to book a checkup.")], tail=12.0)
+    async with (
+        FakeDeepgramServer(["I want to book a checkup."]) as deepgram,
+        FakeOpenAIServer(lambda request: Reply("never said")) as openai,
+        FakeElevenLabsServer() as elevenlabs,
+        running_agent(**agent_settings(deepgram, openai, elevenlabs)) as agent,
+    ):
+        openai.fail_next(500, 2)
+        host, port = agent.local_address
+        runner = sipp("uac_call.xml", remote=f"{host}:{port}", service="agent",
+                      params={"AUDIO": caller, "HOLD_MS": 16000}, timeout=25)  # fmt: skip
+        async with capture(runner.media_port) as cap:
+            await runner.start(wait_bound=False)
+            await wait_until(lambda: bool(agent.ended_calls), 25, "the caller to hang up")
+            (await runner.wait()).check()
+        session = agent.app.sessions[agent.ended_calls[0].call_id]
+    heard = agent_stream(cap, runner.media_port)
+    assert heard_all(APOLOGY, heard) and heard_all(LLM_FALLBACK, heard)
+    assert [r.status for r in openai.requests] == [500, 500]
+    assert [e.split(":")[0] for e in session.provider_errors] == ["llm", "llm"]

@@ -251,7 +251,8 @@ async def test_wrong_api_key_raises_provider_error_without_the_key(
         assert server.connection_count == 0
 
     err = info.value
-    assert "API key" in str(err) and "401" in str(err)
+    # Why, in Deepgram's own words: the handshake's dg-error header.
+    assert "API key (HTTP 401: Invalid credentials.)" in str(err)
     texts = [str(err), repr(err), repr(stt)]
     cause: BaseException | None = err
     while cause is not None:  # the whole chain, as a traceback would print it
@@ -344,9 +345,26 @@ async def test_parameters_deepgram_refuses_raise_provider_error() -> None:
     async with FakeDeepgramServer() as server:
         # Without utterance_end_ms the SDK leaves the parameter out; the fake insists on it.
         stt = DeepgramSpeechToText(server.api_key, ws_url=server.url, utterance_end_ms=None)
-        with pytest.raises(ProviderError, match=r"refused the stream parameters \(HTTP 400\)"):
+        with pytest.raises(
+            ProviderError, match=r"parameters \(HTTP 400: missing .*utterance_end_ms"
+        ):
             await stt.start()
         assert server.rejected[0].status == 400 and "utterance_end_ms" in server.rejected[0].reason
+
+
+async def test_out_of_credit_is_said_and_never_retried() -> None:
+    async with FakeDeepgramServer(["Hello."], drop_connection_after_seconds=0.3) as server:
+        stt = DeepgramSpeechToText(server.api_key, ws_url=server.url)
+        await stt.start()
+        log = EventLog(stt)
+        server.out_of_credit = True  # the account runs dry; the connection then drops
+        await stream(stt, silence(0.6))
+        await asyncio.wait_for(log.ended.wait(), 10.0)
+        errors = [e.detail for e in log.of(SttEventKind.ERROR)]
+        assert [r.status for r in server.rejected] == [402]  # one attempt, not five
+        await stt.close()
+        await log.stop()
+    assert errors[-1].startswith("gave up: Deepgram: out of credit (HTTP 402: Project does not")
 
 
 async def test_gives_up_when_the_server_stays_away() -> None:

@@ -47,10 +47,14 @@ async def test_a_turn_gives_speech_started_partials_and_one_final() -> None:
     }
     assert conn.headers["Authorization"] == f"Token {server.api_key}"
     assert bytes(conn.audio) == sent
+    # 80 ms per message, as Deepgram recommends for Flux (the media path gives 20 ms frames);
+    # only the audio before CloseStream may be shorter.
+    assert set(conn.audio_messages[:-1]) == {640} and 0 < conn.audio_messages[-1] <= 640
     assert conn.controls == ["CloseStream"]
     assert conn.sent[0]["type"] == "Connected"
     assert [m["sequence_id"] for m in conn.sent] == list(range(len(conn.sent)))
-    assert [m["event"] for m in conn.sent_of_type("TurnInfo")][-1] == "EndOfTurn"
+    events = [(m["event"], m["transcript"]) for m in conn.sent_of_type("TurnInfo")]
+    assert ("EndOfTurn", said) in events
 
 
 async def test_finalize_forces_the_end_of_the_turn() -> None:
@@ -68,7 +72,7 @@ async def test_finalize_forces_the_end_of_the_turn() -> None:
 
 
 async def test_a_silent_stream_is_kept_open_with_silence_not_keepalive() -> None:
-    # Flux has no KeepAlive message: while the media path sends nothing, 20 ms of silence
+    # Flux has no KeepAlive message: while the media path sends nothing, 80 ms of silence
     # goes out instead, and the stream survives the service's idle timeout.
     async with (
         FakeDeepgramServer(["Hello."], idle_timeout=1.0) as server,
@@ -79,7 +83,7 @@ async def test_a_silent_stream_is_kept_open_with_silence_not_keepalive() -> None
         conn = server.connections[0]
         assert server.connection_count == 1 and conn.closed_by == ""
         assert conn.controls == [] and len(conn.audio) > int(0.2 * RATE)
-        assert set(bytes(conn.audio)) == {0xFF}
+        assert set(bytes(conn.audio)) == {0xFF} and set(conn.audio_messages) == {640}
         await stream(stt, silence(0.2) + tone(0.6) + silence(0.6), speed=2.0)
         final = await log.wait_kind(SttEventKind.FINAL)
     assert final.text == "Hello." and server.connection_count == 1

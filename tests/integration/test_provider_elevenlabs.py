@@ -9,6 +9,7 @@ stopwatch.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -140,9 +141,82 @@ async def test_401_is_a_provider_error_without_the_key(forced: bool) -> None:
         finally:
             await tts.aclose()
     message = str(err.value)
-    assert "401" in message and "authentication" in message
+    assert "HTTP 401: invalid_api_key: Invalid API key" in message
     assert key not in message and err.value.__cause__ is None
+    assert err.value.heals is False
     assert server.requests[0].status == 401
+
+
+async def refusal(prepare: Callable[[FakeElevenLabsServer], None]) -> ProviderError:
+    """The ProviderError a sentence gets from a fake set up by `prepare`."""
+    async with FakeElevenLabsServer() as server:
+        prepare(server)
+        tts = make_tts(server)
+        try:
+            with pytest.raises(ProviderError) as err:
+                await speak(tts, SENTENCE)
+        finally:
+            await tts.aclose()
+    return err.value
+
+
+def out_of_credit(server: FakeElevenLabsServer) -> None:
+    server.credits = 12
+
+
+def without_the_voice(server: FakeElevenLabsServer) -> None:
+    server.voices = {"another-voice"}
+
+
+@pytest.mark.parametrize(
+    ("prepare", "words"),
+    [
+        (out_of_credit, "HTTP 401: quota_exceeded: This request exceeds your quota"),
+        (without_the_voice, f"HTTP 404: voice_not_found: A voice with the voice_id {VOICE}"),
+    ],
+)
+async def test_errors_that_cannot_heal_quote_the_service_and_say_so(
+    prepare: Callable[[FakeElevenLabsServer], None], words: str
+) -> None:
+    error = await refusal(prepare)
+    assert words in str(error) and "authentication" not in str(error)
+    assert error.heals is False
+
+
+async def test_one_request_over_the_plans_concurrency_is_refused_with_a_429_that_heals() -> None:
+    async with FakeElevenLabsServer(concurrency_limit=1, first_byte_latency=0.5) as server:
+        tts = make_tts(server)
+        try:
+            results = await asyncio.gather(
+                speak(tts, SENTENCE), speak(tts, "Second."), return_exceptions=True
+            )
+        finally:
+            await tts.aclose()
+    [error] = [r for r in results if isinstance(r, ProviderError)]
+    assert "HTTP 429: too_many_concurrent_requests: Too many concurrent requests" in str(error)
+    assert error.heals is True
+    assert sorted(r.status for r in server.requests) == [200, 429]
+
+
+async def test_the_neighbouring_sentences_are_sent_with_the_text() -> None:
+    async with FakeElevenLabsServer() as server:
+        tts = make_tts(server)
+        try:
+            audio = b"".join(
+                [
+                    chunk
+                    async for chunk in tts.synthesize(
+                        "It is at ten.", previous_text="Your visit is booked.", next_text="Bye!"
+                    )
+                ]
+            )
+            await speak(tts, "Hello.")
+        finally:
+            await tts.aclose()
+    assert audio == expected_audio("It is at ten.")
+    first, alone = (request.body for request in server.requests)
+    assert (first["previous_text"], first["next_text"]) == ("Your visit is booked.", "Bye!")
+    assert "previous_text" not in alone and "next_text" not in alone
 
 
 async def test_500_is_a_provider_error() -> None:
@@ -150,7 +224,7 @@ async def test_500_is_a_provider_error() -> None:
         server.fail_next(500)
         tts = make_tts(server)
         try:
-            with pytest.raises(ProviderError, match="HTTP 500: Synthesis failed"):
+            with pytest.raises(ProviderError, match="HTTP 500: internal_error: Synthesis failed"):
                 await speak(tts, SENTENCE)
             # The failure was for that request only; the next sentence is spoken normally.
             assert b"".join(await speak(tts, "Sorry.")) == expected_audio("Sorry.")

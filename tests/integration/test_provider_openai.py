@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from fakes.openai_server import (
     iter_chunk_text,
     plan_deltas,
 )
+from openai import AsyncOpenAI
 
 from sipagent.providers.base import LlmChunk, ProviderError
 from sipagent.providers.openai_llm import OpenAILanguageModel
@@ -98,7 +100,7 @@ async def test_first_text_chunk_arrives_while_the_server_is_still_sending() -> N
     assert rest[-1].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("style", ["interleaved", "sequential"])
+@pytest.mark.parametrize("style", ["interleaved", "sequential", "ollama"])
 async def test_parallel_tool_calls_are_reassembled_exactly(style: str) -> None:
     calls = (
         FakeToolCall.of("check_availability", AVAIL_ARGS, id="call_avail"),
@@ -242,6 +244,105 @@ async def test_http_errors_raise_provider_error_without_retrying(status: int, wo
     assert words in str(err.value)
     assert server.api_key not in str(err.value)
     assert len(server.requests) == 1  # max_retries=0: the caller is waiting, no silent retry
+
+
+async def refusal(
+    messages: list[dict[str, Any]] = USER,
+    prepare: Callable[[FakeOpenAIServer], None] = lambda server: None,
+    **llm_options: Any,
+) -> ProviderError:
+    """The ProviderError one request gets from a fake set up by `prepare`."""
+    async with FakeOpenAIServer(["never sent"]) as server:
+        prepare(server)
+        llm = OpenAILanguageModel(
+            **{"api_key": server.api_key, "base_url": server.base_url, **llm_options}
+        )
+        try:
+            with pytest.raises(ProviderError) as err:
+                await collect(llm, messages=messages)
+        finally:
+            await llm.aclose()
+    return err.value
+
+
+def failing(status: int, retry_after: str) -> Callable[[FakeOpenAIServer], None]:
+    def prepare(server: FakeOpenAIServer) -> None:
+        server.fail_next(status)
+        server.retry_after = retry_after
+
+    return prepare
+
+
+async def test_a_429_carries_the_services_retry_after() -> None:
+    error = await refusal(prepare=failing(429, "7"))
+    assert error.retry_after == 7.0 and error.heals
+
+
+def asked_for(call_id: str, name: str, arguments: str = "{}") -> dict[str, Any]:
+    """The assistant message of a tool round asking for one call."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+@pytest.mark.parametrize(
+    ("messages", "words"),
+    [
+        (
+            [*USER, asked_for("call_1", "book_appointment"), {"role": "user", "content": "Wait"}],
+            "did not have response messages: call_1",
+        ),
+        (
+            [*USER, asked_for("call_1", "end_call"), {"role": "tool", "tool_call_id": "call_2"}],
+            "'tool_call_id' of 'call_2' not found",
+        ),
+        ([{"role": "tool", "tool_call_id": "call_9", "content": "{}"}], "must be a response"),
+        ([{"role": "caller", "content": "hi"}], "Invalid value: 'caller'"),
+    ],
+)
+async def test_histories_the_real_api_refuses_are_refused_with_its_words(
+    messages: list[dict[str, Any]], words: str
+) -> None:
+    error = str(await refusal(messages))
+    assert "HTTP 400" in error and words in error
+
+
+async def test_the_body_we_post_is_what_chat_completions_create_would_send() -> None:
+    history = [
+        *USER,
+        asked_for("call_1", "check_availability", '{"day": "Friday"}'),
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"ok": true}'},
+    ]
+    async with FakeOpenAIServer(["One.", "Two."]) as server:
+        llm = make_llm(server, temperature=0.3, max_tokens=120)
+        client = AsyncOpenAI(api_key=server.api_key, base_url=server.base_url, max_retries=0)
+        try:
+            await collect(llm, messages=history)
+            stream = await client.chat.completions.create(
+                model=llm.model,
+                messages=history,  # type: ignore[arg-type]
+                tools=TOOLS,  # type: ignore[arg-type]
+                stream=True,
+                temperature=0.3,
+                max_tokens=120,
+            )
+            async for _ in stream:
+                pass
+        finally:
+            await llm.aclose()
+            await client.close()
+    ours, sdk = server.requests
+    assert ours.body == sdk.body
+    assert ours.headers["Authorization"] == sdk.headers["Authorization"]
+    assert ours.headers["Content-Type"] == sdk.headers["Content-Type"]
+
+
+@pytest.mark.parametrize(("status", "model"), [(401, "gpt-4o-mini"), (404, "no-such-model")])
+async def test_errors_that_cannot_heal_say_so(status: int, model: str) -> None:
+    wrong_key = {"api_key": "sk-wrong-0123456789abcdef"} if status == 401 else {}
+    error = await refusal(
+        prepare=lambda server: server.missing_models.add("no-such-model"), model=model, **wrong_key
+    )
+    assert f"HTTP {status}" in str(error) and error.heals is False
 
 
 async def test_wrong_key_is_an_auth_error_that_does_not_quote_the_key() -> None:
@@ -393,7 +494,7 @@ def test_missing_key_for_the_real_service_is_reported(monkeypatch: pytest.Monkey
 # -- the connection is opened ahead of the first turn and kept between turns --------------------
 
 
-async def test_warm_up_opens_the_connection_the_first_request_then_reuses() -> None:
+async def test_warm_up_is_a_one_token_completion_on_the_connection_the_turn_reuses() -> None:
     async with FakeOpenAIServer(["Hello."]) as server:
         llm = make_llm(server, model="llama3.2:3b")
         try:
@@ -401,25 +502,27 @@ async def test_warm_up_opens_the_connection_the_first_request_then_reuses() -> N
             await collect(llm)
         finally:
             await llm.aclose()
-    [warm], [chat] = server.model_lookups, server.requests
-    assert warm.path == "/v1/models/llama3.2:3b" and warm.status == 200
+    [warm], [chat] = server.warm_ups, server.requests
+    # A real completion: a local server loads the model for it, while the greeting plays.
+    assert warm.path == "/v1/chat/completions" and warm.status == 200 and warm.completed
+    assert warm.body["model"] == "llama3.2:3b" and warm.body["max_tokens"] == 1
     assert warm.headers["Authorization"] == f"Bearer {server.api_key}"
     assert chat.path == "/v1/chat/completions" and chat.status == 200
     assert chat.client_port == warm.client_port  # no new TCP (TLS) connection for the turn
 
 
-async def test_warm_up_against_a_server_without_the_model_still_warms_and_never_raises() -> None:
+async def test_a_failed_warm_up_never_raises_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     async with FakeOpenAIServer(["Hello."]) as server:
-        server.missing_models.add("no-such-model")
-        llm = make_llm(server, model="no-such-model")
+        server.failing_warm_ups = 1
+        llm = make_llm(server)
         try:
-            await llm.warm_up()  # a 404 is fine: the connection is open all the same
+            await llm.warm_up()
             await collect(llm)
         finally:
             await llm.aclose()
-    [warm], [chat] = server.model_lookups, server.requests
-    assert warm.status == 404
-    assert chat.client_port == warm.client_port
+    [warm], [chat] = server.warm_ups, server.requests
+    assert warm.status == 500 and chat.status == 200
+    assert any("warm-up" in r.getMessage() and "HTTP 500" in r.getMessage() for r in caplog.records)
 
 
 async def test_warm_up_with_nothing_listening_returns_quietly() -> None:

@@ -414,8 +414,8 @@ async def test_receptionist_tools_over_the_sql_store(store, engine, wide_executo
     booking = {
         "patient_name": "Maria Lopez",
         "phone": "555-123-4567",
-        "preferred_date": "next Tuesday",
-        "preferred_time": "3 pm",
+        "preferred_date": "2026-12-01",
+        "preferred_time": "15:00",
         "reason": "cleaning",
     }
     call = ToolCall(id="t1", name="book_appointment", arguments=json.dumps(booking))

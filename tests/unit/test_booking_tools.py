@@ -10,6 +10,7 @@ from sipagent.booking.rules import (
     normalise_phone,
     parse_date,
     parse_time,
+    read_date,
     resolve_start,
 )
 from sipagent.booking.store import InMemoryBookingStore
@@ -32,10 +33,22 @@ WEDNESDAY = datetime(2026, 11, 25, 10, 0, tzinfo=HOURS.zone)
         ("the fifteenth of March", date(2027, 3, 15)),
         ("3rd of December", date(2026, 12, 3)),
         ("2026-12-07", date(2026, 12, 7)),
+        ("the day after tomorrow", date(2026, 11, 27)),
+        ("a week from today", date(2026, 12, 2)),
+        ("the twenty first of December at 10", date(2026, 12, 21)),
+        ("March 24th at 10 am", date(2027, 3, 24)),
+        ("Tuesday the 1st of December", date(2026, 12, 1)),
     ],
 )
 def test_natural_dates(text, expected):
     assert parse_date(text, WEDNESDAY.date()) == expected
+
+
+def test_an_explicit_date_wins_over_a_weekday_that_contradicts_it_and_says_so():
+    reading = read_date("Monday the 24th of March", WEDNESDAY.date())
+    assert reading.day == date(2027, 3, 24)
+    assert reading.weekday_mismatch == "March 24 is a Wednesday, not a Monday"
+    assert read_date("Wednesday the 24th of March", WEDNESDAY.date()).weekday_mismatch is None
 
 
 @pytest.mark.parametrize(
@@ -44,23 +57,42 @@ def test_natural_dates(text, expected):
         ("3 pm", time(15)), ("3:30 p.m.", time(15, 30)), ("15:00", time(15)),
         ("three pm", time(15)), ("ten thirty", time(10, 30)), ("half past two", time(14, 30)),
         ("noon", time(12)), ("9 in the morning", time(9)), ("at three", time(15)),
+        ("quarter to three", time(14, 45)), ("quarter past ten", time(10, 15)),
+        ("a quarter to twelve", time(11, 45)),
     ],
 )  # fmt: skip
 def test_natural_times(text, expected):
     assert parse_time(text) == expected
 
 
-def test_phone_numbers_normalised_to_e164():
-    assert normalise_phone("(555) 123-4567") == "+15551234567"
-    assert normalise_phone("five five five one two three four five six seven") == "+15551234567"
-    assert normalise_phone("+44 20 7946 0958") == "+442079460958"
-    with pytest.raises(BookingRuleError, match="10-digit"):
+@pytest.mark.parametrize(
+    ("said", "region", "e164"),
+    [
+        ("(555) 123-4567", "US", "+15551234567"),
+        ("five five five one two three four five six seven", "US", "+15551234567"),
+        ("555-123-4567 ext. 12", "US", "+15551234567"),
+        ("+44 20 7946 0958", "US", "+442079460958"),
+        ("020 7946 0958", "GB", "+442079460958"),  # a London number, as a Londoner says it
+        ("07700 900123", "GB", "+447700900123"),
+        ("(02) 9374 4000", "AU", "+61293744000"),
+        ("0412 345 678", "AU", "+61412345678"),
+        ("030 1234567", "DE", "+49301234567"),
+        ("plus three three one four two six eight five three zero zero", "US", "+33142685300"),
+    ],
+)
+def test_phone_numbers_are_read_in_the_clinics_region_and_kept_in_e164(said, region, e164):
+    assert normalise_phone(said, region) == e164
+
+
+def test_an_incomplete_phone_number_is_explained():
+    with pytest.raises(BookingRuleError, match="not a complete US number"):
         normalise_phone("555 1234")
+    with pytest.raises(BookingRuleError, match="not a phone number"):
+        normalise_phone("no idea")
 
 
 def test_dst_change_keeps_local_wall_time():
-    before = datetime(2027, 3, 12, 10, 0, tzinfo=HOURS.zone)  # Friday before the spring change
-    start = resolve_start("Monday", "9 am", HOURS, before)
+    start = resolve_start("2027-03-15", "09:00", HOURS)  # the Monday after the spring change
     assert start.hour == 9 and start.utcoffset().total_seconds() == -4 * 3600  # EDT after
 
 
@@ -74,8 +106,8 @@ def call(name: str, **arguments) -> ToolCall:
 
 
 BOOKING = {
-    "patient_name": "Maria Lopez", "phone": "555-123-4567", "preferred_date": "next Tuesday",
-    "preferred_time": "3 pm", "reason": "cleaning",
+    "patient_name": "Maria Lopez", "phone": "555-123-4567", "preferred_date": "2026-12-01",
+    "preferred_time": "15:00", "reason": "cleaning",
 }  # fmt: skip
 
 
@@ -104,10 +136,13 @@ async def test_double_booking_is_refused_with_alternatives():
     ("changes", "error"),
     [
         ({"reason": "whitening"}, "reason must be one of"),
-        ({"preferred_date": "Saturday"}, "closed on Saturdays"),
-        ({"preferred_time": "8 pm"}, "open 9:00 AM to 5:00 PM"),
-        ({"preferred_date": "today", "preferred_time": "9 am"}, "already passed"),
-        ({"phone": "12345"}, "10-digit"),
+        ({"preferred_date": "2026-11-28"}, "closed on Saturdays"),
+        ({"preferred_time": "20:00"}, "open 9:00 AM to 5:00 PM"),
+        ({"preferred_date": "2026-11-25", "preferred_time": "09:00"}, "already passed"),
+        ({"phone": "12345"}, "not a complete US number"),
+        # The model is asked for ISO dates and 24-hour times; words come back to it.
+        ({"preferred_date": "next Tuesday"}, "is not YYYY-MM-DD"),
+        ({"preferred_time": "3 pm"}, "is not 24-hour HH:MM"),
         ({"patient_name": ""}, "missing: patient_name"),
     ],
 )
@@ -129,9 +164,8 @@ async def test_bad_json_and_unknown_tools_are_tool_errors():
 
 async def test_availability_and_call_control_tools():
     executor, _ = tools()
-    free = json.loads(
-        (await executor.execute(call("check_availability", preferred_date="Friday"), "c")).content
-    )
+    asked = call("check_availability", preferred_date="2026-11-27")
+    free = json.loads((await executor.execute(asked, "c")).content)
     assert free["date"] == "2026-11-27" and free["free_times"][0] == "Friday November 27 at 9:00 AM"
     assert (await executor.execute(call("end_call"), "c")).action == "hangup"
     assert (await executor.execute(call("transfer_to_human"), "c")).action == "transfer"
@@ -144,7 +178,7 @@ async def test_availability_and_call_control_tools():
 async def test_closed_times_come_back_with_alternatives():
     executor, _ = tools()
     outcome = await executor.execute(
-        call("book_appointment", **{**BOOKING, "preferred_date": "Saturday"}), "c"
+        call("book_appointment", **{**BOOKING, "preferred_date": "2026-11-28"}), "c"
     )
     result = json.loads(outcome.content)
     assert "closed on Saturdays" in result["error"]
@@ -161,7 +195,7 @@ async def test_returning_caller_finds_reschedules_and_cancels():
     assert appointment["when"] == "Tuesday December 1 at 3:00 PM"
     moved = json.loads((await executor.execute(call(
         "reschedule_appointment", appointment_id=appointment["appointment_id"],
-        new_date="Wednesday", new_time="10 am"), "c2")).content)  # fmt: skip
+        new_date="2026-12-02", new_time="10:00"), "c2")).content)  # fmt: skip
     assert moved["ok"] and moved["rescheduled"]["when"] == "Wednesday December 2 at 10:00 AM"
     new_id = moved["rescheduled"]["appointment_id"]
     assert [a.status for a in store.appointments] == ["rescheduled", "booked"]
@@ -186,11 +220,11 @@ async def test_reschedule_onto_a_taken_time_keeps_the_booking():
         **BOOKING,
         "patient_name": "Ann Lee",
         "phone": "555 987 6543",
-        "preferred_time": "10 am",
+        "preferred_time": "10:00",
     }
     await executor.execute(call("book_appointment", **other), "c2")
     moved = json.loads((await executor.execute(call(
-        "reschedule_appointment", appointment_id=1, new_date="next Tuesday", new_time="10 am"
+        "reschedule_appointment", appointment_id=1, new_date="2026-12-01", new_time="10:00"
     ), "c3")).content)  # fmt: skip
     assert not moved["ok"] and moved["error"] == "that time is already taken"
     assert [a.status for a in store.appointments] == ["booked", "booked"]
@@ -211,8 +245,8 @@ async def test_the_same_tools_over_the_sql_store(tmp_path):
     )
     appointment_id = found["appointments"][0]["appointment_id"]
     moved = json.loads((await executor.execute(call(
-        "reschedule_appointment", appointment_id=appointment_id, new_date="Thursday",
-        new_time="2 pm"), "c3")).content)  # fmt: skip
+        "reschedule_appointment", appointment_id=appointment_id, new_date="2026-11-26",
+        new_time="14:00"), "c3")).content)  # fmt: skip
     assert moved["rescheduled"]["when"] == "Thursday November 26 at 2:00 PM"
     new_id = moved["rescheduled"]["appointment_id"]
     outcome = await executor.execute(call("cancel_appointment", appointment_id=new_id), "c3")

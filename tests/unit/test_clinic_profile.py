@@ -8,6 +8,7 @@ name = "Harbor Smiles"
 persona = "Ana"
 greeting = "Harbor Smiles, {persona} speaking."
 timezone = "Europe/Lisbon"
+region = "pt"
 transfer_uri = "sip:desk@pbx.example"
 [hours]
 days = ["tuesday", "saturday"]
@@ -35,6 +36,7 @@ def test_custom_file_drives_hours_services_and_greeting(tmp_path):
         "cleaning": 45, "checkup": 15, "emergency": 15, "consultation": 15,
     }  # fmt: skip
     assert str(profile.hours.opens) == "08:30:00" and profile.hours.timezone == "Europe/Lisbon"
+    assert profile.region == "PT" and load_clinic().region == "US"
 
 
 def test_settings_override_single_fields(tmp_path):
@@ -56,6 +58,7 @@ def test_settings_override_single_fields(tmp_path):
         ("[services]\nwhitening = 30", "not bookable"),
         ('[hours]\nopens = "18:00"\ncloses = "09:00"', "closes must be after opens"),
         ("name = ", "clinic.toml"),
+        ('region = "Portugal"', "not an ISO country code"),
     ],
 )
 def test_bad_files_are_clear_errors(tmp_path, change, message):

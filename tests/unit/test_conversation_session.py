@@ -7,15 +7,31 @@ TextToSpeech); every step is released by an event the test sets, so nothing depe
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
+import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from fakes.elevenlabs_server import FakeElevenLabsServer
+from fakes.openai_server import history_error
+
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import InMemoryBookingStore
-from sipagent.conversation.session import ConversationSession, ConversationSettings, Turn
-from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind
+from sipagent.conversation.chunker import SentenceChunker
+from sipagent.conversation.session import (
+    APOLOGY,
+    LLM_FALLBACK,
+    STT_LOST,
+    ConversationSession,
+    ConversationSettings,
+    Turn,
+)
+from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
+from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 from sipagent.tools.receptionist import ReceptionistTools
 
 
@@ -32,6 +48,26 @@ class MemoryCall:
         self.session = SimpleNamespace(talkspurt_started_at=None)
         self.wire_stamps: list[float] = []
         self.ended = asyncio.Event()
+        self.on_hold = False
+        self.holds: asyncio.Queue[bool] = asyncio.Queue()
+
+    def set_hold(self, held: bool) -> None:
+        """The caller's re-INVITE puts the call on hold (True) or takes it off (False)."""
+        self.on_hold = held
+        self.holds.put_nowait(held)
+
+    async def hold_changes(self) -> AsyncIterator[bool]:
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            while True:
+                change = asyncio.ensure_future(self.holds.get())
+                await asyncio.wait({change, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not change.done():
+                    change.cancel()
+                    return
+                yield change.result()
+        finally:
+            ended.cancel()
 
     async def frames(self) -> AsyncIterator[bytes]:
         await self.ended.wait()
@@ -116,7 +152,7 @@ class InstantTts:
         self.texts: list[str] = []
         self.failing = failing
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
         self.texts.append(text)
         if text in self.failing:
             raise ProviderError("TTS: HTTP 500")
@@ -130,7 +166,7 @@ class GatedTts:
         self.more = asyncio.Event()
         self.texts: list[str] = []
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
         self.texts.append(text)
         yield b"\x20" * 320
         if len(self.texts) > 1:
@@ -142,13 +178,14 @@ class FailingOnceLlm:
     def __init__(self, text: str) -> None:
         self.text = text
         self.requests = 0
+        self.error = ProviderError("OpenAI: HTTP 500")
 
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[LlmChunk]:
         self.requests += 1
         if self.requests == 1:
-            raise ProviderError("OpenAI: HTTP 500")
+            raise self.error
         yield LlmChunk(text=self.text)
         yield LlmChunk(finish_reason="stop")
 
@@ -161,18 +198,31 @@ async def wait_for(condition: Any, what: str) -> None:
 
 
 def make_session(
-    call: MemoryCall, stt: PushedStt, llm: Any, tts: Any, **kwargs: Any
+    call: MemoryCall,
+    stt: PushedStt,
+    llm: Any,
+    tts: Any,
+    *,
+    store: InMemoryBookingStore | None = None,
+    settings: ConversationSettings | None = None,
+    **kwargs: Any,
 ) -> ConversationSession:
-    tools = ReceptionistTools(InMemoryBookingStore(), ClinicHours(), clock=datetime.now)
+    tools = ReceptionistTools(
+        store or InMemoryBookingStore(), ClinicHours(), clock=lambda: datetime.now(UTC)
+    )
     return ConversationSession(
         call,
         stt=stt,
         llm=llm,
         tts=tts,
         tools=tools,
-        settings=ConversationSettings(greeting="Hello."),
+        settings=settings or ConversationSettings(greeting="Hello."),
         **kwargs,
     )
+
+
+def caller_says(stt: PushedStt, text: str) -> None:
+    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, text, speech_final=True))
 
 
 async def test_turn_records_wait_until_the_reply_speaks() -> None:
@@ -307,3 +357,422 @@ async def test_nothing_of_an_interrupted_reply_is_played_after_the_flush() -> No
     assert call.played_at_flush and len(call.played) == call.played_at_flush[-1]
     call.ended.set()
     await asyncio.wait_for(runner, 5)
+
+
+class ScriptedLlm:
+    """Answers request N with `script[N]` (text, or a ToolCall), each once `go` allows it; like
+    the strict fake, it refuses (ProviderError, HTTP 400) a history the real API would refuse."""
+
+    def __init__(self, *script: str | ToolCall) -> None:
+        self.script = list(script)
+        self.requests: list[list[dict[str, Any]]] = []
+        self.refusals: list[str] = []
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        self.requests.append(copy.deepcopy(messages))
+        refused = history_error(messages)
+        if refused is not None:
+            self.refusals.append(refused.message)
+            raise ProviderError(f"OpenAI: HTTP 400: {refused.message}")
+        step = self.script.pop(0)
+        if isinstance(step, ToolCall):
+            yield LlmChunk(tool_calls=(step,), finish_reason="tool_calls")
+        else:
+            yield LlmChunk(text=step)
+            yield LlmChunk(finish_reason="stop")
+
+
+def booking_call(call_id: str = "call_book_1") -> ToolCall:
+    day = datetime.now(UTC).date() + timedelta(days=7)
+    while day.weekday() > 4:  # the clinic is open Monday to Friday
+        day += timedelta(days=1)
+    arguments = {
+        "patient_name": "Ann Lee", "phone": "+12125550123", "preferred_date": day.isoformat(),
+        "preferred_time": "10:00", "reason": "checkup",
+    }  # fmt: skip
+    return ToolCall(call_id, "book_appointment", json.dumps(arguments))
+
+
+async def test_a_barge_in_during_a_slow_booking_keeps_the_history_valid_and_the_booking() -> None:
+    call, stt, tts, store = MemoryCall(), PushedStt(), InstantTts(), InMemoryBookingStore()
+    llm = ScriptedLlm(booking_call(), "Yes, and you're booked.")
+    session = make_session(call, stt, llm, tts, store=store)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    async with store._lock:  # the database is busy: the booking waits inside the tool round
+        caller_says(stt, "Book me a checkup next week at ten, Ann Lee, 212 555 0123")
+        await wait_for(lambda: len(llm.requests) == 1, "the model asked to book")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        caller_says(stt, "And is parking available there?")  # a new turn while it waits
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(llm.requests) == 1  # the next request waits for the booking's outcome
+    await wait_for(lambda: len(llm.requests) == 2, "the next turn asked")
+    await wait_for(lambda: "Yes, and you're booked." in tts.texts, "the next turn answered")
+    assert llm.refusals == []
+    booked = await store.find_by_phone("+12125550123")
+    assert len(booked) == 1
+    answer = next(m for m in llm.requests[1] if m["role"] == "tool")
+    assert json.loads(answer["content"])["appointment_id"] == booked[0].id
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_every_open_tool_call_is_answered_when_the_call_ends_mid_round() -> None:
+    call, stt, store = MemoryCall(), PushedStt(), InMemoryBookingStore()
+    llm = ScriptedLlm(booking_call())
+    session = make_session(call, stt, llm, InstantTts(), store=store)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    async with store._lock:
+        caller_says(stt, "Book me a checkup next week at ten")
+        await wait_for(
+            lambda: any(m.get("tool_calls") for m in session.messages), "the tool round started"
+        )
+        assert history_error(session.messages) is None  # valid while the tool still runs
+        session._interrupt_reply()
+        assert history_error(session.messages) is None
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class FailingLlm:
+    """Every request fails with `error`."""
+
+    def __init__(self, error: ProviderError) -> None:
+        self.error = error
+        self.requests = 0
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[LlmChunk]:
+        self.requests += 1
+        raise self.error
+        yield LlmChunk()
+
+
+async def test_two_llm_failures_in_a_row_end_in_the_spoken_fallback_one_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    llm = FailingLlm(ProviderError("OpenAI (gpt-4o-mini): HTTP 500"))
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    with caplog.at_level(logging.INFO, logger="sipagent"):
+        caller_says(stt, "Is Tuesday free?")
+        await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert tts.texts == ["Hello.", APOLOGY, *split_sentences(LLM_FALLBACK)]
+    assert llm.requests == 2
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().count("HTTP 500") for r in failures] == [1, 1]
+    assert all(r.exc_info is None for r in failures)  # one line each, no traceback
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+def split_sentences(text: str) -> list[str]:
+    chunker = SentenceChunker(min_chars=1)
+    return chunker.feed(text) + chunker.flush()
+
+
+async def test_a_429_retry_after_is_waited_for_while_the_apology_plays() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    llm = FailingOnceLlm("Tuesday works.")
+    llm.error = ProviderError("OpenAI: HTTP 429: rate limited", retry_after=2.5)
+    session = make_session(call, stt, llm, tts, sleep=sleep)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "Is Tuesday free?")
+    await wait_for(lambda: "Tuesday works." in tts.texts, "the retried reply spoken")
+    assert slept == [2.5]
+    assert tts.texts == ["Hello.", APOLOGY, "Tuesday works."]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_an_llm_error_that_cannot_heal_is_not_retried_for_the_rest_of_the_call() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    llm = FailingLlm(ProviderError("OpenAI: HTTP 401: authentication failed", heals=False))
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "Is Tuesday free?")
+    await wait_for(lambda: len(session.turns) == 3, "the first reply recorded")
+    caller_says(stt, "Hello?")
+    await wait_for(lambda: len(session.turns) == 5, "the second reply recorded")
+    assert llm.requests == 1
+    fallback = split_sentences(LLM_FALLBACK)
+    assert tts.texts == ["Hello.", *fallback, *fallback]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class CountingTts:
+    """Holds every synthesis open until `release` is set; counts requests in flight."""
+
+    def __init__(self, error: ProviderError | None = None) -> None:
+        self.release = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.error = error
+
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
+        self.requests.append((text, context))
+        if self.error is not None:
+            raise self.error
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            yield b"\x10" * 160
+            await self.release.wait()
+            yield b"\x11" * 160
+        finally:
+            self.in_flight -= 1
+
+
+REPLY = (
+    "Sure thing. We open at nine on weekdays. We close at five every day. "
+    "On Saturdays we are closed."
+)
+
+
+async def test_a_reply_has_at_most_two_tts_requests_in_flight_and_sends_their_context() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), CountingTts()
+    tts.release.set()  # the greeting
+    session = make_session(call, stt, GatedLlm(REPLY), tts)
+    session.llm.go.set()
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    tts.release.clear()
+    caller_says(stt, "When are you open?")
+    await wait_for(lambda: len(tts.requests) == 3, "two sentences requested")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert tts.in_flight == 2 and len(tts.requests) == 3  # the third waits for a free slot
+    tts.release.set()
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert tts.most_in_flight == 2
+    sentences = [text for text, _ in tts.requests[1:]]
+    assert sentences == split_sentences(REPLY) and len(sentences) == 4
+    contexts = [context for _, context in tts.requests[1:]]
+    assert contexts[0]["previous_text"] == ""
+    assert contexts[2]["previous_text"] == " ".join(sentences[:2])
+    # Waiting for its slot, the third sentence learned which one comes after it.
+    assert contexts[2]["next_text"] == sentences[3]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_a_tts_error_that_cannot_heal_sends_the_rest_of_the_call_to_the_fallback() -> None:
+    call, stt, fallback = MemoryCall(), PushedStt(), InstantTts()
+    tts = CountingTts(ProviderError("ElevenLabs: HTTP 401: quota_exceeded", heals=False))
+    llm = GatedLlm(REPLY)
+    llm.go.set()
+    session = make_session(call, stt, llm, tts, fallback_tts=fallback)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "When are you open?")
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert [text for text, _ in tts.requests] == ["Hello."]  # never asked again
+    assert fallback.texts == ["Hello.", *split_sentences(REPLY)]
+    assert session.provider_errors == ["tts: ElevenLabs: HTTP 401: quota_exceeded"]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class BrokenKeypadCall(MemoryCall):
+    async def digits(self) -> AsyncIterator[str]:
+        raise RuntimeError("keypad decoder crashed")
+        yield ""
+
+
+async def test_a_dead_worker_ends_the_call_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    call, stt = BrokenKeypadCall(), PushedStt()
+    session = make_session(call, stt, GatedLlm("unused"), InstantTts())
+    await asyncio.wait_for(session.run(), 5)  # returns: it does not go on without the worker
+    assert call.ended.is_set()
+    assert any(
+        r.levelno == logging.ERROR and "keypad decoder crashed" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+class QueueingCall(MemoryCall):
+    """Queues what is played; `send(ms)` puts that much of the queue on the "wire"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = bytearray()
+        self.sent = 0
+
+    def play(self, mulaw: bytes) -> None:
+        self.queue += mulaw
+
+    def flush(self) -> int:
+        dropped = len(self.queue)
+        self.queue.clear()
+        return dropped
+
+    def send(self, ms: float) -> None:
+        count = int(ms * 8)
+        self.played += self.queue[:count]
+        del self.queue[:count]
+        self.sent += count
+
+    @property
+    def sent_audio_ms(self) -> float:
+        return self.sent / 8
+
+    @property
+    def queued_ms(self) -> float:
+        return len(self.queue) / 8
+
+
+class TextAudioTts:
+    """Audio whose bytes say which text it is for: 100 ms per sentence."""
+
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
+        yield bytes([len(text) % 200 + 1]) * 800
+
+
+async def test_after_a_hold_the_sentence_that_was_cut_is_said_again_from_its_start() -> None:
+    call, stt = QueueingCall(), PushedStt()
+    settings = ConversationSettings(greeting="Welcome to the clinic. We are open until five.")
+    session = make_session(call, stt, GatedLlm("unused"), TextAudioTts(), settings=settings)
+    runner = asyncio.create_task(session.run())
+    _, second = split_sentences(settings.greeting)
+    await wait_for(lambda: call.queued_ms == 200, "both sentences queued")
+    call.send(150)  # the first sentence and half of the second went out
+    call.set_hold(True)
+    await wait_for(lambda: session.call.on_hold, "on hold")
+    call.set_hold(False)
+    await wait_for(lambda: call.queued_ms == 100, "the second sentence queued again")
+    assert bytes(call.queue) == bytes([len(second) % 200 + 1]) * 800
+    call.send(100)
+    await wait_for(lambda: len(session.turns) == 1, "the greeting finished")
+    assert session.turns[0].heard_text == settings.greeting
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_the_idle_timer_is_suspended_while_the_caller_has_us_on_hold() -> None:
+    now = [0.0]
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    settings = ConversationSettings(
+        greeting="Hello.", idle_reprompt_seconds=8.0, watchdog_interval=0.001
+    )
+    session = make_session(
+        call, stt, GatedLlm("unused"), tts, settings=settings, clock=lambda: now[0]
+    )
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    call.set_hold(True)
+    await wait_for(lambda: call.holds.empty(), "the hold seen")
+    now[0] += 60.0  # a minute of hold music
+    await asyncio.sleep(0.05)  # many watchdog ticks
+    assert "Are you still there?" not in tts.texts
+    call.set_hold(False)
+    await wait_for(lambda: call.holds.empty(), "the unhold seen")
+    await asyncio.sleep(0.05)
+    assert "Are you still there?" not in tts.texts  # the silence counts from the unhold
+    now[0] += 9.0
+    await wait_for(lambda: "Are you still there?" in tts.texts, "re-prompted after the hold")
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class RefusedStt(PushedStt):
+    async def start(self) -> None:
+        raise ProviderError("Deepgram: out of credit (HTTP 402: Project does not have enough)")
+
+
+async def test_a_caller_the_stt_cannot_hear_is_told_so() -> None:
+    call, stt, tts = MemoryCall(), RefusedStt(), InstantTts()
+    session = make_session(call, stt, GatedLlm("unused"), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    assert tts.texts == ["Hello.", *split_sentences(STT_LOST)]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_an_stt_that_gives_up_mid_call_is_announced() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    session = make_session(call, stt, GatedLlm("unused"), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    stt.queue.put_nowait(SttEvent(SttEventKind.ERROR, detail="reconnecting: connection lost"))
+    stt.queue.put_nowait(SttEvent(SttEventKind.ERROR, detail="gave up: Deepgram HTTP 402"))
+    await wait_for(lambda: len(session.turns) == 2, "the notice said")
+    assert tts.texts == ["Hello.", *split_sentences(STT_LOST)]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+class HeldCallWithMusic(MemoryCall):
+    """On hold from the start, the caller's PBX playing hold music to us."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_hold = True
+        self.music_played = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        for _ in range(50):
+            yield bytes(range(0, 160))  # loud, not silence
+        self.music_played.set()
+        await self.ended.wait()
+
+
+class RecordingStt(PushedStt):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio = bytearray()
+
+    def send_audio(self, mulaw: bytes) -> None:
+        self.audio += mulaw
+
+
+async def test_hold_music_is_not_taken_for_the_caller() -> None:
+    call, stt = HeldCallWithMusic(), RecordingStt()
+    session = make_session(call, stt, GatedLlm("unused"), InstantTts())
+    runner = asyncio.create_task(session.run())
+    await wait_for(call.music_played.is_set, "the hold music played")
+    assert stt.audio == b"" and session.barge_in_events == []
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_a_long_reply_stays_within_a_two_request_plan_of_the_real_tts() -> None:
+    # The real ElevenLabs provider against the fake on a Free plan (2 concurrent requests):
+    # started all at once, the later sentences of this reply would get 429s and the offline
+    # voice mid-reply.
+    async with FakeElevenLabsServer(concurrency_limit=2) as server:
+        tts = ElevenLabsTextToSpeech(
+            api_key=server.api_key, voice_id="voice", base_url=server.base_url
+        )
+        call, stt, fallback = MemoryCall(), PushedStt(), InstantTts()
+        llm = GatedLlm(REPLY)
+        llm.go.set()
+        session = make_session(call, stt, llm, tts, fallback_tts=fallback)
+        runner = asyncio.create_task(session.run())
+        try:
+            await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+            caller_says(stt, "When are you open?")
+            await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+        finally:
+            call.ended.set()
+            await asyncio.wait_for(runner, 5)
+            await tts.aclose()
+    assert [r.status for r in server.requests] == [200] * 5  # the greeting and 4 sentences
+    assert fallback.texts == [] and session.provider_errors == []

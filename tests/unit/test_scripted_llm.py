@@ -16,7 +16,9 @@ async def converse(user_turns: list[str]):
     llm = ScriptedReceptionist()
     store = InMemoryBookingStore()
     tools = ReceptionistTools(store, HOURS, clock=lambda: NOW)
-    messages = [{"role": "system", "content": "You are Sarah."}]
+    # Today, as the session's system prompt states it.
+    today = NOW.strftime("%A %B %-d, %Y, %-I:%M %p %Z")
+    messages = [{"role": "system", "content": f"You are Sarah. Today is {today}."}]
     spoken = []
     for turn in user_turns:
         messages.append({"role": "user", "content": turn})
@@ -97,3 +99,34 @@ def test_recogniser_spellings():
     )
     assert slots.time == "at three pm" and slots.phone == "5550123456"
     assert extract_slots(["ten forty five a m"]).time == "ten forty-five am"
+
+
+async def test_an_explicit_date_is_booked_and_a_contradicting_weekday_said_back():
+    spoken, store, messages = await converse(
+        [
+            "i need a checkup, this is ann lee",
+            "monday the 24th of march at half past two",
+            "two one two five five five zero one two three",
+        ]
+    )
+    assert any(s.startswith("March 24 is a Wednesday, not a Monday.") for s in spoken)
+    [appointment] = store.appointments
+    assert appointment.start.isoformat() == "2027-03-24T14:30:00-04:00"
+    # What the tools were handed: what a model is asked for, not the caller's words.
+    [asked] = [m for m in messages if m.get("tool_calls")]
+    arguments = json.loads(asked["tool_calls"][0]["function"]["arguments"])
+    assert (arguments["preferred_date"], arguments["preferred_time"]) == ("2027-03-24", "14:30")
+
+
+async def test_relative_dates_and_spoken_times_book_from_the_prompts_today():
+    _, store, _ = await converse(
+        ["a cleaning please, this is maria lopez", "the day after tomorrow at half past two",
+         "555 123 4567"]
+    )  # fmt: skip
+    [appointment] = store.appointments
+    assert appointment.start.isoformat() == "2026-11-27T14:30:00-05:00"
+    _, store, _ = await converse(
+        ["a checkup, this is john smith", "a week from today at noon", "555 987 6543"]
+    )
+    [appointment] = store.appointments
+    assert appointment.start.isoformat() == "2026-12-02T12:00:00-05:00"
