@@ -127,9 +127,11 @@ class DemoResult:
     call_id: str
 
 
-async def run_demo(console: Console, *, rtp_base: int = 21600) -> DemoResult:
+async def run_demo(console: Console, *, database_url: str, rtp_base: int = 21600) -> DemoResult:
+    """The demo call; bookings and the call record go to `database_url` (migrated already)."""
     agent_settings = AgentSettings(
         _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
         bind=f"127.0.0.1:{_free_udp_port()}",
         rtp_ports=f"{rtp_base}-{rtp_base + 99}",
         app="receptionist",

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from sipagent.cli.options import bind_problem
 from sipagent.config import AgentSettings, HostPort, parse_host_port
 from sipagent.sip.pyvoip_adapter import AgentSIPClient, AgentSIPMessage
 from sipagent.sip.uri import header_params
@@ -75,23 +76,6 @@ def _try_bind(host: str, port: int, kind: socket.SocketKind) -> OSError | None:
     return None
 
 
-def _bind_problem(error: OSError, what: str, address: str) -> tuple[str, str]:
-    """(detail, fix) for a failed bind, worded for the usual causes."""
-    if error.errno == errno.EADDRINUSE:
-        return f"{what} {address} is in use by another process", (
-            "stop the other process (another sipagent or a PBX?) or choose another port"
-        )
-    if error.errno == errno.EACCES:
-        return f"no permission to bind {what} {address}", (
-            "use a port >= 1024 or grant CAP_NET_BIND_SERVICE"
-        )
-    if error.errno == errno.EADDRNOTAVAIL:
-        return f"{address.rsplit(':', 1)[0]} is not an address of this machine", (
-            "bind 0.0.0.0 or one of this host's addresses"
-        )
-    return f"cannot bind {what} {address}: {error.strerror or error}", "check the address"
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -117,7 +101,7 @@ def check_sip_bind(settings: AgentSettings) -> Check:
     error = _try_bind(host, bind.port, socket.SOCK_DGRAM)
     if error is None:
         return Check("SIP bind", Status.PASS, f"UDP {host}:{bind.port} is free")
-    detail, fix = _bind_problem(error, "UDP", f"{host}:{bind.port}")
+    detail, fix = bind_problem(error, "UDP", f"{host}:{bind.port}")
     return Check("SIP bind", Status.FAIL, detail, f"{fix} (--bind / SIPAGENT_BIND)")
 
 
@@ -144,7 +128,7 @@ def check_rtp_ports(settings: AgentSettings) -> list[Check]:
         free = Check("RTP ports free", Status.PASS, f"{len(sample)} sampled ports free")
     elif any(e.errno != errno.EADDRINUSE for _, e in errors):
         port, error = next((p, e) for p, e in errors if e.errno != errno.EADDRINUSE)
-        detail, bind_fix = _bind_problem(error, "UDP", f"{rtp_host}:{port}")
+        detail, bind_fix = bind_problem(error, "UDP", f"{rtp_host}:{port}")
         free = Check("RTP ports free", Status.FAIL, detail, bind_fix)
     elif len(errors) == len(sample):
         free = Check(
@@ -522,7 +506,7 @@ def check_status_bind(settings: AgentSettings) -> Check:
     error = _try_bind(address.host, address.port, socket.SOCK_STREAM)
     if error is None:
         return Check("status bind", Status.PASS, f"TCP {address} is free")
-    detail, fix = _bind_problem(error, "TCP", str(address))
+    detail, fix = bind_problem(error, "TCP", str(address))
     # The agent runs without its status server (it only logs the error): a warning.
     return Check("status bind", Status.WARN, detail, f'{fix} (SIPAGENT_STATUS_BIND; "" = off)')
 
