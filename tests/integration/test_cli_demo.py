@@ -38,7 +38,9 @@ async def test_demo_books_into_a_throwaway_database_then_into_the_one_given(tmp_
 
     # Shown off on a real database: the same booking again (its slot is free there) ...
     shown_off = tmp_path / "shop.db"
-    code, text = await cli(tmp_path, "demo", "--database-url", f"sqlite:///{shown_off}", timeout=150)
+    code, text = await cli(
+        tmp_path, "demo", "--database-url", f"sqlite:///{shown_off}", timeout=150
+    )
     assert code == 0, text
     assert f"booking into sqlite:///{shown_off}" in text
     assert "caller: I'd like to book a cleaning" in text

@@ -13,7 +13,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from agentlib import free_sip_port, rtp_range
+from agentlib import free_sip_port, rtp_range, running_agent, wait_until
 from test_agent_calls import FRAME, assert_same_frames, recording
 from typer.testing import CliRunner
 
@@ -189,3 +189,29 @@ def test_call_rejects_a_wav_that_is_not_8khz_mono_16bit(tmp_path):
 
 def test_a_pcm_wav_plays_as_the_same_mulaw(audio_dir):
     assert load_audio(audio_dir / "pattern.wav") == (audio_dir / "pattern.ulaw").read_bytes()
+
+
+@pytest.mark.peers
+async def test_call_leaves_the_serving_agents_binding_alone(kamailio, tmp_path):
+    # A single-contact registrar (Asterisk max_contacts=1, remove_existing=yes) that also
+    # wants credentials on every INVITE, as trunks do for outbound calls.
+    kam = await kamailio(single_contact=True, invite_auth=True)
+    env = clean_env(tmp_path, SIPAGENT_PASSWORD="agentpw")
+    async with running_agent(server=kam.address, password="agentpw", app="echo") as serving:
+        await wait_until(lambda: serving.registration.status.state == "registered", 10, "REGISTER")
+        bindings = await kam.registered_contacts("agent")
+        code, text = await run_cli(
+            tmp_path, env, "call", "agent", "--server", kam.address, "--hangup-after", "1",
+            "--bind", f"127.0.0.1:{free_sip_port()}", "--rtp-ports", rtp_range(),
+        )  # fmt: skip
+        assert code == 0 and "answered: PCMU" in text, text  # through the 407, to the agent
+        assert len(serving.ended_calls) == 1
+        assert await kam.registered_contacts("agent") == bindings
+        # The rig really is single-contact: a REGISTER for the same AOR (what `call` used to
+        # send) replaces the serving agent's binding.
+        code, text = await run_cli(
+            tmp_path, env, "register", "--server", kam.address,
+            "--bind", f"127.0.0.1:{free_sip_port()}",
+        )  # fmt: skip
+        assert code == 0, text
+        assert await kam.registered_contacts("agent") != bindings

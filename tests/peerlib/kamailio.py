@@ -115,9 +115,13 @@ class Kamailio:
         qop: bool = True,
         record_route: bool = False,
         proxy_auth: bool = False,
+        single_contact: bool = False,
+        invite_auth: bool = False,
         port: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.single_contact = single_contact
+        self.invite_auth = invite_auth
         self.qop = qop
         self.record_route = record_route
         self.proxy_auth = proxy_auth
@@ -171,6 +175,10 @@ class Kamailio:
             defines.append("#!define WITH_RECORD_ROUTE")
         if self.proxy_auth:
             defines.append("#!define WITH_PROXY_AUTH")
+        if self.single_contact:
+            defines.append("#!define WITH_SINGLE_CONTACT")
+        if self.invite_auth:
+            defines.append("#!define WITH_INVITE_AUTH")
         template = TEMPLATE_DIR / "kamailio.cfg.in"
         text = fill_template(
             template.read_text(),
