@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from sipagent.config import (
     AgentSettings,
@@ -37,13 +38,13 @@ _METAVARS = {int: "INTEGER", float: "SECONDS", SecretStr: "TEXT", str: "TEXT"}
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print one line naming the problem and its fix, and exit (2: the user's input)."""
-    errors.print(f"[red]error:[/red] {message}", markup=True)
+    errors.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
 def warn_unknown_environment() -> None:
     for warning in unknown_env_settings(settings_env_names()):
-        errors.print(f"[yellow]warning:[/yellow] {warning}")
+        errors.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 def describe_validation_error(error: ValidationError, flags_given: Iterable[str]) -> str:
