@@ -180,6 +180,60 @@ def demo(
         fail("no appointment was booked (see the transcript above)", code=1)
 
 
+@app.command("console")
+@settings_options()
+def console_command(
+    settings: AgentSettings,
+    input_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="a WAV recording of the caller instead of the microphone (played one "
+            "utterance per agent turn)",
+            show_default=False,
+        ),
+    ] = None,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="write the agent's voice to this WAV instead of the speaker",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
+) -> None:
+    """Talk to the receptionist from this computer: the agent and a built-in softphone call
+    each other over loopback SIP/RTP, with your microphone and speaker (or WAV files).
+    Prints the transcript and each reply's latency; Ctrl-C hangs up."""
+    from sipagent.console import AudioDeviceError, run_console
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+    )
+    what = check_startable(settings.model_copy(update={"app": "receptionist"}))
+    open_database_or_fail(settings.database_url, create=True)
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"sipagent console: {what}")
+    out.print(f"database {shown_url(settings.database_url)}")
+    try:
+        booked = asyncio.run(
+            run_console(settings, out, input_path=input_path, output_path=output_path)
+        )
+    except (AudioDeviceError, ValueError) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot start the agent and softphone on 127.0.0.1: {error}")
+    for appointment in booked:
+        out.print(
+            f"[green]booked[/] #{appointment.id}: {appointment.patient_name}, "
+            f"{appointment.start:%A %Y-%m-%d %H:%M}, {appointment.reason}, {appointment.phone}"
+        )
+    if output_path is not None:
+        out.print(f"the agent's voice is in {output_path}")
+
+
 app.command()(monitor)
 app.command(name="doctor")(doctor)
 app.command(name="call")(call_command)

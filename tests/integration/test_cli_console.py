@@ -1,0 +1,132 @@
+"""`sipagent console` as a user runs it: the agent and the built-in softphone on loopback
+SIP/RTP, WAV files standing in for the microphone and the speaker."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import os
+import signal
+import sqlite3
+import sys
+import wave
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sipagent.cli.main import app
+from sipagent.console import split_utterances
+from sipagent.providers.offline_tts import EspeakTextToSpeech
+
+# The offline recogniser hears this espeak-ng voice well, phone number included.
+CALLER_LINES = (
+    "I'd like to book a cleaning for next Tuesday at three pm.",
+    "My name is David Miller.",
+    "My number is two one two, five five five, one two three four.",
+    "No, thanks, goodbye.",
+)
+
+
+async def write_speech(path: Path, lines: tuple[str, ...], pause_seconds: float = 2.0) -> None:
+    tts = EspeakTextToSpeech(voice="en-us")
+    pcm = b""
+    for line in lines:
+        async for chunk in tts.synthesize(line):
+            pcm += audioop.ulaw2lin(chunk, 2)
+        pcm += b"\0\0" * int(8000 * pause_seconds)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(pcm)
+
+
+def console_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "COLUMNS": "200",
+        "SIPAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+        "XDG_DATA_HOME": str(tmp_path / "user-data"),
+    }
+
+
+async def start_console(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "console", *args,
+        cwd=tmp_path, env=console_env(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+async def test_console_books_an_appointment_from_a_recording(tmp_path):
+    speech, reply = tmp_path / "speech.wav", tmp_path / "reply.wav"
+    await write_speech(speech, CALLER_LINES)
+    process = await start_console(tmp_path, "--input", str(speech), "--output", str(reply))
+    output, _ = await asyncio.wait_for(process.communicate(), 150)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "Traceback" not in text
+    # The live transcript, with each reply's latency.
+    assert "you: i'd like to book a cleaning" in text, text
+    assert "agent: Thank you for calling Sunrise Dental" in text
+    assert "ms voice to voice: STT" in text
+    assert "booked #1: David Miller, Tuesday" in text and "+12125551234" in text
+    assert "call ended: the agent hung up" in text
+    with closing(sqlite3.connect(tmp_path / "agent.db")) as db:
+        stored = db.execute("SELECT patient_name, phone, reason FROM appointments").fetchall()
+    assert stored == [("David Miller", "+12125551234", "cleaning")]
+    # The agent's voice, as the speaker would have played it.
+    with wave.open(str(reply), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels()) == (8000, 1)
+        heard = wav.readframes(wav.getnframes())
+    assert len(split_utterances(heard)) >= 5  # greeting, three questions/answers, goodbye
+
+
+async def test_console_hangs_up_cleanly_on_ctrl_c(tmp_path):
+    speech = tmp_path / "speech.wav"
+    await write_speech(speech, CALLER_LINES[:1])
+    process = await start_console(
+        tmp_path, "--input", str(speech), "--output", str(tmp_path / "reply.wav")
+    )
+    assert process.stdout is not None
+    seen = b""
+    while b"agent: Thank you for calling" not in seen:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, seen.decode()
+        seen += line
+    process.send_signal(signal.SIGINT)
+    rest, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = (seen + rest).decode()
+    assert process.returncode == 0, text
+    assert "call ended: you hung up" in text and "Traceback" not in text
+
+
+def test_console_without_an_audio_device_says_what_to_do(tmp_path, monkeypatch):
+    import sounddevice
+
+    def no_device(*args, **kwargs):
+        raise sounddevice.PortAudioError("Error querying device -1")
+
+    monkeypatch.setattr(sounddevice, "query_devices", no_device)
+    env = {"SIPAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}"}
+    result = CliRunner().invoke(app, ["console"], env=env)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: no microphone found (PortAudio sees no input device): connect one, or use "
+        "--input FILE.wav"
+    )
+    speech = tmp_path / "speech.wav"
+    asyncio.run(write_speech(speech, CALLER_LINES[:1]))
+    result = CliRunner().invoke(app, ["console", "--input", str(speech)], env=env)
+    assert result.exit_code == 2
+    assert "no speaker found" in result.output and "--output FILE.wav" in result.output
+
+
+def test_a_recording_splits_into_its_utterances(tmp_path):
+    tone = audioop.mul(b"\x00\x10" * 8000, 2, 1.0)  # 1 s, loud enough to be voice
+    silence = b"\0\0" * 8000
+    assert [len(u) for u in split_utterances(tone + silence + tone + silence)] == [16000] * 2
+    assert split_utterances(silence) == []
