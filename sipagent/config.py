@@ -235,6 +235,13 @@ class AgentSettings(BaseSettings):
         parse_host_port(value, 5060)
         return value
 
+    @field_validator("server")
+    @classmethod
+    def _check_server(cls, value: str) -> str:
+        if value.strip():  # empty: peer-to-peer mode
+            parse_host_port(value, 5060)
+        return value.strip()
+
     @field_validator("status_bind")
     @classmethod
     def _check_status_bind(cls, value: str) -> str:

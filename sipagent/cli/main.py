@@ -84,6 +84,9 @@ def register(
 
     if settings.server_address is None:
         fail("register needs a registrar: --server HOST[:PORT] (or SIPAGENT_SERVER)")
+    # The outcome is printed below with its diagnostics; the endpoint's own log lines would
+    # only repeat it (in words meant for a running agent).
+    logging.getLogger("sipagent").setLevel(logging.CRITICAL)
     try:
         check_registrar_host(settings)
     except ValueError as error:

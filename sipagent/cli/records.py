@@ -39,7 +39,7 @@ def _session(settings: AgentSettings) -> Session:
     """A session on the existing database (never created or migrated here: a read command
     in the wrong folder or with a typo'd URL must say so, not show an empty table)."""
     open_database_or_fail(settings.database_url, create=False)
-    out.print(f"database {shown_url(settings.database_url)}", highlight=False)
+    out.print(f"database {shown_url(settings.database_url)}", highlight=False, soft_wrap=True)
     return Session(make_engine(settings.database_url))
 
 
