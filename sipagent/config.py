@@ -106,16 +106,27 @@ class AgentSettings(BaseSettings):
         env_prefix="SIPAGENT_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
-    server: str = Field("", description="registrar/trunk host[:port]; empty = peer-to-peer mode")
+    server: str = Field(
+        "", description="registrar/trunk host[:port]; empty = peer-to-peer (no REGISTER)"
+    )
     user: str = Field("agent", description="SIP user (AOR user part and auth user)")
-    password: SecretStr = Field(SecretStr(""), description="SIP digest password")
+    password: SecretStr = Field(
+        SecretStr(""), description="SIP digest password (never logged; prefer the variable)"
+    )
     auth_user: str = Field("", description="digest username if it differs from user")
     domain: str = Field("", description="SIP domain of the AOR; default: the server host")
     bind: str = Field("0.0.0.0:5060", description="local SIP host:port to listen on")
     public_ip: str = Field("", description="address advertised in Contact/SDP")
     rtp_ports: str = Field("20000-20999", description="RTP port range, even ports used")
-    app: str = Field("echo", description="call handler: echo | player | receptionist")
-    register_expires: int = Field(300, ge=30, le=86400, description="requested REGISTER expiry")
+    app: str = Field(
+        "echo",
+        description="what answers calls: receptionist (the AI receptionist), echo (plays the "
+        "caller's audio back: a two-way audio test) or player (plays --player-file, records to "
+        "--record-dir)",
+    )
+    register_expires: int = Field(
+        300, ge=30, le=86400, description="requested registration lifetime, seconds"
+    )
     keepalive_interval: float = Field(
         1.0, gt=0, description="seconds between registration liveness probes (OPTIONS)"
     )
@@ -125,7 +136,9 @@ class AgentSettings(BaseSettings):
         "", description="comma-separated CIDRs allowed to INVITE us (others get 403); empty = any"
     )
     status_bind: str = Field(
-        "127.0.0.1:8089", description="status/metrics HTTP host:port; empty = disabled"
+        "127.0.0.1:8089",
+        description="/status (JSON) and /metrics (Prometheus) HTTP host:port; empty = off. "
+        "No auth: keep it on loopback",
     )
     database_url: str = Field(
         default_factory=lambda: default_database_url(),
@@ -169,7 +182,11 @@ class AgentSettings(BaseSettings):
     barge_in_sensitivity: str = Field("medium", description="low | medium | high")
     # The clinic profile comes from a TOML file (default: the packaged Sunrise Dental one);
     # these, when set, override single fields of it.
-    clinic_file: str = Field("", description="clinic TOML (persona, hours, services, ...)")
+    clinic_file: str = Field(
+        "",
+        description="the clinic TOML: name, persona, greeting, hours, slot length, visit "
+        "lengths, time zone, transfer URI",
+    )
     transfer_uri: str = Field("", description="where transfer_to_human sends the caller (REFER)")
     persona: str = Field("", description="receptionist's name (overrides the clinic file)")
     clinic: str = Field("", description="clinic name (overrides the clinic file)")
@@ -383,8 +400,14 @@ def env_example() -> str:
         default = _shown_default(name)
         value = default.strip("`") if default.startswith("`") and default.count("`") == 2 else ""
         lines += ["", f"# {field.description} (default: {default.replace('`', '')})"]
-        lines.append(f"# {env_names(name)[0]}={value}")
+        lines.append(f"# {env_names(name)[-1]}={value}")  # DEEPGRAM_API_KEY, as people know it
     return "\n".join(lines) + "\n"
+
+
+def replace_table(readme_text: str) -> str:
+    """The README with its settings table regenerated (between TABLE_BEGIN and TABLE_END)."""
+    begin, end = readme_text.index(TABLE_BEGIN), readme_text.index(TABLE_END) + len(TABLE_END)
+    return readme_text[:begin] + settings_table_markdown() + readme_text[end:]
 
 
 def _main(argv: list[str]) -> int:
@@ -394,7 +417,16 @@ def _main(argv: list[str]) -> int:
     if argv == ["--env-example"]:
         print(env_example(), end="")
         return 0
-    print("usage: python -m sipagent.config --markdown-table | --env-example", file=sys.stderr)
+    if argv == ["--update-docs"]:  # from the repository root, after adding a setting
+        readme = Path("README.md")
+        readme.write_text(replace_table(readme.read_text()))
+        Path(".env.example").write_text(env_example())
+        print("README.md settings table and .env.example regenerated")
+        return 0
+    print(
+        "usage: python -m sipagent.config --markdown-table | --env-example | --update-docs",
+        file=sys.stderr,
+    )
     return 2
 
 
