@@ -61,6 +61,11 @@ def serve(
     _setup_logging(verbose)
     what = check_startable(settings)
     log.info("sipagent serve: %s", what)
+    if settings.server and not settings.password.get_secret_value():
+        log.warning(
+            "no SIP password set (--password / SIPAGENT_PASSWORD): a registrar that asks for "
+            "one will refuse the REGISTER"
+        )
     if settings.app == "receptionist":
         revision = open_database_or_fail(settings.database_url, create=True)
         log.info("database %s (revision %s)", shown_url(settings.database_url), revision)
