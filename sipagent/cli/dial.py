@@ -38,7 +38,6 @@ from sipagent.sip.uri import UriError, parse_uri
 
 EXIT_ANSWERED = 0
 EXIT_NOT_ANSWERED = 1
-EXIT_BAD_SETTINGS = 2
 # A test call answers no calls: an INVITE that reaches its port (a peer dialling the AOR
 # directly) just rings here while the real agent answers.
 NEVER_ANSWER_SECONDS = 24 * 3600.0

@@ -75,6 +75,8 @@ def serve(
         asyncio.run(run_agent(settings))
     except OSError as error:  # the SIP socket: the only one whose failure stops the agent
         fail_bind(error, settings)
+    except ValueError as error:  # what check_startable cannot foresee, said as plainly
+        fail(f"cannot start: {error}")
 
 
 @app.command()
