@@ -29,6 +29,8 @@ from sipagent.cli.options import (
     fail,
     fail_bind,
     open_database_or_fail,
+    resolve_or_fail,
+    resolve_server_or_fail,
     settings_options,
 )
 from sipagent.config import AgentSettings
@@ -258,6 +260,10 @@ def call_command(
         audio = load_audio(play) if play is not None else b""
     except ValueError as error:  # UriError, AudioFileError
         fail(str(error))
+    if settings.server_address is not None:
+        resolve_server_or_fail(settings)
+    else:
+        resolve_or_fail(parse_uri(uri).destination[0], "the callee's host", f"check {uri}")
     app: CallApp
     if agent:
         from sipagent.apps.receptionist import ReceptionistApp

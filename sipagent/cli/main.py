@@ -22,6 +22,7 @@ from sipagent.cli.options import (
     fail,
     fail_bind,
     open_database_or_fail,
+    resolve_server_or_fail,
     settings_options,
 )
 from sipagent.cli.records import appointments_app, calls_app
@@ -60,6 +61,7 @@ def serve(
     """Run the agent: register when a server is set, answer calls with the chosen app."""
     _setup_logging(verbose)
     what = check_startable(settings)
+    resolve_server_or_fail(settings)
     log.info("sipagent serve: %s", what)
     if settings.server and not settings.password.get_secret_value():
         log.warning(
@@ -87,17 +89,14 @@ def register(
 ) -> None:
     """Register once (with --server), print the outcome with diagnostics, unregister. Exit 0
     registered, 1 rejected (auth/forbidden/unknown user), 2 bad settings, 3 unreachable."""
-    from sipagent.cli.register import check_registrar_host, check_registration
+    from sipagent.cli.register import check_registration
 
     if settings.server_address is None:
         fail("register needs a registrar: --server HOST[:PORT] (or SIPAGENT_SERVER)")
     # The outcome is printed below with its diagnostics; the endpoint's own log lines would
     # only repeat it (in words meant for a running agent).
     logging.getLogger("sipagent").setLevel(logging.CRITICAL)
-    try:
-        check_registrar_host(settings)
-    except ValueError as error:
-        fail(str(error))
+    resolve_server_or_fail(settings)
     out = Console()
     try:
         outcome = asyncio.run(check_registration(settings, timeout))

@@ -99,6 +99,20 @@ def bind_problem(error: OSError, what: str, address: str) -> tuple[str, str]:
     return f"cannot bind {what} {address}: {error.strerror or error}", "check the address"
 
 
+def resolve_or_fail(host: str, what: str, fix: str) -> None:
+    """A name that does not resolve is a typo to fix, not a peer to wait 30 s for."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except socket.gaierror as error:
+        fail(f"cannot resolve {what} {host!r} ({error.strerror}): {fix}")
+
+
+def resolve_server_or_fail(settings: AgentSettings) -> None:
+    server = settings.server_address
+    if server is not None:
+        resolve_or_fail(server.host, "registrar host", "check --server / SIPAGENT_SERVER")
+
+
 def fail_bind(error: OSError, settings: AgentSettings) -> NoReturn:
     """The SIP socket could not be had: name the address and the flag that moves it."""
     detail, fix = bind_problem(error, "UDP", str(settings.bind_address))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 
 from sipagent.apps.echo import EchoApp
@@ -24,21 +23,6 @@ class RegisterOutcome:
     contact: str
     advertised: str
     nat_warning: str
-
-
-def check_registrar_host(settings: AgentSettings) -> None:
-    """ValueError naming the host when the registrar's name does not resolve: a DNS failure
-    is a typo to fix, not a registrar to wait for."""
-    server = settings.server_address
-    if server is None:
-        return
-    try:
-        socket.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as error:
-        raise ValueError(
-            f"cannot resolve registrar host {server.host!r} ({error.strerror}): check --server "
-            "/ SIPAGENT_SERVER"
-        ) from None
 
 
 async def check_registration(settings: AgentSettings, timeout: float) -> RegisterOutcome:

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sipagent.cli.main import app
-from sipagent.console import split_utterances
+from sipagent.console import read_wav_as_telephone_pcm, split_utterances
 from sipagent.providers.offline_tts import EspeakTextToSpeech
 
 # The offline recogniser hears this espeak-ng voice well, phone number included.
@@ -130,3 +130,18 @@ def test_a_recording_splits_into_its_utterances(tmp_path):
     silence = b"\0\0" * 8000
     assert [len(u) for u in split_utterances(tone + silence + tone + silence)] == [16000] * 2
     assert split_utterances(silence) == []
+
+
+def test_any_pcm_wav_becomes_telephone_audio(tmp_path):
+    wide = tmp_path / "wide.wav"
+    with wave.open(str(wide), "wb") as wav:  # 1 s of 16 kHz stereo
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\x00\x10\x00\x10" * 16000)
+    pcm = read_wav_as_telephone_pcm(wide)
+    assert abs(len(pcm) - 16000) <= 4  # 8000 samples of 16-bit mono, give or take the filter
+    not_a_wav = tmp_path / "notes.wav"
+    not_a_wav.write_text("hello")
+    with pytest.raises(ValueError, match=r"cannot read .*notes\.wav as a WAV file"):
+        read_wav_as_telephone_pcm(not_a_wav)
