@@ -578,8 +578,7 @@ def doctor(
         bool, typer.Option("--json", help="one JSON object on stdout, for scripts")
     ] = False,
 ) -> None:
-    """Check what `sipagent serve` would run with the same flags: PASS/WARN/FAIL, each with
-    a fix.
+    """Check what `sipagent serve` would run with the same flags: PASS/WARN/FAIL with fixes.
 
     Settings (flags + SIPAGENT_* env), the app and clinic file, SIP/RTP/status ports,
     advertised address, registrar (OPTIONS), providers and their keys (one authenticated

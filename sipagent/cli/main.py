@@ -87,8 +87,10 @@ def register(
     settings: AgentSettings,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 8.0,
 ) -> None:
-    """Register once (with --server), print the outcome with diagnostics, unregister. Exit 0
-    registered, 1 rejected (auth/forbidden/unknown user), 2 bad settings, 3 unreachable."""
+    """Register once with --server, print the outcome with diagnostics, unregister.
+
+    Exit 0 registered, 1 rejected (auth/forbidden/unknown user), 2 bad settings, 3
+    unreachable."""
     from sipagent.cli.register import check_registration
 
     if settings.server_address is None:
@@ -160,8 +162,9 @@ def demo(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
 ) -> None:
-    """The embedded default: an offline agent and a simulated caller talk over loopback SIP/RTP;
-    prints the transcript, per-turn latency and the stored appointment. Uses its own throwaway
+    """The embedded default: an offline agent and a simulated caller on loopback SIP/RTP.
+
+    Prints the transcript, per-turn latency and the stored appointment. Uses its own throwaway
     database unless --database-url is given."""
     from sipagent.demo import print_report, run_demo
 
@@ -212,9 +215,11 @@ def console_command(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
 ) -> None:
-    """Talk to the receptionist from this computer: the agent and a built-in softphone call
-    each other over loopback SIP/RTP, with your microphone and speaker (or WAV files).
-    Prints the transcript and each reply's latency; Ctrl-C hangs up."""
+    """Talk to the receptionist from this computer, with your microphone and speaker.
+
+    The agent and a built-in softphone call each other over loopback SIP/RTP (--input and
+    --output replace the devices with WAV files). Prints the transcript and each reply's
+    latency; Ctrl-C hangs up."""
     from sipagent.console import AudioDeviceError, run_console
 
     logging.basicConfig(

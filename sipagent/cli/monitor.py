@@ -334,7 +334,8 @@ def monitor(
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
 ) -> None:
     """Live dashboard of a running agent: registration, calls, latency, barge-ins, errors.
-    Not on a terminal (a pipe, a log file), one labelled line whenever something changes."""
+
+    Not on a terminal (a pipe, a log file): one labelled line whenever something changes."""
     out = Console()
     try:
         status = fetch_status(url)
