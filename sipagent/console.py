@@ -299,6 +299,9 @@ async def run_console(
                 assert microphone is not None
                 caller = MicrophoneCaller(microphone, sink)
             console.print(f"calling the receptionist at sip:agent@{host}:{port} (Ctrl-C hangs up)")
+            if microphone is not None and output_path is None:
+                # No echo cancellation here: from the speaker the agent would hear itself.
+                console.print("use headphones: the microphone must not hear the agent")
             call = await phone.dial(f"sip:agent@{host}:{port}", caller)
             transcript_done = asyncio.Event()
             transcript = asyncio.create_task(print_transcript(app, console, transcript_done))
