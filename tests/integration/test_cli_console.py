@@ -145,3 +145,77 @@ def test_any_pcm_wav_becomes_telephone_audio(tmp_path):
     not_a_wav.write_text("hello")
     with pytest.raises(ValueError, match=r"cannot read .*notes\.wav as a WAV file"):
         read_wav_as_telephone_pcm(not_a_wav)
+
+
+class FakeSpeaker:
+    """Stands in for the sound card's output: keeps what the agent said."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write(self, mulaw: bytes) -> None:
+        self.frames.append(mulaw)
+
+    def voiced(self) -> bool:
+        return any(audioop.rms(audioop.ulaw2lin(f, 2), 2) > 300 for f in self.frames)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_microphone_path_reaches_the_agent(tmp_path, monkeypatch):
+    """The device path with the sound card replaced: microphone frames go out on the call as
+    they are captured, the agent's voice comes back to the speaker, Ctrl-C hangs up."""
+    from rich.console import Console
+
+    from sipagent import console as console_module
+    from sipagent.config import AgentSettings
+
+    speech = tmp_path / "speech.wav"
+    await write_speech(speech, CALLER_LINES[:1], pause_seconds=0.5)
+    utterance = audioop.lin2ulaw(console_module.read_wav_as_telephone_pcm(speech), 2)
+    speaker = FakeSpeaker()
+    loop = asyncio.get_running_loop()
+
+    class FakeMicrophone:
+        def __init__(self, _loop) -> None:
+            self.frames: asyncio.Queue[bytes] = asyncio.Queue()
+            self.feeding = loop.create_task(self.speak_after_the_greeting())
+
+        async def speak_after_the_greeting(self) -> None:
+            while not speaker.voiced():  # silence, as a quiet room, until the greeting
+                await self.frames.put(b"\xff" * 160)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(5)
+            for start in range(0, len(utterance), 160):
+                await self.frames.put(utterance[start : start + 160])
+                await asyncio.sleep(0.02)
+
+        def close(self) -> None:
+            self.feeding.cancel()
+
+    monkeypatch.setattr(console_module, "check_device", lambda kind: None)
+    monkeypatch.setattr(console_module, "Microphone", FakeMicrophone)
+    monkeypatch.setattr(console_module, "SpeakerSink", lambda: speaker)
+    settings = AgentSettings(
+        _env_file=None, database_url=f"sqlite:///{tmp_path / 'agent.db'}",
+        stt="offline", llm="offline", tts="offline",
+    )  # fmt: skip
+    from sipagent.storage import upgrade
+
+    upgrade(settings.database_url)
+    printed = Console(record=True, width=200)
+
+    async def hang_up_once_answered() -> None:
+        while "Sure, a cleaning" not in printed.export_text(clear=False):
+            await asyncio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the console's handler
+
+    hanging_up = asyncio.create_task(hang_up_once_answered())
+    await asyncio.wait_for(
+        console_module.run_console(settings, printed, input_path=None, output_path=None), 90
+    )
+    await hanging_up
+    text = printed.export_text()
+    assert "you: i'd like to book a cleaning" in text, text
+    assert "use headphones" in text and "call ended: you hung up" in text
