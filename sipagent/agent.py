@@ -16,6 +16,42 @@ from sipagent.sip.endpoint import SipEndpoint
 
 log = logging.getLogger("sipagent")
 
+# What each stage's provider is, in words (offline: what runs on this machine).
+_PROVIDER_NAMES = {
+    ("stt", "offline"): "offline (pocketsphinx)",
+    ("llm", "offline"): "offline (scripted receptionist, no language model)",
+    ("tts", "offline"): "offline (espeak-ng)",
+}
+_APP_DESCRIPTIONS = {
+    "echo": "echo (plays each caller's audio back to them)",
+    "player": "player (plays a file, records what callers send)",
+    "receptionist": "receptionist",
+}
+
+
+def describe_app(settings: AgentSettings) -> str:
+    """'app receptionist: STT deepgram (nova-3), LLM openai (gpt-4o-mini), TTS offline (...)'.
+
+    Raises ValueError when a chosen provider cannot run (e.g. its key is missing)."""
+    line = f"app {_APP_DESCRIPTIONS[settings.app]}"
+    if settings.app != "receptionist":
+        return line
+    from sipagent.providers.factory import choose
+
+    choice = choose(settings)
+    models = {
+        "stt": settings.deepgram_model,
+        "llm": settings.openai_model
+        + (f" at {settings.openai_base_url}" if settings.openai_base_url else ""),
+        "tts": settings.elevenlabs_model,
+    }
+    stages = []
+    for stage in ("stt", "llm", "tts"):
+        provider = getattr(choice, stage)
+        shown = _PROVIDER_NAMES.get((stage, provider), f"{provider} ({models[stage]})")
+        stages.append(f"{stage.upper()} {shown}")
+    return f"{line}: {', '.join(stages)}"
+
 
 async def run_agent(
     settings: AgentSettings,

@@ -13,7 +13,7 @@ import asyncio
 import audioop
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from sipagent.config import AgentSettings
 from sipagent.conversation.session import ConversationSession, Turn
 from sipagent.providers.base import TextToSpeech
 from sipagent.providers.offline_tts import EspeakTextToSpeech
+from sipagent.sip.call import Call
 from sipagent.sip.endpoint import SipEndpoint
 
 AGENT_SILENT_AFTER = 0.8  # seconds of agent silence that end its turn, for the caller
@@ -56,11 +57,14 @@ def choose_answer(question: str) -> str:
 
 
 class SimulatedCaller:
-    """A CallApp for the dialling side: listens for the agent to finish, then answers."""
+    """A CallApp for the dialling side: listens for the agent to finish, then answers.
+
+    Subclasses change what is said (`next_line`, `say`) and where the agent's audio goes
+    (`heard`): `sipagent console --input` plays a recording's utterances this way."""
 
     def __init__(
         self,
-        tts: TextToSpeech,
+        tts: TextToSpeech | None,
         agent_said: Callable[[], str],
         on_line: Callable[[str], None] | None = None,
     ) -> None:
@@ -70,6 +74,19 @@ class SimulatedCaller:
         self.lines: list[str] = []
         self._agent_voice_at: float | None = None
 
+    def next_line(self) -> str | None:
+        """What to say to the agent's last words ("#..." = keypad); None: nothing more."""
+        return choose_answer(self.agent_said())
+
+    async def say(self, call: CallChannel, line: str) -> None:
+        assert self.tts is not None
+        async with contextlib.aclosing(self.tts.synthesize(line)) as audio:
+            async for chunk in audio:
+                call.play(chunk)
+
+    def heard(self, frame: bytes) -> None:
+        """Each 20 ms mu-law frame the agent sent (nothing is done with it here)."""
+
     async def handle(self, call: CallChannel) -> None:
         loop = asyncio.get_running_loop()
         listener = asyncio.create_task(self._listen(call))
@@ -77,7 +94,9 @@ class SimulatedCaller:
             for _ in range(MAX_CALLER_TURNS):
                 if not await self._agent_turn_done(call):
                     return  # the agent hung up
-                line = choose_answer(self.agent_said())
+                line = self.next_line()
+                if line is None:
+                    break
                 self.lines.append(line)
                 if self.on_line is not None:
                     self.on_line(line)
@@ -85,23 +104,23 @@ class SimulatedCaller:
                     call.send_digits(line.strip("#") + "#")
                     await asyncio.sleep(0.24 * len(line))
                 else:
-                    async with contextlib.aclosing(self.tts.synthesize(line)) as audio:
-                        async for chunk in audio:
-                            call.play(chunk)
+                    await self.say(call, line)
                     while call.queued_ms > 0:
                         await asyncio.sleep(0.02)
                 self._agent_voice_at = None
                 if line.endswith("goodbye."):
-                    deadline = loop.time() + 15
-                    while loop.time() < deadline and not listener.done():
-                        await asyncio.sleep(0.1)
-                    return
+                    break
+            # Said all it had to: listen until the agent hangs up (or it is time to go).
+            deadline = loop.time() + 15
+            while loop.time() < deadline and not listener.done():
+                await asyncio.sleep(0.1)
         finally:
             listener.cancel()
 
     async def _listen(self, call: CallChannel) -> None:
         loop = asyncio.get_running_loop()
         async for frame in call.frames():
+            self.heard(frame)
             if audioop.rms(audioop.ulaw2lin(frame, 2), 2) > 100:  # mu-law silence decodes to 0
                 self._agent_voice_at = loop.time()
 
@@ -127,53 +146,85 @@ class DemoResult:
     call_id: str
 
 
-async def run_demo(console: Console, *, rtp_base: int = 21600) -> DemoResult:
-    agent_settings = AgentSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        bind=f"127.0.0.1:{_free_udp_port()}",
-        rtp_ports=f"{rtp_base}-{rtp_base + 99}",
-        app="receptionist",
-        stt="offline",
-        llm="offline",
-        tts="offline",
-        idle_reprompt_seconds=20.0,
+def receptionist_settings(base: AgentSettings, *, rtp_base: int) -> AgentSettings:
+    """`base` as an agent answering on a free loopback port: no registrar, no status server."""
+    return base.model_copy(
+        update={
+            "bind": f"127.0.0.1:{_free_udp_port()}",
+            "rtp_ports": f"{rtp_base}-{rtp_base + 99}",
+            "app": "receptionist",
+            "server": "",
+            "status_bind": "",
+        }
     )
+
+
+@contextlib.asynccontextmanager
+async def agent_and_phone(
+    agent_settings: AgentSettings, *, rtp_base: int
+) -> AsyncIterator[tuple[ReceptionistApp, SipEndpoint, SipEndpoint]]:
+    """A receptionist answering on loopback and a phone (a second SIP user agent) to call it
+    from: (app, agent endpoint, phone endpoint), both stopped on exit."""
     app = ReceptionistApp.from_settings(agent_settings)
     agent = SipEndpoint(agent_settings, app)
-    caller_settings = AgentSettings(
+    phone_settings = AgentSettings(
         _env_file=None,  # type: ignore[call-arg]
         bind=f"127.0.0.1:{_free_udp_port()}",
         rtp_ports=f"{rtp_base + 100}-{rtp_base + 199}",
         user="caller",
     )
-    caller = SipEndpoint(caller_settings, EchoApp())
+    phone = SipEndpoint(phone_settings, EchoApp())
     await agent.start()
-    await caller.start()
+    await phone.start()
     try:
+        yield app, agent, phone
+    finally:
+        await phone.stop()
+        await agent.stop()
+
+
+def last_agent_words(app: ReceptionistApp) -> str:
+    session: ConversationSession | None = next(iter(app.sessions.values()), None)
+    if session is None:
+        return ""
+    spoken = [t for t in session.turns if t.role == "assistant"]
+    return spoken[-1].text if spoken else ""
+
+
+async def wait_for_hangup(phone: SipEndpoint, call: Call, timeout: float) -> None:
+    """Until either side hangs up; after `timeout` seconds the phone does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while call.call_id in phone.calls and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    if call.call_id in phone.calls:
+        await phone.hangup(call, "timed out")
+
+
+async def run_demo(console: Console, *, database_url: str, rtp_base: int = 21600) -> DemoResult:
+    """The demo call; bookings and the call record go to `database_url` (migrated already)."""
+    agent_settings = AgentSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        stt="offline",
+        llm="offline",
+        tts="offline",
+        idle_reprompt_seconds=20.0,
+    )
+    agent_settings = receptionist_settings(agent_settings, rtp_base=rtp_base)
+    async with agent_and_phone(agent_settings, rtp_base=rtp_base) as (app, agent, phone):
         host, port = agent.local_address
-
-        def agent_said() -> str:
-            session: ConversationSession | None = next(iter(app.sessions.values()), None)
-            if session is None:
-                return ""
-            spoken = [t for t in session.turns if t.role == "assistant"]
-            return spoken[-1].text if spoken else ""
-
         # The caller speaks with a different voice than the agent's (and one the offline
         # recogniser knows well).
         simulated = SimulatedCaller(
             EspeakTextToSpeech(voice="en-us"),
-            agent_said,
+            lambda: last_agent_words(app),
             lambda line: console.print(f"  [cyan]caller[/]: {line}"),
         )
         with console.status(f"dialling sip:agent@{host}:{port} over loopback SIP/RTP ..."):
-            call = await caller.dial(f"sip:agent@{host}:{port}", simulated)
+            call = await phone.dial(f"sip:agent@{host}:{port}", simulated)
         console.print(f"[green]answered[/] ({call.media.codec}); the conversation:")
-        deadline = asyncio.get_running_loop().time() + 120
-        while call.call_id in caller.calls and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-        if call.call_id in caller.calls:
-            await caller.hangup(call, "demo timed out")
+        await wait_for_hangup(phone, call, 120)
         session = app.sessions.get(call.call_id)
         return DemoResult(
             turns=list(session.turns) if session else [],
@@ -181,9 +232,6 @@ async def run_demo(console: Console, *, rtp_base: int = 21600) -> DemoResult:
             offline=app.providers.choice.offline,
             call_id=call.call_id,
         )
-    finally:
-        await caller.stop()
-        await agent.stop()
 
 
 async def _booked_by(app: ReceptionistApp, call_id: str) -> list[Any]:

@@ -104,13 +104,12 @@ async def kamailio(tmp_path: Path) -> AsyncIterator[KamailioFactory]:
         qop: bool = True,
         record_route: bool = False,
         proxy_auth: bool = False,
-        single_contact: bool = False,
         port: int | None = None,
+        **options: bool,  # single_contact, invite_auth: see Kamailio
     ) -> Kamailio:
         kam = Kamailio(
             tmp_path / f"kamailio-{len(started) + 1}",
-            qop=qop, record_route=record_route, proxy_auth=proxy_auth,
-            single_contact=single_contact, port=port,
+            qop=qop, record_route=record_route, proxy_auth=proxy_auth, port=port, **options,
         )  # fmt: skip
         started.append(kam)
         await kam.start()

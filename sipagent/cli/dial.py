@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import re
 import signal
@@ -19,25 +18,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
 from sipagent.apps.base import CallApp
 from sipagent.apps.echo import EchoApp
 from sipagent.apps.player import PlayerApp
+from sipagent.cli.options import (
+    check_startable,
+    fail,
+    fail_bind,
+    open_database_or_fail,
+    resolve_or_fail,
+    resolve_server_or_fail,
+    settings_options,
+)
 from sipagent.config import AgentSettings
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.endpoint import DialError, SipEndpoint
-from sipagent.sip.registration import RegistrationState
 from sipagent.sip.uri import UriError, parse_uri
 
 EXIT_ANSWERED = 0
 EXIT_NOT_ANSWERED = 1
-EXIT_BAD_SETTINGS = 2
-REGISTRATION_WAIT = 5.0  # seconds to wait for the REGISTER outcome before dialling anyway
-# A test call must not answer calls the proxy forks to the AOR it registered (a serving agent
-# shares it): inbound INVITEs just ring here while the real agent answers them.
+# A test call answers no calls: an INVITE that reaches its port (a peer dialling the AOR
+# directly) just rings here while the real agent answers.
 NEVER_ANSWER_SECONDS = 24 * 3600.0
 POLL_SECONDS = 0.05
 RECORDER_DRAIN_SECONDS = 10.0  # bound on the last database writes after the call
@@ -94,21 +98,17 @@ def target_uri(text: str, settings: AgentSettings) -> str:
     return text
 
 
-async def _wait_registered(endpoint: SipEndpoint) -> None:
-    registration = endpoint.registration
-    if registration is None:
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + REGISTRATION_WAIT
-    status = registration.status
-    done = (RegistrationState.REGISTERED, RegistrationState.FAILED)
-    while status.state not in done and loop.time() < deadline:
-        await asyncio.sleep(POLL_SECONDS)
-    if status.state == RegistrationState.REGISTERED:
-        out.print(f"registered with {status.registrar}")
-    else:
-        # Many trunks take calls from unregistered users (digest per INVITE): keep going.
-        out.print(f"[yellow]registration: {status.reason or status.state}[/] (dialling anyway)")
+class OutboundEndpoint(SipEndpoint):
+    """A user agent that dials through --server without ever sending REGISTER.
+
+    A running `sipagent serve` usually holds this AOR's binding. On single-contact registrars
+    (Asterisk's max_contacts=1 with remove_existing=yes) a REGISTER from the test call would
+    replace that binding and its unregister would then remove it, leaving the agent
+    unreachable. The INVITE carries digest credentials itself (401/407 are answered in
+    `dial`), which is all a trunk needs to place a call."""
+
+    async def _registration_loop(self) -> None:
+        return None  # no binding of ours: nothing to register, refresh or remove
 
 
 def _played_out(call: Call, audio: bytes) -> bool:
@@ -150,7 +150,7 @@ async def place_call(
 ) -> int:
     """Dial `uri` with `app` on the call; print progress; the exit code."""
     # The inbound app is never reached: inbound calls only ring (see NEVER_ANSWER_SECONDS).
-    endpoint = SipEndpoint(settings, EchoApp())
+    endpoint = OutboundEndpoint(settings, EchoApp())
     await endpoint.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -159,7 +159,6 @@ async def place_call(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     try:
-        await _wait_registered(endpoint)
         via = f" via {settings.server_address}" if settings.server_address else ""
         out.print(f"dialling {uri}{via} from {settings.advertised_ip}:{endpoint.local_address[1]}")
         dial = asyncio.ensure_future(endpoint.dial(uri, app))
@@ -219,7 +218,9 @@ def _option(help_text: str) -> typer.models.OptionInfo:
     return typer.Option(help=help_text, show_default=False)
 
 
+@settings_options()
 def call_command(
+    settings: AgentSettings,
     uri: Annotated[str, typer.Argument(help="whom to call: sip:100@host, 100@host, or 100")],
     play: Annotated[
         Path | None, _option("raw mu-law file (.ulaw) or 8 kHz mono 16-bit .wav to play")
@@ -237,16 +238,6 @@ def call_command(
             "played; else when the far end or the agent hangs up, or Ctrl-C)"
         ),
     ] = None,
-    server: Annotated[
-        str | None, _option("registrar/trunk host[:port], the outbound proxy")
-    ] = None,
-    user: Annotated[str | None, _option("SIP user")] = None,
-    password: Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")] = None,
-    auth_user: Annotated[str | None, _option("digest username if not the SIP user")] = None,
-    domain: Annotated[str | None, _option("SIP domain (default: server host)")] = None,
-    bind: Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")] = None,
-    public_ip: Annotated[str | None, _option("address advertised in Contact/SDP")] = None,
-    rtp_ports: Annotated[str | None, _option("RTP port range, e.g. 20000-20999")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Place an outbound call to test a trunk: play a file, or let the receptionist talk.
@@ -258,39 +249,28 @@ def call_command(
         level=logging.DEBUG if verbose else logging.WARNING,
         handlers=[RichHandler(console=err, show_path=False, markup=False)],
     )
-    overrides = {
-        "server": server, "user": user, "auth_user": auth_user, "domain": domain, "bind": bind,
-        "public_ip": public_ip, "rtp_ports": rtp_ports,
-        "password": SecretStr(password) if password is not None else None,
-    }  # fmt: skip
-    try:
-        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        err.print(f"[red]invalid settings:[/red] {error}")
-        raise typer.Exit(EXIT_BAD_SETTINGS) from error
     settings = settings.model_copy(update={"ring_seconds": NEVER_ANSWER_SECONDS})
     if agent and (play is not None or record is not None):
         # The receptionist speaks and listens itself; its transcript is in `sipagent calls`.
-        err.print("[red]--agent cannot be combined with --play or --record[/red]")
-        raise typer.Exit(EXIT_BAD_SETTINGS)
+        fail("--agent cannot be combined with --play or --record")
     if hangup_after is not None and hangup_after <= 0:
-        err.print("[red]--hangup-after must be positive[/red]")
-        raise typer.Exit(EXIT_BAD_SETTINGS)
+        fail(f"--hangup-after {hangup_after:g}: must be positive")
     try:
         uri = target_uri(uri, settings)
         audio = load_audio(play) if play is not None else b""
     except ValueError as error:  # UriError, AudioFileError
-        err.print(f"[red]{error}[/red]")
-        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+        fail(str(error))
+    if settings.server_address is not None:
+        resolve_server_or_fail(settings)
+    else:
+        resolve_or_fail(parse_uri(uri).destination[0], "the callee's host", f"check {uri}")
     app: CallApp
     if agent:
         from sipagent.apps.receptionist import ReceptionistApp
 
-        try:
-            app = ReceptionistApp.from_settings(settings)
-        except ValueError as error:  # e.g. a provider chosen without its key
-            err.print(f"[red]cannot start the receptionist:[/red] {error}")
-            raise typer.Exit(EXIT_BAD_SETTINGS) from error
+        check_startable(settings.model_copy(update={"app": "receptionist"}))
+        open_database_or_fail(settings.database_url, create=True)
+        app = ReceptionistApp.from_settings(settings)
     else:
         app = PlayerApp(audio, record)
     try:
@@ -300,9 +280,5 @@ def call_command(
             )
         )
     except OSError as error:  # the SIP socket could not be bound: a settings problem here
-        hint = ""
-        if error.errno == errno.EADDRINUSE:
-            hint = " (is `sipagent serve` running? choose a free port with --bind HOST:PORT)"
-        err.print(f"[red]cannot start on {settings.bind}:[/red] {error}{hint}")
-        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+        fail_bind(error, settings)
     raise typer.Exit(code)

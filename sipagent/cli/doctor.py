@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
+import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from sipagent.cli import service_checks
+from sipagent.cli.checks import Check, Status
+from sipagent.cli.options import bind_problem, settings_options
 from sipagent.config import AgentSettings, HostPort, parse_host_port
 from sipagent.sip.pyvoip_adapter import AgentSIPClient, AgentSIPMessage
 from sipagent.sip.uri import header_params
@@ -40,21 +42,7 @@ PROVIDER_STAGES = (
 ESPEAK_DATA_FILES = ("phontab", "phondata", "phonindex", "intonations", "en_dict")
 
 
-class Status(StrEnum):
-    PASS = "PASS"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
 _STYLES = {Status.PASS: "bold green", Status.WARN: "bold yellow", Status.FAIL: "bold red"}
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -75,23 +63,6 @@ def _try_bind(host: str, port: int, kind: socket.SocketKind) -> OSError | None:
     return None
 
 
-def _bind_problem(error: OSError, what: str, address: str) -> tuple[str, str]:
-    """(detail, fix) for a failed bind, worded for the usual causes."""
-    if error.errno == errno.EADDRINUSE:
-        return f"{what} {address} is in use by another process", (
-            "stop the other process (another sipagent or a PBX?) or choose another port"
-        )
-    if error.errno == errno.EACCES:
-        return f"no permission to bind {what} {address}", (
-            "use a port >= 1024 or grant CAP_NET_BIND_SERVICE"
-        )
-    if error.errno == errno.EADDRNOTAVAIL:
-        return f"{address.rsplit(':', 1)[0]} is not an address of this machine", (
-            "bind 0.0.0.0 or one of this host's addresses"
-        )
-    return f"cannot bind {what} {address}: {error.strerror or error}", "check the address"
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -102,14 +73,6 @@ def _is_loopback(host: str) -> bool:
             return host == "localhost"
 
 
-def _validation_summary(error: ValidationError) -> str:
-    # Field and message only: pydantic's full text echoes the input, which may be a secret.
-    return "; ".join(
-        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
-        for item in error.errors()
-    )
-
-
 # -- the checks ----------------------------------------------------------------------------
 def check_sip_bind(settings: AgentSettings) -> Check:
     bind = settings.bind_address
@@ -117,7 +80,7 @@ def check_sip_bind(settings: AgentSettings) -> Check:
     error = _try_bind(host, bind.port, socket.SOCK_DGRAM)
     if error is None:
         return Check("SIP bind", Status.PASS, f"UDP {host}:{bind.port} is free")
-    detail, fix = _bind_problem(error, "UDP", f"{host}:{bind.port}")
+    detail, fix = bind_problem(error, "UDP", f"{host}:{bind.port}")
     return Check("SIP bind", Status.FAIL, detail, f"{fix} (--bind / SIPAGENT_BIND)")
 
 
@@ -144,7 +107,7 @@ def check_rtp_ports(settings: AgentSettings) -> list[Check]:
         free = Check("RTP ports free", Status.PASS, f"{len(sample)} sampled ports free")
     elif any(e.errno != errno.EADDRINUSE for _, e in errors):
         port, error = next((p, e) for p, e in errors if e.errno != errno.EADDRINUSE)
-        detail, bind_fix = _bind_problem(error, "UDP", f"{rtp_host}:{port}")
+        detail, bind_fix = bind_problem(error, "UDP", f"{rtp_host}:{port}")
         free = Check("RTP ports free", Status.FAIL, detail, bind_fix)
     elif len(errors) == len(sample):
         free = Check(
@@ -466,7 +429,15 @@ def check_database(settings: AgentSettings) -> Check:
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         # Connecting would create the file: report instead of leaving one behind.
-        path = Path(url.database)
+        path = Path(url.database).expanduser()
+        existing = next(parent for parent in path.parents if parent.exists())
+        if not path.parent.is_dir() and os.access(existing, os.W_OK):
+            return Check(
+                "database",
+                Status.WARN,
+                f"{shown}: not created yet",
+                "sipagent db upgrade (the receptionist also creates it at start)",
+            )
         if not path.parent.is_dir():
             return Check(
                 "database",
@@ -522,19 +493,60 @@ def check_status_bind(settings: AgentSettings) -> Check:
     error = _try_bind(address.host, address.port, socket.SOCK_STREAM)
     if error is None:
         return Check("status bind", Status.PASS, f"TCP {address} is free")
-    detail, fix = _bind_problem(error, "TCP", str(address))
+    detail, fix = bind_problem(error, "TCP", str(address))
     # The agent runs without its status server (it only logs the error): a warning.
     return Check("status bind", Status.WARN, detail, f'{fix} (SIPAGENT_STATUS_BIND; "" = off)')
+
+
+def check_app(settings: AgentSettings) -> Check:
+    """What `serve` would run, or why it would not start (its own start-up check)."""
+    from sipagent.agent import describe_app
+
+    if settings.app == "receptionist":
+        source = settings.clinic_file or "packaged default"
+        try:
+            profile = settings.clinic_profile()
+        except ValueError as error:
+            return Check("app", Status.FAIL, str(error), "fix the clinic file (--clinic-file)")
+    try:
+        what = describe_app(settings)
+    except ValueError as error:
+        return Check("app", Status.FAIL, str(error), "set the key, or --stt/--llm/--tts offline")
+    if settings.app == "receptionist":
+        what += f"; clinic {profile.name} ({source}), {profile.timezone}"
+    return Check("app", Status.PASS, what)
+
+
+async def check_services(settings: AgentSettings) -> list[Check]:
+    """One authenticated request per cloud service the agent will use."""
+    if settings.app != "receptionist":
+        return []
+    from sipagent.providers.factory import choose
+
+    try:
+        choice = choose(settings)
+    except ValueError:
+        return []  # reported by the provider rows
+    checks = []
+    if choice.stt == "deepgram":
+        checks.append(await service_checks.check_deepgram(settings))
+    if choice.llm == "openai":
+        checks.append(await service_checks.check_openai(settings))
+    if choice.tts == "elevenlabs":
+        checks.append(await service_checks.check_elevenlabs(settings))
+    return checks
 
 
 async def run_checks(settings: AgentSettings) -> list[Check]:
     source = ".env + environment" if Path(".env").is_file() else "environment"
     checks = [Check("settings", Status.PASS, f"valid (flags, {source})")]
+    checks.append(check_app(settings))
     checks.append(check_sip_bind(settings))
     checks.extend(check_rtp_ports(settings))
     checks.append(check_advertised(settings))
     checks.append(await check_registrar(settings))
     checks.extend(check_providers(settings))
+    checks.extend(await check_services(settings))
     checks.extend(check_models(settings))
     checks.append(check_database(settings))
     checks.append(check_status_bind(settings))
@@ -559,45 +571,32 @@ def summary(checks: Sequence[Check]) -> str:
 
 
 # -- the command ---------------------------------------------------------------------------
+@settings_options()
 def doctor(
-    server: Annotated[
-        str | None, typer.Option(help="registrar/trunk host[:port]", show_default=False)
-    ] = None,
-    bind: Annotated[
-        str | None,
-        typer.Option(help="local SIP host:port (default 0.0.0.0:5060)", show_default=False),
-    ] = None,
-    public_ip: Annotated[
-        str | None, typer.Option(help="address advertised in Contact/SDP", show_default=False)
-    ] = None,
-    rtp_ports: Annotated[
-        str | None, typer.Option(help="RTP port range, e.g. 20000-20999", show_default=False)
-    ] = None,
+    settings: AgentSettings,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object on stdout, for scripts")
+    ] = False,
 ) -> None:
-    """Check the configuration before going live: PASS/WARN/FAIL, each with a fix.
+    """Check what `sipagent serve` would run with the same flags: PASS/WARN/FAIL with fixes.
 
-    Settings (flags + SIPAGENT_* env), SIP/RTP/status ports, advertised address, registrar
-    (OPTIONS), providers and keys (never shown), offline models, database. Exit 0 when
-    nothing FAILs, else 1."""
-    out = Console()
-    overrides = {"server": server, "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports}
+    Settings (flags + SIPAGENT_* env), the app and clinic file, SIP/RTP/status ports,
+    advertised address, registrar (OPTIONS), providers and their keys (one authenticated
+    request each; keys never shown), offline models, database. Exit 0 when nothing FAILs,
+    else 1."""
     started = time.monotonic()
-    try:
-        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        # Nothing else can be checked without settings; this row alone decides the exit.
-        checks = [
-            Check(
-                "settings",
-                Status.FAIL,
-                _validation_summary(error),
-                "correct that flag or SIPAGENT_* variable",
-            )
-        ]
-    else:
-        checks = asyncio.run(run_checks(settings))
-    out.print(render(checks))
+    checks = asyncio.run(run_checks(settings))
     failed = any(check.status == Status.FAIL for check in checks)
-    colour = "red" if failed else "green"
-    out.print(f"[{colour}]{summary(checks)}[/] in {time.monotonic() - started:.1f} s")
+    if as_json:
+        report = {
+            "ok": not failed,
+            "summary": summary(checks),
+            "checks": [check.as_dict() for check in checks],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        out = Console()
+        out.print(render(checks))
+        colour = "red" if failed else "green"
+        out.print(f"[{colour}]{summary(checks)}[/] in {time.monotonic() - started:.1f} s")
     raise typer.Exit(1 if failed else 0)

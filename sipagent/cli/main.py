@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -15,12 +17,22 @@ from sipagent.agent import run_agent
 from sipagent.cli.dial import call_command
 from sipagent.cli.doctor import doctor
 from sipagent.cli.monitor import monitor
+from sipagent.cli.options import (
+    check_startable,
+    fail,
+    fail_bind,
+    open_database_or_fail,
+    resolve_server_or_fail,
+    settings_options,
+)
 from sipagent.cli.records import appointments_app, calls_app
 from sipagent.config import AgentSettings
 from sipagent.logcontext import CallIdFilter
+from sipagent.storage import current_revision, shown_url
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
 console = Console(stderr=True)
+log = logging.getLogger("sipagent")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -36,123 +48,68 @@ def _setup_logging(verbose: bool) -> None:
         )
     handler.addFilter(CallIdFilter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-
-
-def _option(help_text: str) -> typer.models.OptionInfo:
-    return typer.Option(help=help_text, show_default=False)
-
-
-# The SIP account options `serve` and `register` share.
-UserOption = Annotated[str | None, _option("SIP user")]
-PasswordOption = Annotated[str | None, _option("SIP password (prefer SIPAGENT_PASSWORD)")]
-AuthUserOption = Annotated[str | None, _option("digest username if not the SIP user")]
-DomainOption = Annotated[str | None, _option("SIP domain (default: server host)")]
-BindOption = Annotated[str | None, _option("local SIP host:port (default 0.0.0.0:5060)")]
-PublicIpOption = Annotated[str | None, _option("address advertised in Contact/SDP")]
+    # Alembic narrates every migration check at INFO; the start-up line says the revision.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @app.command()
+@settings_options()
 def serve(
-    server: Annotated[str | None, _option("registrar host[:port]; empty: peer-to-peer")] = None,
-    user: UserOption = None,
-    password: PasswordOption = None,
-    auth_user: AuthUserOption = None,
-    domain: DomainOption = None,
-    bind: BindOption = None,
-    public_ip: PublicIpOption = None,
-    rtp_ports: Annotated[str | None, _option("RTP port range, e.g. 20000-20999")] = None,
-    app_name: Annotated[
-        str | None, typer.Option("--app", help="echo | player | receptionist")
-    ] = None,
-    register_expires: Annotated[int | None, _option("requested registration lifetime, s")] = None,
-    keepalive_interval: Annotated[float | None, _option("registration probe interval, s")] = None,
-    ring_seconds: Annotated[float | None, _option("ring this long before answering")] = None,
-    max_calls: Annotated[int | None, _option("concurrent calls before 486 Busy")] = None,
-    allowed_sources: Annotated[
-        str | None, _option("CIDRs allowed to INVITE us, comma-separated; others get 403")
-    ] = None,
-    status_bind: Annotated[
-        str | None, _option('status/metrics HTTP host:port (default 127.0.0.1:8089; "" = off)')
-    ] = None,
-    player_file: Annotated[str | None, _option("player app: raw mu-law file to play")] = None,
-    record_dir: Annotated[str | None, _option("player app: recordings dir")] = None,
-    record_calls_dir: Annotated[
-        str | None, _option("save each call as a stereo WAV (caller left, agent right)")
-    ] = None,
-    stt: Annotated[str | None, _option("receptionist STT: auto | deepgram | offline")] = None,
-    llm: Annotated[str | None, _option("receptionist LLM: auto | openai | offline")] = None,
-    tts: Annotated[str | None, _option("receptionist TTS: auto | elevenlabs | offline")] = None,
-    openai_model: Annotated[
-        str | None, _option("chat model (any OpenAI-compatible server)")
-    ] = None,
-    transfer_uri: Annotated[str | None, _option("SIP URI transfer_to_human REFERs to")] = None,
-    barge_in_sensitivity: Annotated[str | None, _option("low | medium | high")] = None,
-    clinic_file: Annotated[str | None, _option("clinic TOML: persona, hours, services")] = None,
-    persona: Annotated[str | None, _option("receptionist's name")] = None,
-    clinic: Annotated[str | None, _option("clinic name")] = None,
+    settings: AgentSettings,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run the agent: register when a server is set, answer calls with the chosen app."""
     _setup_logging(verbose)
-    overrides = {
-        "server": server, "user": user, "auth_user": auth_user, "domain": domain,
-        "bind": bind, "public_ip": public_ip, "rtp_ports": rtp_ports, "app": app_name,
-        "register_expires": register_expires, "keepalive_interval": keepalive_interval,
-        "ring_seconds": ring_seconds, "max_calls": max_calls, "player_file": player_file,
-        "allowed_sources": allowed_sources, "record_calls_dir": record_calls_dir,
-        "record_dir": record_dir, "stt": stt, "llm": llm, "tts": tts,
-        "openai_model": openai_model, "transfer_uri": transfer_uri,
-        "barge_in_sensitivity": barge_in_sensitivity, "persona": persona, "clinic": clinic,
-        "clinic_file": clinic_file,
-        "status_bind": status_bind,
-        "password": SecretStr(password) if password is not None else None,
-    }  # fmt: skip
-    try:
-        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        console.print(f"[red]invalid settings:[/red] {error}")
-        raise typer.Exit(2) from error
+    what = check_startable(settings)
+    resolve_server_or_fail(settings)
+    log.info("sipagent serve: %s", what)
+    if settings.server and not settings.password.get_secret_value():
+        log.warning(
+            "no SIP password set (--password / SIPAGENT_PASSWORD): a registrar that asks for "
+            "one will refuse the REGISTER"
+        )
+    if settings.app == "receptionist":
+        revision = open_database_or_fail(settings.database_url, create=True)
+        log.info("database %s (revision %s)", shown_url(settings.database_url), revision)
+    else:
+        log.info("database: not used by the %s app", settings.app)
     try:
         asyncio.run(run_agent(settings))
-    except ValueError as error:  # e.g. a provider chosen without its key
-        console.print(f"[red]cannot start:[/red] {error}")
-        raise typer.Exit(2) from error
-    except OSError as error:
-        console.print(f"[red]cannot start:[/red] {error}")
-        raise typer.Exit(1) from error
+    except OSError as error:  # the SIP socket: the only one whose failure stops the agent
+        fail_bind(error, settings)
+    except ValueError as error:  # what check_startable cannot foresee, said as plainly
+        fail(f"cannot start: {error}")
 
 
 @app.command()
+@settings_options()
 def register(
-    server: Annotated[str, typer.Option(help="registrar/trunk host[:port]")],
-    user: UserOption = None,
-    password: PasswordOption = None,
-    auth_user: AuthUserOption = None,
-    domain: DomainOption = None,
-    bind: BindOption = None,
-    public_ip: PublicIpOption = None,
+    settings: AgentSettings,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 8.0,
 ) -> None:
-    """Register once, print the outcome with diagnostics, unregister. Exit 0 registered,
-    1 rejected (auth/forbidden/unknown user), 2 bad settings, 3 registrar unreachable."""
-    from sipagent.cli.register import EXIT_BAD_SETTINGS, check_registration
+    """Register once with --server, print the outcome with diagnostics, unregister.
 
-    overrides = {
-        "server": server, "user": user, "auth_user": auth_user, "domain": domain, "bind": bind,
-        "public_ip": public_ip, "password": SecretStr(password) if password is not None else None,
-    }  # fmt: skip
-    try:
-        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        console.print(f"[red]invalid settings:[/red] {error}")
-        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+    Exit 0 registered, 1 rejected (auth/forbidden/unknown user), 2 bad settings, 3
+    unreachable."""
+    from sipagent.cli.register import check_registration
+
+    if settings.server_address is None:
+        fail("register needs a registrar: --server HOST[:PORT] (or SIPAGENT_SERVER)")
+    # The outcome is printed below with its diagnostics; the endpoint's own log lines would
+    # only repeat it (in words meant for a running agent).
+    logging.getLogger("sipagent").setLevel(logging.CRITICAL)
+    resolve_server_or_fail(settings)
     out = Console()
     try:
         outcome = asyncio.run(check_registration(settings, timeout))
     except OSError as error:
-        console.print(f"[red]cannot bind {settings.bind}:[/red] {error}")
-        raise typer.Exit(EXIT_BAD_SETTINGS) from error
+        fail_bind(error, settings)
     status = outcome.status
+    if status.last_status_code in (401, 407) and not settings.password.get_secret_value():
+        fail(
+            f"{status.registrar} asks for a password ({status.last_status_code}) and none is set: "
+            "--password or SIPAGENT_PASSWORD"
+        )
     colour = "green" if outcome.exit_code == 0 else "red"
     out.print(f"[{colour}]{status.state}[/]: {status.reason or 'OK'}")
     out.print(f"  registrar   {status.registrar}")
@@ -174,30 +131,41 @@ app.add_typer(db_app, name="db")
 
 
 @db_app.command("upgrade")
+@settings_options(["database_url"])
 def db_upgrade(
+    settings: AgentSettings,
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
-    """Migrate the database at SIPAGENT_DATABASE_URL / DATABASE_URL (default sqlite:///sipagent.db)."""
-    from sqlalchemy.engine import make_url
+    """Create or migrate the database (--database-url, else SIPAGENT_DATABASE_URL /
+    DATABASE_URL, else sipagent.db in the user data directory)."""
+    from sipagent.storage import upgrade
 
-    from sipagent.storage import current_revision, upgrade
-
-    url = AgentSettings().database_url
-    shown = make_url(url).render_as_string(hide_password=True)
-    try:
-        upgrade(url, revision)
-    except Exception as error:
-        console.print(f"[red]upgrade of {shown} failed:[/red] {error}")
-        raise typer.Exit(1) from error
-    Console().print(f"{shown} is at revision {current_revision(url)}")
+    shown = shown_url(settings.database_url)
+    open_database_or_fail(settings.database_url, create=revision == "head")
+    if revision != "head":
+        try:
+            upgrade(settings.database_url, revision)
+        except Exception as error:  # alembic: unknown revision and the like
+            fail(f"cannot upgrade {shown} to {revision!r}: {error}")
+    Console().print(f"{shown} is at revision {current_revision(settings.database_url)}")
 
 
 @app.command()
 def demo(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="book into this database instead of a throwaway one (e.g. to show it off in "
+            "`sipagent calls list` afterwards)",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
 ) -> None:
-    """The embedded default: an offline agent and a simulated caller talk over loopback SIP/RTP;
-    prints the transcript, per-turn latency and the stored appointment."""
+    """The embedded default: an offline agent and a simulated caller on loopback SIP/RTP.
+
+    Prints the transcript, per-turn latency and the stored appointment. Uses its own throwaway
+    database unless --database-url is given."""
     from sipagent.demo import print_report, run_demo
 
     out = Console()
@@ -205,16 +173,79 @@ def demo(
         level=logging.INFO if verbose else logging.WARNING,
         handlers=[RichHandler(console=console, show_path=False, markup=False)],
     )
-    out.print("[bold]sipagent demo[/]: offline receptionist + simulated caller on 127.0.0.1")
-    try:
-        result = asyncio.run(run_demo(out))
-    except OSError as error:
-        console.print(f"[red]cannot start:[/red] {error}")
-        raise typer.Exit(1) from error
-    print_report(out, result)
+    with contextlib.ExitStack() as stack:
+        if database_url is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sipagent-demo-"))
+            url = f"sqlite:///{Path(folder) / 'demo.db'}"
+            where = f"a throwaway database, {shown_url(url)} (deleted afterwards)"
+        else:
+            url, where = database_url, shown_url(database_url)
+        open_database_or_fail(url, create=True)
+        out.print("[bold]sipagent demo[/]: offline receptionist + simulated caller on 127.0.0.1")
+        out.print(f"booking into {where}")
+        try:
+            result = asyncio.run(run_demo(out, database_url=url))
+        except OSError as error:
+            fail(f"cannot start the demo's SIP/RTP on 127.0.0.1: {error}")
+        print_report(out, result)
     if not result.appointments:
-        console.print("[red]no appointment was booked[/red]")
-        raise typer.Exit(1)
+        fail("no appointment was booked (see the transcript above)", code=1)
+
+
+@app.command("console")
+@settings_options()
+def console_command(
+    settings: AgentSettings,
+    input_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="a WAV recording of the caller instead of the microphone (played one "
+            "utterance per agent turn)",
+            show_default=False,
+        ),
+    ] = None,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="write the agent's voice to this WAV instead of the speaker",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="agent logs too")] = False,
+) -> None:
+    """Talk to the receptionist from this computer, with your microphone and speaker.
+
+    The agent and a built-in softphone call each other over loopback SIP/RTP (--input and
+    --output replace the devices with WAV files). Prints the transcript and each reply's
+    latency; Ctrl-C hangs up."""
+    from sipagent.console import AudioDeviceError, run_console
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+    )
+    what = check_startable(settings.model_copy(update={"app": "receptionist"}))
+    open_database_or_fail(settings.database_url, create=True)
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"sipagent console: {what}")
+    out.print(f"database {shown_url(settings.database_url)}")
+    try:
+        booked = asyncio.run(
+            run_console(settings, out, input_path=input_path, output_path=output_path)
+        )
+    except (AudioDeviceError, ValueError) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot start the agent and softphone on 127.0.0.1: {error}")
+    for appointment in booked:
+        out.print(
+            f"[green]booked[/] #{appointment.id}: {appointment.patient_name}, "
+            f"{appointment.start:%A %Y-%m-%d %H:%M}, {appointment.reason}, {appointment.phone}"
+        )
+    if output_path is not None:
+        out.print(f"the agent's voice is in {output_path}")
 
 
 app.command()(monitor)

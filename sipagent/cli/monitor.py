@@ -213,7 +213,7 @@ def _turns(status: Mapping[str, Any]) -> Table:
     table.add_column("Caller", overflow="fold")
     for _, title in TURN_COLUMNS:
         table.add_column(title, justify="right")
-    table.add_column("")
+    table.add_column("Barge-in")
     turns: Sequence[Mapping[str, Any]] = status.get("recent_turns") or []
     for turn in reversed(turns):  # newest first
         at = turn.get("at")
@@ -286,6 +286,46 @@ def render(status: Mapping[str, Any], *, problem: str | None = None) -> Renderab
     return Group(*parts)
 
 
+def status_line(status: Mapping[str, Any]) -> str:
+    """The dashboard's essentials on one labelled line, for logs and pipes (no terminal)."""
+    totals = status.get("totals") or {}
+    barge = status.get("barge_ins") or {}
+    turns: Sequence[Mapping[str, Any]] = status.get("recent_turns") or []
+    last = _get(turns[-1], "latency_ms", "voice_to_voice") if turns else None
+    calls: Sequence[Mapping[str, Any]] = status.get("calls") or []
+    states = ",".join(f"{c.get('caller') or 'unknown'}:{c.get('state') or DASH}" for c in calls)
+    fields = {
+        "registration": _get(status, "registration", "state") or "unknown",
+        "calls_active": totals.get("calls_active", 0),
+        "calls_total": totals.get("calls", 0),
+        "call_states": states or DASH,
+        "turns": totals.get("turns", 0),
+        "last_voice_to_voice_ms": DASH if last is None else f"{last:.0f}",
+        "barge_ins": barge.get("total", 0),
+        "provider_errors": totals.get("provider_errors", 0),
+        "malformed_sip": totals.get("sip_malformed", 0),
+    }
+    return " ".join(f"{name}={value}" for name, value in fields.items())
+
+
+def _print_lines(out: Console, url: str, status: Mapping[str, Any]) -> None:
+    """Not on a terminal: one timestamped line whenever the essentials change."""
+    previous = ""
+    while True:
+        line = status_line(status)
+        if line != previous:
+            out.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False, soft_wrap=True)
+            previous = line
+        time.sleep(REFRESH_SECONDS)
+        try:
+            status = fetch_status(url)
+        except StatusUnavailable as error:
+            problem = f"agent unreachable ({error}); retrying"
+            if problem != previous:
+                out.print(f"{time.strftime('%H:%M:%S')} {problem}", highlight=False)
+                previous = problem
+
+
 # -- the command ----------------------------------------------------------------------------
 def monitor(
     url: Annotated[
@@ -293,7 +333,9 @@ def monitor(
     ] = DEFAULT_URL,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
 ) -> None:
-    """Live dashboard of a running agent: registration, calls, latency, barge-ins, errors."""
+    """Live dashboard of a running agent: registration, calls, latency, barge-ins, errors.
+
+    Not on a terminal (a pipe, a log file): one labelled line whenever something changes."""
     out = Console()
     try:
         status = fetch_status(url)
@@ -309,6 +351,8 @@ def monitor(
         out.print(render(status))
         return
     try:
+        if not out.is_terminal:
+            _print_lines(out, url, status)
         with Live(render(status), console=out, refresh_per_second=2, screen=True) as live:
             while True:
                 time.sleep(REFRESH_SECONDS)

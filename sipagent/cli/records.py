@@ -13,8 +13,10 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from sipagent.booking.rules import parse_date
+from sipagent.cli.options import fail, open_database_or_fail, settings_options
 from sipagent.config import AgentSettings
-from sipagent.storage import SqlBookingStore, make_engine, upgrade
+from sipagent.storage import SqlBookingStore, make_engine, shown_url
 from sipagent.storage.models import AppointmentRecord, CallRecord, TurnRecord
 
 calls_app = typer.Typer(help="Calls and their transcripts.")
@@ -29,10 +31,31 @@ _STAGES = (
 )
 
 
-def _session() -> Session:
-    settings = AgentSettings()
-    upgrade(settings.database_url)
+# What the record commands read: the database, and the clinic file for its time zone.
+RECORD_SETTINGS = ("database_url", "clinic_file", "clinic_timezone")
+
+
+def _session(settings: AgentSettings) -> Session:
+    """A session on the existing database (never created or migrated here: a read command
+    in the wrong folder or with a typo'd URL must say so, not show an empty table)."""
+    open_database_or_fail(settings.database_url, create=False)
+    out.print(f"database {shown_url(settings.database_url)}", highlight=False, soft_wrap=True)
     return Session(make_engine(settings.database_url))
+
+
+def _zone(settings: AgentSettings) -> str:
+    try:
+        return settings.clinic_profile().timezone
+    except ValueError as error:
+        fail(f"{error} (fix the file, or --clinic-file / SIPAGENT_CLINIC_FILE)")
+
+
+def parse_day(text: str, today: date) -> date:
+    """'today', 'tomorrow', a weekday ('friday': the coming one) or 2026-12-03."""
+    try:
+        return parse_date(text, today)
+    except ValueError:
+        fail(f"--day {text!r} is not a day: use today, tomorrow, a weekday name or YYYY-MM-DD")
 
 
 def _local(value: datetime | None, zone: str) -> str:
@@ -40,10 +63,14 @@ def _local(value: datetime | None, zone: str) -> str:
 
 
 @calls_app.command("list")
-def calls_list(limit: Annotated[int, typer.Option(help="how many, newest first")] = 20) -> None:
+@settings_options(RECORD_SETTINGS)
+def calls_list(
+    settings: AgentSettings,
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+) -> None:
     """Recent calls."""
-    zone = AgentSettings().clinic_profile().timezone
-    with _session() as db:
+    zone = _zone(settings)
+    with _session(settings) as db:
         turn_counts = (
             select(TurnRecord.call_id, func.count().label("turns"))
             .group_by(TurnRecord.call_id)
@@ -71,9 +98,13 @@ def calls_list(limit: Annotated[int, typer.Option(help="how many, newest first")
 
 
 @calls_app.command("show")
-def calls_show(call_id: Annotated[str, typer.Argument(help="SIP Call-ID (or a prefix)")]) -> None:
+@settings_options(RECORD_SETTINGS)
+def calls_show(
+    settings: AgentSettings,
+    call_id: Annotated[str, typer.Argument(help="SIP Call-ID (or a prefix)")],
+) -> None:
     """One call: its transcript and a per-turn latency timeline."""
-    with _session() as db:
+    with _session(settings) as db:
         matches = db.scalars(
             select(CallRecord).where(CallRecord.sip_call_id.startswith(call_id))
         ).all()
@@ -102,20 +133,26 @@ def calls_show(call_id: Annotated[str, typer.Argument(help="SIP Call-ID (or a pr
 
 
 @appointments_app.command("list")
+@settings_options(RECORD_SETTINGS)
 def appointments_list(
-    day: Annotated[str | None, typer.Option(help="YYYY-MM-DD in the clinic's zone")] = None,
+    settings: AgentSettings,
+    day: Annotated[
+        str | None,
+        typer.Option(help="today, tomorrow, a weekday or YYYY-MM-DD (the clinic's time zone)"),
+    ] = None,
     include_cancelled: Annotated[bool, typer.Option(help="also cancelled/rescheduled")] = False,
 ) -> None:
     """Appointments of one day (default: from today on)."""
-    zone = ZoneInfo(AgentSettings().clinic_profile().timezone)
-    start_day = date.fromisoformat(day) if day else datetime.now(zone).date()
+    zone = ZoneInfo(_zone(settings))
+    today = datetime.now(zone).date()
+    start_day = parse_day(day, today) if day else today
     start = datetime.combine(start_day, time(0), tzinfo=zone)
     query = select(AppointmentRecord).where(AppointmentRecord.start_at >= start)
     if day:
         query = query.where(AppointmentRecord.start_at < start + timedelta(days=1))
     if not include_cancelled:
         query = query.where(AppointmentRecord.status == "booked")
-    with _session() as db:
+    with _session(settings) as db:
         records = db.scalars(query.order_by(AppointmentRecord.start_at)).all()
     table = Table(title=f"Appointments from {start_day}" + (" (that day)" if day else ""))
     for column in ("id", "when", "patient", "phone", "reason", "min", "status"):
@@ -129,10 +166,12 @@ def appointments_list(
 
 
 @appointments_app.command("cancel")
-def appointments_cancel(appointment_id: Annotated[int, typer.Argument()]) -> None:
+@settings_options(RECORD_SETTINGS)
+def appointments_cancel(
+    settings: AgentSettings, appointment_id: Annotated[int, typer.Argument()]
+) -> None:
     """Cancel an appointment (its time becomes free again)."""
-    settings = AgentSettings()
-    upgrade(settings.database_url)
+    open_database_or_fail(settings.database_url, create=False)
     store = SqlBookingStore(make_engine(settings.database_url))
     try:
         cancelled = asyncio.run(store.cancel(appointment_id))

@@ -8,6 +8,7 @@ database is enough (`sqlite3` from the standard library, `psycopg` for PostgreSQ
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,6 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-DEFAULT_DATABASE_URL = "sqlite:///sipagent.db"
 DATABASE_URL_ENV = ("SIPAGENT_DATABASE_URL", "DATABASE_URL")
 MIGRATIONS_DIR_ENV = "SIPAGENT_MIGRATIONS_DIR"
 
@@ -35,18 +35,19 @@ WRITE_OPTIONS: dict[str, Any] = {SQLITE_BEGIN_OPTION: "IMMEDIATE"}
 
 
 def configured_database_url() -> str:
-    """The URL the application is configured with: `AgentSettings.database_url` (once the
-    settings have that field), else SIPAGENT_DATABASE_URL / DATABASE_URL, else the default
-    SQLite file in the working directory."""
+    """The URL the application is configured with: `AgentSettings.database_url`
+    (SIPAGENT_DATABASE_URL / DATABASE_URL, else SQLite in the user data directory)."""
     from sipagent.config import AgentSettings  # late: keep this module importable alone
 
-    url = getattr(AgentSettings(), "database_url", None)
-    if url:
-        return str(url)
-    for name in DATABASE_URL_ENV:
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_DATABASE_URL
+    return str(AgentSettings().database_url)
+
+
+def shown_url(url: str | URL) -> str:
+    """The URL as it may be printed: password hidden."""
+    try:
+        return normalise_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparseable: show it without anything that looks like credentials
+        return re.sub(r"//[^/@]*@", "//***@", str(url))
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -152,10 +153,10 @@ def _make_sqlite_engine(url: URL, busy_timeout_ms: int, foreign_keys: bool, echo
 
 
 def migrations_dir() -> Path:
-    """The Alembic environment: `migrations/` at the repository root (next to the package in
-    a source checkout or editable install), or SIPAGENT_MIGRATIONS_DIR."""
+    """The Alembic environment shipped inside the package (`sipagent/migrations`, so a wheel
+    has it too), or SIPAGENT_MIGRATIONS_DIR."""
     override = os.environ.get(MIGRATIONS_DIR_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "migrations"
+    path = Path(override) if override else Path(__file__).resolve().parents[1] / "migrations"
     if not (path / "env.py").is_file():
         raise FileNotFoundError(
             f"no Alembic environment at {path}; set {MIGRATIONS_DIR_ENV} to the migrations dir"
@@ -248,3 +249,83 @@ def current_revision(url: str | URL | None = None) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# opening the configured database, with one-line reasons for people
+
+FIX_URL = (
+    "set SIPAGENT_DATABASE_URL (or --database-url) to sqlite:///path/file.db or "
+    "postgresql+psycopg://user:pw@host/db"
+)
+
+
+class DatabaseUnavailableError(Exception):
+    """The configured database cannot be used; the message names it and the fix."""
+
+
+def _first_line(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def prepare_database(url: str, *, create: bool) -> str:
+    """Check that `url` can be used, and migrate it when `create`; the revision it is at.
+
+    Read-only commands pass create=False: a database that does not exist yet is reported,
+    never created (an empty one in the wrong folder would hide where the real one is)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    shown = shown_url(url)
+    try:
+        parsed = normalise_url(url)
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise DatabaseUnavailableError(
+                f"database {shown}: {backend} is not supported; {FIX_URL}"
+            )
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise DatabaseUnavailableError(
+            f"{shown!r} is not a database URL ({_first_line(error)}); {FIX_URL}"
+        ) from None
+    if backend == "sqlite" and not _is_memory_sqlite(parsed):
+        path = Path(parsed.database or "").expanduser()
+        if not create and not path.exists():
+            raise DatabaseUnavailableError(
+                f"no database at {path} yet (nothing recorded there): run `sipagent serve` or "
+                "`sipagent db upgrade` first, or point SIPAGENT_DATABASE_URL at your database"
+            )
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseUnavailableError(
+                    f"cannot create {path.parent} for database {shown}: "
+                    f"{error.strerror or error}; {FIX_URL}"
+                ) from None
+            writable = path if path.exists() else path.parent
+            if not os.access(writable, os.W_OK):
+                raise DatabaseUnavailableError(
+                    f"database {path} is not writable ({writable} is read-only for this user); "
+                    f"fix its permissions or {FIX_URL}"
+                )
+    try:
+        if create:
+            upgrade(url)
+        revision = current_revision(url)
+    except (SQLAlchemyError, OSError) as error:
+        fix = (
+            "start PostgreSQL or check host, port, user and password in the URL"
+            if backend == "postgresql"
+            else FIX_URL
+        )
+        raise DatabaseUnavailableError(
+            f"cannot use database {shown}: {_first_line(error)}; {fix}"
+        ) from None
+    if revision is None:
+        raise DatabaseUnavailableError(
+            f"database {shown} has no sipagent tables yet: run `sipagent db upgrade`"
+        )
+    return revision

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -13,7 +14,10 @@ import wave
 from pathlib import Path
 
 import pytest
-from agentlib import free_sip_port, rtp_range
+from agentlib import free_sip_port, rtp_range, running_agent, wait_until
+from fakes.deepgram_server import FakeDeepgramServer
+from fakes.elevenlabs_server import FakeElevenLabsServer
+from fakes.openai_server import FakeOpenAIServer
 from test_agent_calls import FRAME, assert_same_frames, recording
 from typer.testing import CliRunner
 
@@ -60,10 +64,18 @@ async def run_cli(
     return process.returncode or 0, output.decode()
 
 
-def row_status(text: str, check: str) -> str:
-    match = re.search(rf"│ {re.escape(check)}\s+│ (PASS|WARN|FAIL)", text)
-    assert match, f"no {check!r} row in:\n{text}"
-    return match.group(1)
+async def run_doctor(cwd: Path, env: dict[str, str], *args: str) -> tuple[int, dict]:
+    """`doctor --json`: the exit code and the report, by check name (read as data, so no
+    terminal width or table wrapping can hide a row)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "doctor", "--json", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    output, errors = await asyncio.wait_for(process.communicate(), 40)
+    assert b"Traceback" not in errors, errors.decode()
+    report = json.loads(output)
+    report["rows"] = {check["name"]: check for check in report["checks"]}
+    return process.returncode or 0, report
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -72,42 +84,105 @@ async def test_doctor_passes_a_good_config_without_showing_keys(kamailio, tmp_pa
     kam = await kamailio(qop=True)
     env = clean_env(tmp_path, **SECRETS)
     upgrade(env["SIPAGENT_DATABASE_URL"])
-    code, text = await run_cli(
-        tmp_path, env, "doctor", "--server", kam.address,
+    # The keys are set but the services are far away (nothing listens there): unverified.
+    unreachable = "http://127.0.0.1:9"
+    code, report = await run_doctor(
+        tmp_path, env, "--server", kam.address, "--app", "receptionist",
         "--bind", f"127.0.0.1:{free_sip_port()}", "--rtp-ports", rtp_range(),
+        "--deepgram-url", unreachable, "--openai-base-url", unreachable,
     )  # fmt: skip
-    assert code == 0, text
-    assert "FAIL" not in text and "0 failed" in text
-    for check in ("settings", "SIP bind", "RTP range", "RTP ports free", "advertised address",
-                  "registrar", "STT provider", "LLM provider", "pocketsphinx model",
-                  "receptionist LM", "espeak-ng data", "database", "status bind"):  # fmt: skip
-        assert row_status(text, check) == "PASS", check
-    assert f"{kam.address} answered OPTIONS" in text
-    assert "DEEPGRAM_API_KEY set" in text and "OPENAI_API_KEY set" in text
+    rows = report["rows"]
+    assert code == 0 and report["ok"], report
+    assert report["summary"].endswith("0 failed")
+    for check in ("settings", "app", "SIP bind", "RTP range", "RTP ports free",
+                  "advertised address", "registrar", "STT provider", "LLM provider",
+                  "pocketsphinx model", "receptionist LM", "espeak-ng data", "database",
+                  "status bind"):  # fmt: skip
+        assert rows[check]["status"] == "PASS", rows[check]
+    assert f"{kam.address} answered OPTIONS" in rows["registrar"]["detail"]
+    assert "DEEPGRAM_API_KEY set" in rows["STT provider"]["detail"]
+    assert "OPENAI_API_KEY set" in rows["LLM provider"]["detail"]
     # No ElevenLabs key: the offline voice is used, which is worth a warning, not a failure.
-    assert row_status(text, "TTS provider") == "WARN" and "ELEVENLABS_API_KEY missing" in text
-    assert "revision 0001" in text
+    assert rows["TTS provider"]["status"] == "WARN"
+    assert "ELEVENLABS_API_KEY missing" in rows["TTS provider"]["detail"]
+    assert rows["STT service"]["status"] == rows["LLM service"]["status"] == "WARN"
+    assert "key not verified" in rows["LLM service"]["detail"]
+    assert "TTS service" not in rows  # offline: nothing to ask
+    assert "revision 0001" in rows["database"]["detail"]
+    assert "app receptionist: STT deepgram (nova-3), LLM openai" in rows["app"]["detail"]
     for secret in SECRETS.values():
-        assert secret not in text
+        assert secret not in json.dumps(report)
+
+
+async def test_doctor_asks_each_cloud_service_with_its_key(tmp_path):
+    deepgram = FakeDeepgramServer()
+    openai = FakeOpenAIServer()
+    openai.missing_models.add("gpt-nonesuch")
+    elevenlabs = FakeElevenLabsServer()
+    async with deepgram, openai, elevenlabs:
+        env = clean_env(
+            tmp_path,
+            DEEPGRAM_API_KEY="wrong-key",
+            SIPAGENT_DEEPGRAM_URL=deepgram.url,
+            OPENAI_API_KEY=openai.api_key,
+            OPENAI_BASE_URL=openai.base_url,
+            ELEVENLABS_API_KEY=elevenlabs.api_key,
+            SIPAGENT_ELEVENLABS_BASE_URL=elevenlabs.base_url,
+        )
+        args = ("--app", "receptionist", "--bind", f"127.0.0.1:{free_sip_port()}")
+        code, report = await run_doctor(tmp_path, env, *args, "--openai-model", "gpt-nonesuch")
+        rows = report["rows"]
+        assert code == 1 and not report["ok"]
+        # Each service's own reason for refusing.
+        assert rows["STT service"]["status"] == "FAIL"
+        assert "401 Invalid credentials." in rows["STT service"]["detail"]
+        assert rows["LLM service"]["status"] == "FAIL"
+        assert "model gpt-nonesuch not found" in rows["LLM service"]["detail"]
+        assert rows["TTS service"]["status"] == "PASS", rows["TTS service"]
+        assert [r.voice_id for r in elevenlabs.requests] == ["21m00Tcm4TlvDq8ikWAM"]
+
+        env["DEEPGRAM_API_KEY"] = deepgram.api_key
+        code, report = await run_doctor(tmp_path, env, *args, "--openai-model", "gpt-4o-mini")
+        rows = report["rows"]
+        assert rows["STT service"]["status"] == rows["LLM service"]["status"] == "PASS", rows
+        assert "key accepted, model gpt-4o-mini available" in rows["LLM service"]["detail"]
+        assert deepgram.connection_count == 1  # the handshake, then closed
+
+
+async def test_doctor_fails_a_broken_clinic_file_as_serve_would(tmp_path):
+    clinic = tmp_path / "clinic.toml"
+    clinic.write_text('[hours]\nopens = "nine"\n')
+    env = clean_env(tmp_path)
+    args = ("--app", "receptionist", "--clinic-file", str(clinic))
+    code, report = await run_doctor(tmp_path, env, *args, "--bind", f"127.0.0.1:{free_sip_port()}")
+    assert code == 1
+    app_row = report["rows"]["app"]
+    assert app_row["status"] == "FAIL" and "'nine' is not a time like 09:00" in app_row["detail"]
+    code, text = await run_cli(tmp_path, env, "serve", *args)
+    assert code == 2 and "'nine' is not a time like 09:00" in text, text
 
 
 async def test_doctor_fails_when_the_sip_port_is_taken(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", 0))
         taken = f"127.0.0.1:{squatter.getsockname()[1]}"
-        code, text = await run_cli(tmp_path, clean_env(tmp_path), "doctor", "--bind", taken)
-    assert code == 1, text
-    assert row_status(text, "SIP bind") == "FAIL"
-    assert f"UDP {taken} is in use" in text and "--bind" in text
-    assert "1 failed" in text
+        code, report = await run_doctor(tmp_path, clean_env(tmp_path), "--bind", taken)
+    assert code == 1
+    row = report["rows"]["SIP bind"]
+    assert row["status"] == "FAIL" and f"UDP {taken} is in use" in row["detail"]
+    assert "--bind" in row["fix"]
+    assert report["summary"].endswith("1 failed")
 
 
-def test_doctor_reports_bad_settings_as_a_failure(tmp_path):
+def test_doctor_refuses_bad_settings_in_one_line(tmp_path):
     result = CliRunner().invoke(
         app, ["doctor", "--rtp-ports", "5-4"], env=clean_env(tmp_path), catch_exceptions=False
     )
-    assert result.exit_code == 1
-    assert "FAIL" in result.output and "rtp_ports" in result.output
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --rtp-ports '5-4': bad RTP port range '5-4': want e.g. 20000-20999 "
+        "(fix the flag or variable)"
+    ]
 
 
 # -- call ----------------------------------------------------------------------------------
@@ -189,3 +264,29 @@ def test_call_rejects_a_wav_that_is_not_8khz_mono_16bit(tmp_path):
 
 def test_a_pcm_wav_plays_as_the_same_mulaw(audio_dir):
     assert load_audio(audio_dir / "pattern.wav") == (audio_dir / "pattern.ulaw").read_bytes()
+
+
+@pytest.mark.peers
+async def test_call_leaves_the_serving_agents_binding_alone(kamailio, tmp_path):
+    # A single-contact registrar (Asterisk max_contacts=1, remove_existing=yes) that also
+    # wants credentials on every INVITE, as trunks do for outbound calls.
+    kam = await kamailio(single_contact=True, invite_auth=True)
+    env = clean_env(tmp_path, SIPAGENT_PASSWORD="agentpw")
+    async with running_agent(server=kam.address, password="agentpw", app="echo") as serving:
+        await wait_until(lambda: serving.registration.status.state == "registered", 10, "REGISTER")
+        bindings = await kam.registered_contacts("agent")
+        code, text = await run_cli(
+            tmp_path, env, "call", "agent", "--server", kam.address, "--hangup-after", "1",
+            "--bind", f"127.0.0.1:{free_sip_port()}", "--rtp-ports", rtp_range(),
+        )  # fmt: skip
+        assert code == 0 and "answered: PCMU" in text, text  # through the 407, to the agent
+        assert len(serving.ended_calls) == 1
+        assert await kam.registered_contacts("agent") == bindings
+        # The rig really is single-contact: a REGISTER for the same AOR (what `call` used to
+        # send) replaces the serving agent's binding.
+        code, text = await run_cli(
+            tmp_path, env, "register", "--server", kam.address,
+            "--bind", f"127.0.0.1:{free_sip_port()}",
+        )  # fmt: skip
+        assert code == 0, text
+        assert await kam.registered_contacts("agent") != bindings

@@ -88,3 +88,39 @@ async def test_serve_logs_carry_the_call_id(sipp, audio_dir):
     assert f"[{call_id}]" in ended  # the context carries the Call-ID onto the line
     listening = f"SIP listening on 127.0.0.1:{port}, advertising 127.0.0.1:{port}"
     assert any(line.endswith(listening) and "[-]" in line for line in lines)
+
+
+async def test_serve_says_what_runs_and_where_the_database_is(tmp_path):
+    port = free_sip_port()
+    database = tmp_path / "data" / "agent.db"  # its folder is created at start
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "sk-never-logged",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # never contacted before a call
+        "SIPAGENT_DATABASE_URL": f"sqlite:///{database}",
+        "SIPAGENT_MAX_CALL": "3",  # a typo: warned about, not silently ignored
+    }
+    for name in ("DEEPGRAM_API_KEY", "ELEVENLABS_API_KEY", "DATABASE_URL"):
+        env.pop(name, None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "receptionist",
+        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert (
+        "sipagent serve: app receptionist: STT offline (pocketsphinx), LLM openai (gpt-4o-mini "
+        "at http://127.0.0.1:9/v1), TTS offline (espeak-ng)"
+    ) in text
+    assert f"database sqlite:///{database} (revision 0001)" in text
+    assert "SIPAGENT_MAX_CALL is not a sipagent setting" in text
+    assert "sk-never-logged" not in text

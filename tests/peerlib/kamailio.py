@@ -108,6 +108,7 @@ class Kamailio:
     (``proxy_challenge``/``proxy_authorize``) instead of 401 WWW-Authenticate.
     ``single_contact``: Asterisk-style AORs (max_contacts=1, remove_existing=yes): a REGISTER
     replaces the other contacts, and OPTIONS is challenged and answered by the registrar.
+    ``invite_auth``: initial INVITEs are challenged with 407 (a trunk taking outbound calls).
     """
 
     def __init__(
@@ -118,13 +119,15 @@ class Kamailio:
         record_route: bool = False,
         proxy_auth: bool = False,
         single_contact: bool = False,
+        invite_auth: bool = False,
         port: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.single_contact = single_contact
+        self.invite_auth = invite_auth
         self.qop = qop
         self.record_route = record_route
         self.proxy_auth = proxy_auth
-        self.single_contact = single_contact
         self.port = port if port is not None else free_udp_port()
         self.host = LOOPBACK
         self.rundir = self.workdir / "run"
@@ -177,6 +180,8 @@ class Kamailio:
             defines.append("#!define WITH_PROXY_AUTH")
         if self.single_contact:
             defines.append("#!define WITH_SINGLE_CONTACT")
+        if self.invite_auth:
+            defines.append("#!define WITH_INVITE_AUTH")
         template = TEMPLATE_DIR / "kamailio.cfg.in"
         text = fill_template(
             template.read_text(),

@@ -6,7 +6,10 @@ import copy
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from sipagent.cli import monitor as monitor_module
+from sipagent.cli.main import app
 from sipagent.cli.monitor import render, status_url
 
 NOW = 1_700_000_000.0
@@ -211,3 +214,31 @@ def test_failed_registration_shows_its_reason():
 )
 def test_status_url(given, expected):
     assert status_url(given) == expected
+
+
+def test_every_table_column_has_a_label():
+    text = frame_text(SAMPLE)
+    assert "Barge-in" in text  # the turns table's interrupted column
+
+
+def test_live_mode_prints_one_labelled_line_per_change_when_piped(monkeypatch):
+    documents = [SAMPLE, SAMPLE, {**SAMPLE, "totals": {**SAMPLE["totals"], "turns": 41}}]
+    fetches = iter(documents)
+    monkeypatch.setattr(monitor_module, "fetch_status", lambda url: next(fetches))
+    sleeps = iter(range(len(documents)))
+
+    def sleep(_seconds):
+        if next(sleeps) == len(documents) - 1:
+            raise KeyboardInterrupt  # Ctrl-C after the last document
+
+    monkeypatch.setattr(monitor_module.time, "sleep", sleep)
+    result = CliRunner().invoke(app, ["monitor", "--url", "127.0.0.1:1"])  # not a terminal
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2  # the repeated document printed nothing
+    assert lines[0].endswith(
+        "registration=registered calls_active=2 calls_total=12 "
+        "call_states=+15551234567:thinking,alice:ringing turns=40 last_voice_to_voice_ms=812 "
+        "barge_ins=1 provider_errors=1 malformed_sip=3"
+    )
+    assert "turns=41" in lines[1]

@@ -122,7 +122,9 @@ def test_postgres_urls_are_pinned_to_psycopg3():
 def test_database_url_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("SIPAGENT_DATABASE_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert configured_database_url() == "sqlite:///sipagent.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    # The same file wherever a command runs: the user data directory, not the current folder.
+    assert configured_database_url() == "sqlite:////srv/data/sipagent/sipagent.db"
     monkeypatch.setenv("DATABASE_URL", "sqlite:///other.db")
     assert configured_database_url() == "sqlite:///other.db"
     monkeypatch.setenv("SIPAGENT_DATABASE_URL", "sqlite:///mine.db")

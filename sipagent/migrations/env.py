@@ -4,7 +4,8 @@ The database URL comes, in order, from: a connection handed over in
 `config.attributes["connection"]` (tests), `config.attributes["database_url"]`
 (`sipagent.storage.database.upgrade`), `alembic -x url=...`, `sqlalchemy.url` in an ini file,
 and finally the application's own settings (`configured_database_url`: AgentSettings /
-SIPAGENT_DATABASE_URL / DATABASE_URL / sqlite:///sipagent.db). Nothing is hard-coded here.
+SIPAGENT_DATABASE_URL / DATABASE_URL / SQLite in the user data directory).
+Nothing is hard-coded here.
 """
 
 from __future__ import annotations
