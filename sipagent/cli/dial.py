@@ -98,19 +98,6 @@ def target_uri(text: str, settings: AgentSettings) -> str:
     return text
 
 
-class OutboundEndpoint(SipEndpoint):
-    """A user agent that dials through --server without ever sending REGISTER.
-
-    A running `sipagent serve` usually holds this AOR's binding. On single-contact registrars
-    (Asterisk's max_contacts=1 with remove_existing=yes) a REGISTER from the test call would
-    replace that binding and its unregister would then remove it, leaving the agent
-    unreachable. The INVITE carries digest credentials itself (401/407 are answered in
-    `dial`), which is all a trunk needs to place a call."""
-
-    async def _registration_loop(self) -> None:
-        return None  # no binding of ours: nothing to register, refresh or remove
-
-
 def _played_out(call: Call, audio: bytes) -> bool:
     return call.sent_audio_ms * BYTES_PER_SECOND / 1000 >= len(audio)
 
@@ -150,7 +137,10 @@ async def place_call(
 ) -> int:
     """Dial `uri` with `app` on the call; print progress; the exit code."""
     # The inbound app is never reached: inbound calls only ring (see NEVER_ANSWER_SECONDS).
-    endpoint = OutboundEndpoint(settings, EchoApp())
+    # No REGISTER: a running `sipagent serve` usually holds this AOR's binding, and on
+    # single-contact registrars (Asterisk's max_contacts=1, remove_existing=yes) ours would
+    # replace it. The INVITE carries digest credentials itself (401/407 answered in `dial`).
+    endpoint = SipEndpoint(settings, EchoApp(), register=False)
     await endpoint.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -137,8 +137,5 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
     else:
         tts = espeak()
         fallback = None
-    log.info(
-        "providers: stt=%s llm=%s tts=%s%s",
-        choice.stt, choice.llm, choice.tts, " (OFFLINE MODE)" if choice.offline else "",
-    )  # fmt: skip
+    log.debug("providers: stt=%s llm=%s tts=%s", choice.stt, choice.llm, choice.tts)
     return Providers(choice, new_stt, llm, tts, fallback, tts_slots)

@@ -149,10 +149,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
         app: CallApp,
         *,
         on_call_ended: Callable[[Call], None] | None = None,
+        register: bool = True,
     ) -> None:
+        """`register=False`: use the server as outbound proxy only (digest on the INVITE), never
+        REGISTER: a test call must not replace the binding a serving agent holds."""
         self.settings = settings
         self.app = app
         self.on_call_ended = on_call_ended
+        self.register = register
         self.transport: asyncio.DatagramTransport | None = None
         self.calls: dict[str, Call] = {}
         self.ended_calls: list[Call] = []
@@ -216,7 +220,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         first, last = self.settings.rtp_port_range
         self._rtp_ports = RtpPortAllocator(first, last, rtp_bind)
         log.info("SIP listening on %s:%d, advertising %s:%d", bind.host, port, advertised, port)
-        if server is not None:
+        if server is not None and not self.register:
+            log.info("calls go through %s; not registering", server)
+        elif server is not None:
             self.registration = RegistrationPolicy(
                 self.settings.register_expires,
                 registrar=str(server),
