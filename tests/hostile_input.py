@@ -393,6 +393,10 @@ def legal_unusual_messages() -> list[SipCase]:
     for label, pt in (("128", "128"), ("4294967296", "4294967296"), ("minus-1", "-1")):
         case(f"sdp-pt-{label}", _request("INVITE", f"pt-{label}", body=_sdp(
             f"m=audio 39000 RTP/AVP {pt}", "")), frozenset({400, 488}))  # fmt: skip
+    for label, pt in (("128", "128"), ("4294967296", "4294967296"), ("minus-1", "-1")):
+        offer = _sdp(f"m=audio 39000 RTP/AVP 0 {pt}", "a=rtpmap:0 PCMU/8000")
+        case(f"sdp-pcmu-and-pt-{label}", _request("INVITE", f"pcmu-pt-{label}", body=offer),
+             ANY_FINAL_INVITE)  # fmt: skip
     case(
         "sdp-dynamic-pcmu",
         _request("INVITE", "pt96", body=_sdp("m=audio 39000 RTP/AVP 96", "a=rtpmap:96 PCMU/8000")),
