@@ -31,7 +31,13 @@ NONE = frozenset[int]()
 # name -> (RFC section, verdict, allowed final statuses, headers the answer must carry, note)
 RFC4475: dict[str, tuple[str, str, frozenset[int], tuple[str, ...], str]] = {
     # 3.1.1 valid messages
-    "wsinv": ("3.1.1.1", "valid", OK, (), "short tortuous INVITE"),
+    "wsinv": (
+        "3.1.1.1",
+        "valid",
+        frozenset({200, 481}),
+        (),
+        "short tortuous INVITE; its To has a tag: 481 (no such dialog) or 200 (RFC 3261 12.2.2)",
+    ),
     "intmeth": ("3.1.1.2", "valid", frozenset({501}), ("Allow:",), "unknown method: 501 + Allow"),
     "esc01": ("3.1.1.3", "valid", OK, (), "valid use of % escaping"),
     "escnull": ("3.1.1.4", "valid", NOT_REGISTRAR, (), "escaped NULs in URIs (REGISTER)"),

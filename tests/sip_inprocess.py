@@ -38,9 +38,13 @@ class ErrorLog(logging.Handler):
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
 
+        self.drops: list[logging.LogRecord] = []  # "dropped malformed SIP ...": the reason
+
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info or (record.name == "asyncio" and record.levelno >= logging.ERROR):
             self.records.append(record)
+        elif record.getMessage().startswith("dropped "):
+            self.drops.append(record)
 
     @staticmethod
     def describe(record: logging.LogRecord) -> str:
@@ -73,6 +77,7 @@ class Outcome:
     tracebacks: list[str] = field(default_factory=list)
     transport_died: bool = False
     problem: str | None = None  # the answer judged against the case's expectation
+    dropped: str = ""  # why the agent dropped it, if it did
 
     def failure(self) -> str | None:
         parts = []
@@ -80,7 +85,7 @@ class Outcome:
             parts.append("TRANSPORT DIED")
         parts += [f"traceback: {t}" for t in self.tracebacks]
         if self.problem:
-            parts.append(self.problem)
+            parts.append(self.problem + (f" [agent: {self.dropped}]" if self.dropped else ""))
         return "; ".join(parts) or None
 
 
@@ -98,12 +103,14 @@ async def send_one(
     endpoint: SipEndpoint, sender: CorpusSender, case: SipCase, errors: ErrorLog
 ) -> Outcome:
     """Send one message; charge it with the tracebacks logged and a transport death."""
-    before = len(errors.records)
+    before, drops_before = len(errors.records), len(errors.drops)
     sender.send(addressed(case, endpoint.local_address, sender.address))
     await asyncio.sleep(0)
     alive = not transport_dead(endpoint) and await probe_options(endpoint.local_address, 1.0)
     outcome = Outcome(case.name, transport_died=not alive or transport_dead(endpoint))
     outcome.tracebacks = [ErrorLog.describe(r) for r in errors.records[before:]]
+    drops = [r.getMessage().split(": ", 1)[-1] for r in errors.drops[drops_before:]]
+    outcome.dropped = "; ".join(drops)[:160]
     return outcome
 
 

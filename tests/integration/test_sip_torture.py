@@ -41,6 +41,7 @@ async def start_agent(port: int, log_path: Path) -> asyncio.subprocess.Process:
         sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
         "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
         stdout=log, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+        cwd=log_path.parent,  # the agent's code comes from where the test's does, not the cwd
     )  # fmt: skip
     log.close()
     await wait_udp_bound(port, timeout=15)

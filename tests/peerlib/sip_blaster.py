@@ -232,15 +232,27 @@ class CorpusSender:
         except (OSError, ValueError):
             return False  # > 65507 bytes: the kernel refuses it
 
-    def _on_datagram(self, data: bytes, _addr: Address) -> None:
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
         answer = parse_answer(data)
         if answer is None:
-            return  # a request from the agent (e.g. its BYE): not ours to answer here
+            self._answer_request(data, addr)
+            return
         self.answers[answer.call_id].append(answer)
         if answer.branch:
             self.answers[f"branch:{answer.branch}"].append(answer)
         if answer.cseq_method == "INVITE" and answer.status >= 200:
             self._complete_invite(answer)
+
+    def _answer_request(self, data: bytes, addr: Address) -> None:
+        """The agent's own requests to a corpus Contact (its BYE at shutdown): 200 OK."""
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        if not head or head[0].startswith(b"ACK ") or not head[0].endswith(b" SIP/2.0"):
+            return
+        names = (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")
+        copied = [line for line in head[1:] if line.split(b":", 1)[0].strip().lower() in names]
+        response = b"\r\n".join([b"SIP/2.0 200 OK", *copied, b"Content-Length: 0", b"", b""])
+        if self._transport is not None:
+            self._transport.sendto(response, addr)
 
     def _complete_invite(self, answer: Answer) -> None:
         """ACK every final answer to an INVITE (once); BYE after a 2xx."""
