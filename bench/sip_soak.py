@@ -29,7 +29,6 @@ import asyncio
 import os
 import shlex
 import signal
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -41,14 +40,20 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchlib import free_port, machine_info, run_benchmark, sipagent_command  # noqa: E402
 from hostile_input import SipCase, fuzzed_sip_message  # noqa: E402
-from peerlib.capture import Capture, rtp_packets, udp_ports_filter  # noqa: E402
+from peerlib.capture import Capture, udp_ports_filter  # noqa: E402
 from peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
-from peerlib.sip_blaster import BlastReport, CorpusSender, probe_options, tracebacks  # noqa: E402
+from peerlib.sip_blaster import (  # noqa: E402
+    BlastReport,
+    CorpusSender,
+    echo_check,
+    numbered_frames,
+    probe_options,
+    tracebacks,
+)
 from peerlib.sipp import Sipp  # noqa: E402
 from sip_corpus import addressed, full_corpus  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "sip_soak.json"
-FRAME = 160
 
 
 def rss_kib(pid: int) -> int | None:
@@ -59,31 +64,6 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def numbered_frames(count: int, call: int) -> bytes:
-    """mu-law audio whose every 20 ms frame is unique (call and frame number up front)."""
-    return b"".join(
-        struct.pack("!HI", call, i) + bytes((i + j + call) % 256 for j in range(FRAME - 6))
-        for i in range(count)
-    )
-
-
-def echo_check(datagrams: list[Any], caller_port: int) -> dict[str, Any]:
-    sent = [p.payload for p in rtp_packets(datagrams, src_port=caller_port, pt=0)]
-    echoed = [p.payload for p in rtp_packets(datagrams, dst_port=caller_port, pt=0)]
-    position = {frame: i for i, frame in enumerate(sent)}
-    order = [position[frame] for frame in echoed if frame in position]
-    settled = set(sent[:-25])  # the last half second may be in flight at the BYE
-    missing = len(settled - set(echoed))
-    intact = (
-        len(sent) > 50
-        and missing <= len(settled) // 50
-        and order == sorted(order)
-        and bool(order)
-        and order[-1] >= len(sent) - 50
-    )
-    return {"sent": len(sent), "echoed": len(echoed), "missing": missing, "intact": intact}
 
 
 async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

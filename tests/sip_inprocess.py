@@ -8,6 +8,7 @@ started again, so one killer does not hide the rest. Used by the time-boxed muta
 run as a script, to list every failure of the corpus:
 
     PYTHONPATH=. python tests/sip_inprocess.py            # the 1,194 messages
+    PYTHONPATH=. python tests/sip_inprocess.py 12         # ... with fuzz seed 12
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agentlib import running_agent
 from hostile_input import SipCase
 from peerlib.sip_blaster import CorpusSender, judge, probe_options
-from sip_corpus import addressed, full_corpus
+from sip_corpus import FUZZ_SEED, addressed, full_corpus
 
 from sipagent.sip.endpoint import SipEndpoint
 
@@ -138,10 +139,10 @@ async def judge_each(cases: Sequence[SipCase], settle: float = 1.0) -> list[Outc
     return outcomes
 
 
-async def _main() -> int:
+async def _main(seed: int) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().handlers[0].setLevel(logging.CRITICAL)  # quiet; ErrorLog sees all
-    outcomes = await judge_each(full_corpus())
+    outcomes = await judge_each(full_corpus(seed))
     failed = [(o.name, o.failure()) for o in outcomes if o.failure()]
     for name, what in failed:
         print(f"{name}: {what}")
@@ -150,4 +151,4 @@ async def _main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main()))
+    sys.exit(asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else FUZZ_SEED)))

@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import sys
 from pathlib import Path
 
 import pytest
 from agentlib import free_sip_port, rtp_range
-from peerlib.capture import rtp_packets
 from peerlib.common import wait_udp_bound
-from peerlib.sip_blaster import BlastReport, CorpusSender, probe_options, tracebacks
+from peerlib.sip_blaster import (
+    BlastReport,
+    CorpusSender,
+    echo_check,
+    numbered_frames,
+    probe_options,
+    tracebacks,
+)
 from sip_corpus import addressed, full_corpus
 
 pytestmark = [pytest.mark.peers]
 
-FRAME = 160
 CALL_SECONDS = 9
-
-
-def numbered_frames(count: int) -> bytes:
-    """mu-law audio whose every 20 ms frame is unique (its number in the first 4 bytes)."""
-    return b"".join(struct.pack("!I", i) + bytes((i + j) % 256 for j in range(156))
-                    for i in range(count))  # fmt: skip
 
 
 async def start_agent(port: int, log_path: Path) -> asyncio.subprocess.Process:
@@ -56,26 +54,6 @@ async def stop_agent(process: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             process.kill()
             await process.wait()
-
-
-def echo_problems(datagrams: list, caller_port: int) -> list[str]:
-    """What is wrong with the live call's echo: every frame SIPp sent comes back, in order."""
-    sent = [p.payload for p in rtp_packets(datagrams, src_port=caller_port, pt=0)]
-    echoed = [p.payload for p in rtp_packets(datagrams, dst_port=caller_port, pt=0)]
-    if len(sent) < 100:
-        return [f"SIPp sent only {len(sent)} RTP packets"]
-    position = {frame: i for i, frame in enumerate(sent)}
-    order = [position[frame] for frame in echoed if frame in position]
-    problems = []
-    settled = sent[:-25]  # the last half second may still be in flight at the BYE
-    missing = len(set(settled) - set(echoed))
-    if missing > len(settled) // 50:
-        problems.append(f"{missing} of {len(settled)} frames never echoed")
-    if order != sorted(order):
-        problems.append("echo out of order")
-    if not order or order[-1] < len(sent) - 50:
-        problems.append(f"echo stopped at frame {order[-1] if order else None} of {len(sent)}")
-    return problems
 
 
 async def test_corpus_during_a_live_call(sipp, capture, tmp_path):
@@ -110,7 +88,8 @@ async def test_corpus_during_a_live_call(sipp, capture, tmp_path):
         )
     if not result.ok:
         problems.append(f"the live call failed (BYE unanswered?):\n{result.describe()}")
-    problems += [f"live call echo: {p}" for p in echo_problems(cap.datagrams(), caller.media_port)]
+    echo = echo_check(cap.datagrams(), caller.media_port)
+    problems += [f"live call echo: {p}" for p in echo["problems"]]
     problems += [f"traceback: {t}" for t in tracebacks(log_text)]
     failures = report.failures(cases)
     problems += [f"{name}: {what}" for name, what in failures.items()]

@@ -17,12 +17,15 @@ import asyncio
 import itertools
 import re
 import socket
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
+
+from .capture import rtp_packets
 
 Address = tuple[str, int]
 
@@ -341,3 +344,33 @@ def tracebacks(log_text: str) -> list[str]:
             error = lines[end] if end < len(lines) else ""
             out.append(f"{context.strip()} => {error.strip()}")
     return out
+
+
+def numbered_frames(count: int, call: int = 0) -> bytes:
+    """mu-law audio whose every 20 ms frame is unique (call and frame number up front)."""
+    return b"".join(
+        struct.pack("!HI", call, i) + bytes((i + j + call) % 256 for j in range(154))
+        for i in range(count)
+    )
+
+
+def echo_check(datagrams: Sequence[Any], caller_port: int) -> dict[str, Any]:
+    """Did an echo call stay intact? Every PCMU frame the caller sent came back, in order, to
+    the end (the last half second may still be in flight at the BYE; 2% may be lost)."""
+    sent = [p.payload for p in rtp_packets(datagrams, src_port=caller_port, pt=0)]
+    echoed = [p.payload for p in rtp_packets(datagrams, dst_port=caller_port, pt=0)]
+    position = {frame: i for i, frame in enumerate(sent)}
+    order = [position[frame] for frame in echoed if frame in position]
+    settled = set(sent[:-25])
+    missing = len(settled - set(echoed))
+    problems = []
+    if len(sent) < 50:
+        problems.append(f"the caller sent only {len(sent)} RTP packets")
+    if missing > len(settled) // 50:
+        problems.append(f"{missing} of {len(settled)} frames never echoed")
+    if order != sorted(order):
+        problems.append("echo out of order")
+    if not order or order[-1] < len(sent) - 50:
+        problems.append(f"echo stopped at frame {order[-1] if order else None} of {len(sent)}")
+    return {"sent": len(sent), "echoed": len(echoed), "missing": missing,
+            "intact": not problems, "problems": problems}  # fmt: skip
