@@ -701,3 +701,80 @@ def fuzzed_sip_messages(seed: int = 9, count: int = 1100) -> list[SipCase]:
         name = f"fuzz/{seed}/{index:04d}/{label}"
         cases.append(SipCase(name, data, None, "fuzz", keep_addresses))
     return cases
+
+
+# -- in-dialog mutations: requests inside a call the fuzzer set up itself ----------------------
+
+
+@dataclass(frozen=True)
+class Dialog:
+    """What an in-dialog request needs: the caller's side of a confirmed call."""
+
+    call_id: str
+    local_tag: str  # the caller's From tag
+    remote_tag: str  # the agent's To tag
+    target: str  # the agent's Contact URI
+    sender: str  # "host:port" of the caller's socket
+    cseq: int  # the next CSeq number to use
+
+
+IN_DIALOG_KINDS = (
+    "reinvite-sdp", "reinvite-host", "reinvite-hold", "info", "notify", "bye", "cancel",
+    "ack", "update", "refer", "options", "reinvite-number",
+)  # fmt: skip
+INFO_BODIES = [
+    "Signal=5\r\nDuration=160\r\n", "Signal=\r\nDuration=-1\r\n", "Signal=55555\r\n",
+    "Signal=\x00\r\n", "Duration=99999999999999999999\r\n", "Signal=A\r\nDuration=inf\r\n",
+    "\xff\xfe", "Signal=" + "1" * 5000 + "\r\n", "", "Signal=*#\r\n",
+]  # fmt: skip
+SIPFRAG_BODIES = [
+    "SIP/2.0 200 OK", "SIP/2.0 100 Trying", "SIP/2.0", "SIP/2.0 abc", "SIP/2.0 99999999999 x",
+    "", "garbage", "SIP/2.0 603 Declined\r\nVia: x", "\x00", "SIP/2.0 -1",
+]  # fmt: skip
+
+
+def in_dialog_message(seed: int, index: int, dialog: Dialog) -> tuple[str, bytes]:
+    """The ``index``-th in-dialog mutation of run ``seed`` for ``dialog`` (deterministic)."""
+    rng = random.Random(f"dialog:{seed}:{index}")
+    kind = IN_DIALOG_KINDS[index % len(IN_DIALOG_KINDS)]
+    method = {"info": "INFO", "notify": "NOTIFY", "bye": "BYE", "cancel": "CANCEL",
+              "ack": "ACK", "update": "UPDATE", "refer": "REFER",
+              "options": "OPTIONS"}.get(kind, "INVITE")  # fmt: skip
+    body, content_type, extra = "", None, []
+    if method == "INVITE":
+        body = SDP_PCMU.replace("o=x 1 1", f"o=x 1 {index + 2}")
+    if kind == "reinvite-hold":
+        body = body.replace("a=sendrecv", rng.choice(["a=sendonly", "a=inactive", "a=recvonly"]))
+        if rng.random() < 0.5:
+            body = body.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
+    elif kind == "info":
+        body, content_type = rng.choice(INFO_BODIES), "application/dtmf-relay"
+    elif kind == "notify":
+        body, content_type = rng.choice(SIPFRAG_BODIES), "message/sipfrag;version=2.0"
+        extra = [("Event", rng.choice(["refer", "refer;id=1", "", "x" * 300])),
+                 ("Subscription-State", rng.choice(["active", "terminated;reason=noresource",
+                                                    ""]))]  # fmt: skip
+    elif kind == "refer":
+        extra = [("Refer-To", rng.choice(["<sip:x@127.0.0.1:1>", "<sip:x@127.0.0.1:65536>",
+                                          "<tel:+1>", "", "<sip:x@\x00>"]))]  # fmt: skip
+    elif kind == "ack" and rng.random() < 0.5:
+        body = rng.choice(["v=0\r\n", SDP_PCMU, "garbage"])
+        content_type = "application/sdp"
+    cseq = dialog.cseq if method not in ("ACK", "CANCEL") else max(dialog.cseq - 1, 1)
+    if kind == "bye" and rng.random() < 0.5:
+        cseq = rng.choice([0, 1, 2**31 - 1, dialog.cseq - 5 if dialog.cseq > 5 else 1])
+    data = _request(
+        method, f"d-{seed}-{index}", target=dialog.target,
+        via=f"SIP/2.0/UDP {dialog.sender};branch=z9hG4bKdlg-{seed}-{index};rport",
+        from_=f"<sip:caller@127.0.0.1>;tag={dialog.local_tag}",
+        to=f"<sip:agent@127.0.0.1>;tag={dialog.remote_tag}",
+        cseq=f"{cseq} {method}", contact=f"<sip:caller@{dialog.sender}>", extra=extra,
+        body=body.encode("utf-8", "surrogatepass"), content_type=content_type,
+    ).replace(f"unusual-d-{seed}-{index}@127.0.0.1".encode(), dialog.call_id.encode())  # fmt: skip
+    if kind == "reinvite-sdp":
+        data = mutate(rng, data, "sdp", method)
+    elif kind == "reinvite-host":
+        data = mutate(rng, data, "host", method)
+    elif kind == "reinvite-number":
+        data = mutate(rng, data, "number", method)
+    return f"{kind}/{method}", data

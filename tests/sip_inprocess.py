@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sys
 import traceback
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agentlib import running_agent
-from hostile_input import SipCase
-from peerlib.sip_blaster import CorpusSender, judge, probe_options
+from hostile_input import SDP_PCMU, Dialog, SipCase, _request
+from peerlib.sip_blaster import CorpusSender, judge, peer_host, probe_options
 from sip_corpus import FUZZ_SEED, addressed, full_corpus
 
 from sipagent.sip.endpoint import SipEndpoint
@@ -115,24 +116,78 @@ async def send_one(
     return outcome
 
 
+async def open_dialog(endpoint: SipEndpoint, sender: CorpusSender, name: str) -> Dialog | str:
+    """A clean INVITE / 200 / ACK from the sender's socket: a confirmed call to fuzz inside
+    (the sender ACKs the 200 and every later re-INVITE's final answer, and sends no BYE)."""
+    host, port = sender.address
+    agent_host, agent_port = endpoint.local_address
+    call_id = f"unusual-{name}@127.0.0.1"  # what _request names it
+    sender.ack_only.add(call_id)
+    invite = _request("INVITE", name, target=f"sip:agent@{agent_host}:{agent_port}",
+                      body=SDP_PCMU, via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-{name};rport",
+                      contact=f"<sip:caller@{host}:{port}>")  # fmt: skip
+    sender.send(invite)
+    for _ in range(200):
+        final = next((a for a in sender.answers_for(invite) if a.status >= 200), None)
+        if final is not None:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        return f"no final answer to a clean INVITE ({name})"
+    if final.status != 200:
+        states = Counter(
+            f"{getattr(call, 'source_ip', '?')} {call.state.name}"
+            for call in endpoint.calls.values()
+        )
+        return (
+            f"a clean INVITE ({name}) answered {final.text.split(chr(13))[0]!r} "
+            f"{final.header('Warning') or ''}; the agent's calls: {dict(states)}"
+        )
+    contact = final.header("Contact") or ""
+    target = contact[contact.find("<") + 1 : contact.find(">")] if "<" in contact else contact
+    remote_tag = (final.header("To") or "").split("tag=")[-1].split(";")[0]
+    return Dialog(call_id, f"f-{name}", remote_tag, target, f"{host}:{port}", 2)
+
+
+async def hang_up_all(endpoint: SipEndpoint) -> None:
+    """End every call while the sender can still answer the BYEs (no 8 s BYE timeouts)."""
+    for call in list(endpoint.calls.values()):
+        await endpoint.hangup(call, "test over")
+
+
 async def judge_each(cases: Sequence[SipCase], settle: float = 1.0) -> list[Outcome]:
-    """Every case through an in-process agent, restarted whenever a message killed SIP."""
+    """Every case through an in-process agent, restarted whenever a message killed SIP. A
+    classified case comes from a loopback address of its own (a fresh peer, see `peer_host`);
+    the fuzz from one shared socket."""
     outcomes: list[Outcome] = []
     index = 0
     with catching_errors() as errors:
         while index < len(cases):
-            async with echo_agent() as endpoint, CorpusSender(endpoint.local_address) as sender:
+            async with contextlib.AsyncExitStack() as stack:
+                endpoint = await stack.enter_async_context(echo_agent())
+                agent = endpoint.local_address
+                shared = await stack.enter_async_context(CorpusSender(agent))
+                used: list[CorpusSender] = []
                 start = index
                 while index < len(cases):
-                    outcomes.append(await send_one(endpoint, sender, cases[index], errors))
+                    case = cases[index]
+                    sender = shared
+                    if case.expect is not None:
+                        sender = await stack.enter_async_context(
+                            CorpusSender(agent, peer_host(index))
+                        )
+                    used.append(sender)
+                    outcomes.append(await send_one(endpoint, sender, case, errors))
                     index += 1
                     if outcomes[-1].transport_died:
                         break
                 await asyncio.sleep(settle)  # late answers (an INVITE's 200 comes from a task)
-                for case, outcome in zip(cases[start:index], outcomes[start:index], strict=True):
-                    answers = sender.answers_for(
-                        addressed(case, endpoint.local_address, sender.address)
-                    )
+                if not transport_dead(endpoint):
+                    await hang_up_all(endpoint)
+                for case, outcome, sender in zip(
+                    cases[start:index], outcomes[start:index], used, strict=True
+                ):
+                    answers = sender.answers_for(addressed(case, agent, sender.address))
                     outcome.statuses = sorted({a.status for a in answers})
                     if not outcome.transport_died:
                         outcome.problem = judge(case, answers)

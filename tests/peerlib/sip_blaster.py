@@ -200,22 +200,24 @@ def options_request(agent: Address, sender: Address, call_id: str) -> bytes:
 class CorpusSender:
     """One UDP socket that sends corpus messages to `agent` and keeps every answer."""
 
-    def __init__(self, agent: Address) -> None:
+    def __init__(self, agent: Address, host: str = "127.0.0.1") -> None:
         self.agent = agent
-        self.address: Address = ("127.0.0.1", 0)
+        self.host = host  # any 127.0.0.0/8 address: a peer of its own for per-source limits
+        self.address: Address = (host, 0)
         self.answers: dict[str, list[Answer]] = defaultdict(list)  # Call-ID or branch -> answers
         self._transport: asyncio.DatagramTransport | None = None
         self._completed: set[tuple[str, int]] = set()
         self.invites_completed = 0
+        self.ack_only: set[str] = set()  # Call-IDs of calls the caller keeps up: ACK, no BYE
 
     async def __aenter__(self) -> CorpusSender:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self._on_datagram), local_addr=("127.0.0.1", 0),
+            lambda: _Endpoint(self._on_datagram), local_addr=(self.host, 0),
             family=socket.AF_INET,
         )  # fmt: skip
         self._transport = transport
-        self.address = ("127.0.0.1", int(transport.get_extra_info("sockname")[1]))
+        self.address = (self.host, int(transport.get_extra_info("sockname")[1]))
         return self
 
     async def __aexit__(
@@ -281,7 +283,7 @@ class CorpusSender:
             ).encode()
 
         self.send(request("ACK", answer.cseq_number, branch))
-        if ok:
+        if ok and answer.call_id not in self.ack_only:
             self.send(request("BYE", answer.cseq_number + 1, f"{OWN_BRANCHES[1]}{next(_counter)}"))
             self.invites_completed += 1
 
@@ -293,6 +295,18 @@ class CorpusSender:
         if not call_ids and branch:
             found += self.answers.get(f"branch:{branch}", [])
         return found
+
+    async def exchange(self, data: bytes, timeout: float = 1.0) -> list[Answer]:
+        """Send one message and wait (at most `timeout`) for a final answer to it."""
+        self.send(data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            answers = self.answers_for(data)
+            if any(a.status >= 200 and not a.branch.startswith(OWN_BRANCHES) for a in answers):
+                break
+            await asyncio.sleep(0.005)
+        return self.answers_for(data)
 
     async def blast(
         self,
@@ -374,3 +388,30 @@ def echo_check(datagrams: Sequence[Any], caller_port: int) -> dict[str, Any]:
         problems.append(f"echo stopped at frame {order[-1] if order else None} of {len(sent)}")
     return {"sent": len(sent), "echoed": len(echoed), "missing": missing,
             "intact": not problems, "problems": problems}  # fmt: skip
+
+
+def peer_host(index: int) -> str:
+    """A loopback address of its own for the `index`-th classified message (127.0.1.1 on): each
+    is judged as a fresh peer, untouched by per-source INVITE limits the corpus trips."""
+    return f"127.0.{1 + index // 250}.{1 + index % 250}"
+
+
+async def exchange_each(
+    cases: Sequence[Case],
+    wire_for: Callable[[Case, Address], bytes],
+    agent: Address,
+    report: BlastReport,
+    *,
+    probe_every: int = 50,
+) -> None:
+    """Each case from a peer address of its own, one at a time, waiting for its final answer
+    (`wire_for(case, sender_address)` addresses it); answers go to `report.answers[i]`."""
+    started = time.monotonic()
+    for index, case in enumerate(cases):
+        async with CorpusSender(agent, peer_host(index)) as sender:
+            wire = wire_for(case, sender.address)
+            report.answers[index] = await sender.exchange(wire, 1.0 if case.expect else 0.3)
+            report.sent += 1
+        if probe_every and (index + 1) % probe_every == 0:
+            report.probes.append((index, await probe_options(agent)))
+    report.seconds += time.monotonic() - started
