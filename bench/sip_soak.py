@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +68,19 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def agent_revision() -> str | None:
+    """The git commit of the sipagent package this Python imports (the agent's code)."""
+    spec = importlib.util.find_spec("sipagent")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(Path(spec.origin).parent), "rev-parse", "--short",
+                              "HEAD"], capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -94,6 +109,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "probe_every": args.probe_every,
         },
         "agent_command": shlex.join(agent_cmd),
+        "agent_revision": agent_revision(),
     }
     blast = BlastReport()
     callers: list[Sipp] = []
