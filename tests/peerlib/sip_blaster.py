@@ -110,6 +110,8 @@ class BlastReport:
         judged message by message: the rest is one line."""
         out: dict[str, str] = {}
         dead_after = self.transport_dead_after
+        last_alive = max((i for i, ok in self.probes if ok and i < (dead_after or 0)), default=-1)
+        unanswered_in_window: list[str] = []
         for index, case in enumerate(cases, offset):
             if dead_after is not None and index > dead_after:
                 out["(after the transport died)"] = (
@@ -117,8 +119,18 @@ class BlastReport:
                 )
                 break
             problem = judge(case, self.answers.get(index, []))
-            if problem:
+            if problem and dead_after is not None and index > last_alive and (
+                problem.startswith("no final response")
+            ):
+                unanswered_in_window.append(case.name)  # the killer, or killed by it
+            elif problem:
                 out[case.name] = problem
+        if unanswered_in_window:
+            out["(SIP died in this window)"] = (
+                f"{len(unanswered_in_window)} unanswered between messages {last_alive + 1} and "
+                f"{dead_after} ({unanswered_in_window[0]} .. {unanswered_in_window[-1]}): the "
+                "killer is among them, tests/sip_inprocess.py names it"
+            )
         return out
 
 
