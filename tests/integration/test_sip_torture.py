@@ -1,11 +1,11 @@
 """Issue 9: the 1,194-message corpus (RFC 4475 + legal-unusual + fuzz) during a live call.
 
 `sipagent serve --app echo` runs as a real process; SIPp holds a call and streams RTP; a
-separate UDP socket sends the whole corpus, and an OPTIONS from a fresh socket every 50 messages
-checks that SIP is still answered. The classified messages go first, one at a time, each from a
-loopback address of its own (a fresh peer: the agent's per-source INVITE limits, which the fuzz
-trips on purpose, must not decide their answer); then the 1,084 fuzzed ones at 400 messages/s
-from one socket. Then: the live call kept its echo to the end and its
+separate UDP socket sends the whole corpus, and an OPTIONS from a fresh socket checks that SIP
+is still answered. The classified messages go first, one at a time, each from a loopback address
+of its own (a fresh peer: the agent's per-source INVITE limits, which the fuzz trips on purpose,
+must not decide their answer), each followed by a probe; then the 1,084 fuzzed ones at 400
+messages/s from one socket, a probe every 50. Then: the live call kept its echo to the end and its
 BYE was answered, the agent's log has no traceback, and every classified message (RFC 4475 and
 legal-unusual) got the answer tests/sip_corpus.py says the RFC asks for. Failures are listed per
 message name.
