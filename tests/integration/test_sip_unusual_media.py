@@ -20,6 +20,15 @@ def rtp(seq: int, payload_type: int = 96) -> bytes:
     return struct.pack("!BBHII", 0x80, payload_type, seq, seq * 160, 0x5EED) + payload
 
 
+def drain(sock: socket.socket) -> list[bytes]:
+    packets = []
+    while True:
+        try:
+            packets.append(sock.recv(2048))
+        except BlockingIOError:
+            return packets
+
+
 async def test_dynamic_payload_type_96_for_pcmu_echoes_both_ways():
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     media.bind(("127.0.0.1", 0))
@@ -46,17 +55,9 @@ async def test_dynamic_payload_type_96_for_pcmu_echoes_both_ways():
             for seq in range(FRAMES):
                 media.sendto(rtp(seq), ("127.0.0.1", agent_media_port))
                 await asyncio.sleep(0.02)
-                while True:
-                    try:
-                        echoed.append(media.recv(2048))
-                    except BlockingIOError:
-                        break
+                echoed += drain(media)
             await asyncio.sleep(0.3)
-            while True:
-                try:
-                    echoed.append(media.recv(2048))
-                except BlockingIOError:
-                    break
+            echoed += drain(media)
             await hang_up_all(endpoint)
     finally:
         media.close()
