@@ -287,6 +287,9 @@ def _sdp(media: str = "m=audio 39000 RTP/AVP 0", extra: str = "a=rtpmap:0 PCMU/8
     return "".join(f"{line}\r\n" for line in lines if line)
 
 
+build_request, build_sdp = _request, _sdp  # for the tests that build their own calls
+
+
 def legal_unusual_messages() -> list[SipCase]:
     """Legal (or legal-looking) messages that real peers send, each with its RFC answer."""
     cases: list[SipCase] = []

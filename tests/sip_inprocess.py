@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agentlib import running_agent
-from hostile_input import SDP_PCMU, Dialog, SipCase, _request
+from hostile_input import SDP_PCMU, Dialog, SipCase, build_request
 from peerlib.sip_blaster import CorpusSender, judge, peer_host, probe_options
 from sip_corpus import FUZZ_SEED, addressed, full_corpus
 
@@ -121,9 +121,9 @@ async def open_dialog(endpoint: SipEndpoint, sender: CorpusSender, name: str) ->
     (the sender ACKs the 200 and every later re-INVITE's final answer, and sends no BYE)."""
     host, port = sender.address
     agent_host, agent_port = endpoint.local_address
-    call_id = f"unusual-{name}@127.0.0.1"  # what _request names it
+    call_id = f"unusual-{name}@127.0.0.1"  # what build_request names it
     sender.ack_only.add(call_id)
-    invite = _request("INVITE", name, target=f"sip:agent@{agent_host}:{agent_port}",
+    invite = build_request("INVITE", name, target=f"sip:agent@{agent_host}:{agent_port}",
                       body=SDP_PCMU, via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-{name};rport",
                       contact=f"<sip:caller@{host}:{port}>")  # fmt: skip
     sender.send(invite)

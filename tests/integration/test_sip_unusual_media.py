@@ -8,7 +8,7 @@ import re
 import socket
 import struct
 
-from hostile_input import _request, _sdp
+from hostile_input import build_request, build_sdp
 from peerlib.sip_blaster import CorpusSender
 from sip_inprocess import echo_agent, hang_up_all
 
@@ -39,11 +39,11 @@ async def test_dynamic_payload_type_96_for_pcmu_echoes_both_ways():
             host, port = caller.address
             agent_host, agent_port = endpoint.local_address
             caller.ack_only.add("unusual-pt96-works@127.0.0.1")  # ACK the 200, keep the call
-            invite = _request(
+            invite = build_request(
                 "INVITE", "pt96-works", target=f"sip:agent@{agent_host}:{agent_port}",
                 via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-pt96-works;rport",
                 contact=f"<sip:caller@{host}:{port}>",
-                body=_sdp(f"m=audio {media_port} RTP/AVP 96", "a=rtpmap:96 PCMU/8000"),
+                body=build_sdp(f"m=audio {media_port} RTP/AVP 96", "a=rtpmap:96 PCMU/8000"),
             )  # fmt: skip
             answers = await caller.exchange(invite, 3.0)
             final = [a for a in answers if a.status >= 200]
