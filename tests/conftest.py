@@ -7,6 +7,7 @@ failure so CI can never silently skip them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -183,3 +184,20 @@ def baresip(tmp_path: Path) -> Callable[..., Awaitable[BaresipResult]]:
         return await baresip_call(tmp_path / f"baresip-{next(counter)}", uri, wav, **kwargs)
 
     return call
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Any:
+    """CLI commands invoked in-process (CliRunner) configure logging for a whole process:
+    `register` silences the sipagent logger, basicConfig installs handlers. Undo that after
+    each test, or a later test's caplog sees nothing."""
+    root = logging.getLogger()
+    ours = logging.getLogger("sipagent")
+    saved = (root.level, list(root.handlers), ours.level, ours.disabled)
+    yield
+    root.setLevel(saved[0])
+    for handler in root.handlers[:]:
+        if handler not in saved[1] and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    ours.setLevel(saved[2])
+    ours.disabled = saved[3]

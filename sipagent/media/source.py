@@ -93,9 +93,10 @@ class RtpSourceLatch:
     announced address). Packets from any other source are rejected, and media moves to a
     new source only when it sends a run of `relatch_run` valid in-sequence packets of one
     SSRC while the latched source has been silent for `relatch_silence` seconds (a NAT
-    rebinding, a moved phone). The SDP address itself needs only the run: moving media
-    back to where the signalling said cannot leak it to a third party, and it undoes an
-    attacker winning the first-packet race. SSRC changes from the latched source itself are
+    rebinding, a moved phone). The SDP address itself is taken back on its first media
+    packet: moving media to where the signalling said cannot leak it to a third party, and
+    it undoes an attacker winning the first-packet race before the caller's audio lost more
+    than a frame. SSRC changes from the latched source itself are
     not this class's concern (InboundRtpFilter re-locks on them).
     """
 
@@ -173,9 +174,17 @@ class RtpSourceLatch:
         if not _same_family(source, self._latched):
             self.rejected_address_family += 1
             return SourceVerdict.REJECT_ADDRESS_FAMILY
-        if self._extend_run(source, packet, now) >= self._relatch_run and (
-            source == self._signalled
-            or (not self._held and now - self._last_heard >= self._relatch_silence)
+        if source == self._signalled and packet.payload_type in self._allowed:
+            # Where the signalling said: taken back at once. An attacker who won the
+            # first-packet race by spraying the port loses it on the caller's first packet
+            # (only IP spoofing could fake this source, and then no rule would hold).
+            self._latch(source, now)
+            self.relatches += 1
+            return SourceVerdict.RELATCHED
+        if (
+            self._extend_run(source, packet, now) >= self._relatch_run
+            and not self._held
+            and now - self._last_heard >= self._relatch_silence
         ):
             self._latch(source, now)
             self.relatches += 1
