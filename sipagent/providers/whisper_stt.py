@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -165,13 +166,14 @@ def _job_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def domain_prompt(clinic_name: str = "Sunrise Dental") -> str:
-    """What callers of a dental receptionist say, written the way we want it back: Whisper
-    continues the prompt's vocabulary and style (digits, "3 pm")."""
+    """What callers of a dental receptionist talk about, written the way we want it back:
+    Whisper continues the prompt's vocabulary and style (digits, "3 pm"). A description, not a
+    dialogue: a prompt with "how can I help?" in it came back as "Can you and I ..." (bench)."""
     return (
-        f"{clinic_name}, how can I help? I'd like to book a cleaning, a checkup, a filling, "
-        "a root canal or a consultation with Dr. Patel. Monday, Tuesday, Wednesday, Thursday, "
-        "Friday or Saturday, tomorrow morning at 10:30 am or next week at 3 pm. "
-        "My name is Anna Smith, my number is 555 0123."
+        f"A caller phones {clinic_name} to book a cleaning, checkup, filling, root canal or "
+        "consultation, or about a toothache or an emergency, on Monday, Tuesday, Wednesday, "
+        "Thursday or Friday, tomorrow or next week, at 9 am, 10:30 am or 3 pm, gives their name "
+        "and phone number, 555 012 3456."
     )
 
 
@@ -187,7 +189,7 @@ def upsample_to_16k(lin8: bytes) -> np.ndarray:
     return (np.fft.irfft(padded, 2 * samples.size) * 2.0).astype(np.float32)
 
 
-def transcribe(model: Any, lin8: bytes, prompt: str, beam_size: int = 1) -> str:
+def transcribe(model: Any, lin8: bytes, prompt: str, beam_size: int = 5) -> str:
     """Whisper on one utterance (8 kHz 16-bit PCM). Blocking: run it in a worker thread."""
     segments, _info = model.transcribe(
         upsample_to_16k(lin8),
@@ -199,7 +201,18 @@ def transcribe(model: Any, lin8: bytes, prompt: str, beam_size: int = 1) -> str:
         without_timestamps=True,
         vad_filter=False,  # our VAD already cut the turn
     )
-    return " ".join(segment.text.strip() for segment in segments).strip()
+    return spoken_times(" ".join(segment.text.strip() for segment in segments).strip())
+
+
+def spoken_times(text: str) -> str:
+    """Whisper writes "at ten thirty" as "at 1030"; the booking rules read "10:30"."""
+    return _RUN_TOGETHER_TIME.sub(r"\1\2:\3", text)
+
+
+# Not when more digits follow: "at 415 822 9107" is a phone number.
+_RUN_TOGETHER_TIME = re.compile(
+    r"\b(at |about |around |by )(1[0-2]|[1-9])([0-5]\d)\b(?![\s,.-]*\d)", re.IGNORECASE
+)
 
 
 # --- turn-taking policy (pure, on the audio timeline) ------------------------------------------
@@ -302,7 +315,7 @@ class WhisperSpeechToText:
         max_utterance_ms: int = 25_000,
         partials: bool = True,
         cpu_threads: int = 1,
-        beam_size: int = 1,
+        beam_size: int = 5,
     ) -> None:
         if not 0 <= vad_mode <= 3:
             raise ValueError("vad_mode must be 0..3")
