@@ -249,6 +249,7 @@ class TurnTaking:
         self._voiced_run = 0
         self._silence = 0
         self._frames = 0
+        self._cut = False  # the pending transcription was forced by the maximum length
 
     def on_frame(self, voiced: bool) -> TurnAction:
         self._voiced_run = self._voiced_run + 1 if voiced else 0
@@ -261,13 +262,17 @@ class TurnTaking:
         self._frames += 1
         if self.job:
             # A click does not reopen the turn; the same voice run that starts speech does.
-            if self._voiced_run >= self.speech_start_frames:
+            # A turn cut at the maximum length stays cut (else it would be re-cut every frame).
+            if self._voiced_run >= self.speech_start_frames and not self._cut:
                 self.job = 0
                 self._silence = 0
                 return TurnAction.CANCEL
             return TurnAction.NONE
         self._silence = 0 if voiced else self._silence + 1
-        if self._silence >= self.endpoint_frames or self._frames >= self.max_utterance_frames:
+        if self._silence >= self.endpoint_frames:
+            return self._transcribe()
+        if self._frames >= self.max_utterance_frames:
+            self._cut = True
             return self._transcribe()
         return TurnAction.NONE
 
@@ -283,7 +288,11 @@ class TurnTaking:
             return False
         self.in_utterance = False
         self.job = 0
-        self._voiced_run = 0
+        # After a cut the caller may still be talking: their voice run carries on into the
+        # next utterance at once.
+        if not self._cut:
+            self._voiced_run = 0
+        self._cut = False
         return True
 
     def _transcribe(self) -> TurnAction:
@@ -345,6 +354,7 @@ class WhisperSpeechToText:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: dict[int, concurrent.futures.Future[str]] = {}
         self._committed: dict[int, asyncio.Future[None]] = {}
+        self._snapshot_frames: dict[int, int] = {}  # job -> utterance frames it transcribes
         self._closed = False
         self._want_partials = partials
         # Per finished transcription: (seconds of audio, seconds from submit to text).
@@ -450,6 +460,7 @@ class WhisperSpeechToText:
         loop = self._loop
         assert loop is not None
         audio = b"".join(self._utterance)
+        self._snapshot_frames[job] = len(self._utterance)
         audio_seconds = len(audio) / 16000  # 8 kHz, 16-bit
         self._committed[job] = loop.create_future()
         submitted = time.perf_counter()
@@ -473,6 +484,9 @@ class WhisperSpeechToText:
         text = "" if error is not None else done.result()
         self.transcriptions.append((audio_s, elapsed))
         if self.policy.on_transcribed(job):
+            # Audio after the transcribed part: silence, or after a cut at the maximum length
+            # the caller still talking, whose last preroll_ms open the next utterance.
+            self._preroll.extend(self._utterance[self._snapshot_frames.pop(job, 0) :])
             self._utterance = []
             if error is not None:
                 log.warning("whisper transcription failed: %r", error)
@@ -483,6 +497,7 @@ class WhisperSpeechToText:
         self._resolve(job)
 
     def _resolve(self, job: int) -> None:
+        self._snapshot_frames.pop(job, None)
         committed = self._committed.pop(job, None)
         if committed is not None and not committed.done():
             committed.set_result(None)
