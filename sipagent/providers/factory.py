@@ -60,6 +60,7 @@ def _offline_stt(settings: AgentSettings, clinic_name: str) -> Callable[[], Spee
         else:
             prompt = whisper_stt.domain_prompt(clinic_name)
             log.info("offline STT: whisper %s (%s, sha256 verified)", weights.name, weights.path)
+            whisper_stt.preload(weights)
 
             def new_whisper() -> SpeechToText:
                 return whisper_stt.WhisperSpeechToText(

@@ -155,6 +155,19 @@ def load_model(weights: WhisperWeights, cpu_threads: int = 1) -> Any:
         return _models[key]
 
 
+def preload(weights: WhisperWeights, cpu_threads: int = 1) -> None:
+    """Load the model in the background now, so the first call's start() finds it ready
+    (importing faster-whisper and loading take ~1.5 s, before the greeting could play)."""
+
+    def load() -> None:
+        try:
+            load_model(weights, cpu_threads)
+        except Exception as exc:  # start() reports it again, per call, as a ProviderError
+            log.warning("whisper model failed to load: %s", exc)
+
+    threading.Thread(target=load, name="whisper-preload", daemon=True).start()
+
+
 def _job_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _jobs
     with _models_lock:
@@ -380,11 +393,14 @@ class WhisperSpeechToText:
             from sipagent.providers.offline_stt import PocketsphinxSpeechToText
 
             # Only its PARTIALs are used; the second CMN pass only improves its finals.
-            self._partials = PocketsphinxSpeechToText(
-                endpointing_ms=self.endpointing_ms, cmn_warmup_ms=0
-            )
-            await self._partials.start()
-            self._partials_task = asyncio.create_task(self._forward_partials())
+            partials = PocketsphinxSpeechToText(endpointing_ms=self.endpointing_ms, cmn_warmup_ms=0)
+            try:
+                await partials.start()
+            except ProviderError as exc:  # transcripts still come, barge-in waits for them
+                log.warning("no partial transcripts (barge-in gets the final only): %s", exc)
+            else:
+                self._partials = partials
+                self._partials_task = asyncio.create_task(self._forward_partials())
 
     def send_audio(self, mulaw: bytes) -> None:
         if self._closed or self._events is None or not mulaw:
@@ -414,15 +430,19 @@ class WhisperSpeechToText:
     async def close(self) -> None:
         if self._closed:
             return
-        if self._events is not None:
-            await self._finish_turn()
-        self._closed = True
-        if self._partials is not None:
-            await self._partials.close()
-        if self._partials_task is not None:
-            await self._partials_task
-        if self._events is not None:
-            self._events.put_nowait(None)
+        try:
+            if self._events is not None:
+                await self._finish_turn()
+        finally:
+            # Even when the caller's timeout cancels the wait for the last transcript: the
+            # pocketsphinx thread must end and events() must finish.
+            self._closed = True
+            if self._partials is not None:
+                await self._partials.close()
+            if self._partials_task is not None:
+                await self._partials_task
+            if self._events is not None:
+                self._events.put_nowait(None)
 
     # --- internals -------------------------------------------------------------------------
 
