@@ -161,7 +161,10 @@ def preload(weights: WhisperWeights, cpu_threads: int = 1) -> None:
 
     def load() -> None:
         try:
-            load_model(weights, cpu_threads)
+            model = load_model(weights, cpu_threads)
+            # The first transcription sets up CTranslate2's buffers (~0.2 s more than later
+            # ones): pay that here rather than on the first caller's first turn.
+            transcribe(model, bytes(16000), "")
         except Exception as exc:  # start() reports it again, per call, as a ProviderError
             log.warning("whisper model failed to load: %s", exc)
 
