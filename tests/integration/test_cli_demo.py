@@ -36,7 +36,9 @@ async def test_demo_then_calls_and_appointments(tmp_path):
     assert code == 0 and "agent ended the call (offline)" in calls, calls
     call_id = re.search(r"│ ([0-9a-f]{32}@127\.0\.0\.1)", calls).group(1)
     code, shown = await cli(tmp_path, "calls", "show", call_id[:12])
-    assert code == 0 and "i'd like to book a cleaning" in shown and "STT final" in shown, shown
+    # Case as the recogniser writes it (Whisper capitalises, pocketsphinx does not).
+    assert code == 0 and "i'd like to book a cleaning" in shown.lower(), shown
+    assert "STT final" in shown, shown
 
     code, listed = await cli(tmp_path, "appointments", "list")
     assert code == 0 and "David Miller" in listed and "booked" in listed, listed
