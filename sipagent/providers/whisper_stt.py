@@ -4,7 +4,7 @@ Pocketsphinx with our receptionist language model only understands voices close 
 was tuned on; Whisper tiny.en understands far more of them (see bench/README.md). It is not a
 streaming recogniser, so the turn is cut locally and Whisper runs once per turn:
 
-* webrtcvad on every 20 ms frame (on the loop: a few microseconds), fed to `TurnTaking`, a pure
+* webrtcvad on every 20 ms frame (on the loop: microseconds), fed to `TurnTaking`, a pure
   policy on the audio timeline: SPEECH_STARTED after `speech_start_ms` of voice; after
   `endpointing_ms` of silence TRANSCRIBE the utterance so far; voice again before the text is
   out CANCELs that (the caller only paused) and the utterance goes on; a transcript that comes
@@ -12,6 +12,7 @@ streaming recogniser, so the turn is cut locally and Whisper runs once per turn:
 * Whisper runs in a worker thread (CTranslate2 releases the GIL), one CPU thread per job and at
   most two jobs at once in the process, so calls cannot starve the loop or each other of both
   cores. A domain prompt (clinic name, services, days, times, a phone number) biases it.
+  Its cost per turn and the end-of-turn-to-final time: bench/README.md.
 * PARTIALs, which the barge-in policy needs within a few hundred ms, come from pocketsphinx
   (cheap and streaming) running beside it; its own finals are ignored.
 
@@ -91,7 +92,7 @@ _verified_lock = threading.Lock()
 def check_weights(model_dir: str | Path | None = None) -> WhisperWeights:
     """The model directory (default: the weights package's) if model.bin is a pinned model.
 
-    Hashing the 75 MB file takes ~0.2 s, once per process and file version.
+    The 75 MB file is hashed once per process and file version.
     """
     if model_dir is None or str(model_dir) == "":
         found = packaged_model_dir()
@@ -130,7 +131,7 @@ _jobs: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def load_model(weights: WhisperWeights, cpu_threads: int = 1) -> Any:
-    """One WhisperModel per process and weights (~0.9 s to load), shared by every call."""
+    """One WhisperModel per process and weights, shared by every call."""
     with _models_lock:
         key = (weights.path, cpu_threads)
         if key not in _models:
@@ -157,13 +158,13 @@ def load_model(weights: WhisperWeights, cpu_threads: int = 1) -> Any:
 
 def preload(weights: WhisperWeights, cpu_threads: int = 1) -> None:
     """Load the model in the background now, so the first call's start() finds it ready
-    (importing faster-whisper and loading take ~1.5 s, before the greeting could play)."""
+    (importing faster-whisper and loading it would otherwise delay the greeting)."""
 
     def load() -> None:
         try:
             model = load_model(weights, cpu_threads)
-            # The first transcription sets up CTranslate2's buffers (~0.2 s more than later
-            # ones): pay that here rather than on the first caller's first turn.
+            # The first transcription is slower than the rest (CTranslate2 sets up its
+            # buffers): pay that here rather than on the first caller's first turn.
             transcribe(model, bytes(16000), "")
         except Exception as exc:  # start() reports it again, per call, as a ProviderError
             log.warning("whisper model failed to load: %s", exc)
