@@ -222,8 +222,14 @@ def transcribe(model: Any, lin8: bytes, prompt: str, beam_size: int = 5) -> str:
 
 
 def spoken_times(text: str) -> str:
-    """Whisper writes "at ten thirty" as "at 1030"; the booking rules read "10:30"."""
+    """Whisper's spellings to the ones the rest of the agent reads: "at 1030" (its "at ten
+    thirty") -> "at 10:30"; "Mm-hmm." -> "mhm", a backchannel, not a turn or a barge-in."""
+    if _MM_HMM.fullmatch(text):
+        return "mhm"
     return _RUN_TOGETHER_TIME.sub(r"\1\2:\3", text)
+
+
+_MM_HMM = re.compile(r"\s*m+-?hm+[.!?]?\s*", re.IGNORECASE)
 
 
 # Not when more digits follow: "at 415 822 9107" is a phone number.

@@ -7,7 +7,9 @@ one thread gives the same text for the same audio, so the slots below are what i
 from __future__ import annotations
 
 import asyncio
+import audioop
 import logging
+import random
 import sys
 import threading
 from pathlib import Path
@@ -138,6 +140,20 @@ async def test_transcription_runs_off_the_event_loop(monkeypatch):
     [(on_main_thread, before, after)] = seen
     assert not on_main_thread
     assert after > before
+
+
+async def test_line_noise_and_silence_produce_no_events():
+    rng = random.Random(7)
+    # 3 s of faint white noise (about -55 dBFS), then silence: the VAD never opens a turn.
+    pcm = b"".join(rng.randint(-60, 60).to_bytes(2, "little", signed=True) for _ in range(24000))
+    stt = WhisperSpeechToText(partials=False)
+    await stt.start()
+    listener = Listener(stt)
+    feed(stt, audioop.lin2ulaw(pcm, 2) + SILENCE)
+    await stt.close()
+    await listener.task
+    assert listener.events == []
+    assert stt.transcriptions == []
 
 
 def write_fake_model(folder: Path) -> None:

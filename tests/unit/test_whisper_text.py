@@ -19,9 +19,12 @@ from sipagent.providers.whisper_stt import spoken_times, upsample_to_16k
         ("at 415-822-9107", "at 415-822-9107"),
         ("at 1075", "at 1075"),  # not a time: 75 minutes
         ("My number is 5550123.", "My number is 5550123."),
+        ("Mm-hmm.", "mhm"),  # the conversation's backchannel list spells it so
+        ("Mmhmm", "mhm"),
+        ("Mm-hmm, that works.", "Mm-hmm, that works."),
     ],
 )
-def test_run_together_times_get_their_colon(heard, passed_on):
+def test_whisper_spellings_become_the_agents(heard, passed_on):
     assert spoken_times(heard) == passed_on
 
 
