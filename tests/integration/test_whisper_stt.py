@@ -204,6 +204,15 @@ def test_missing_model_file_is_named(tmp_path):
         whisper_stt.check_weights(tmp_path)
 
 
+def test_pinned_model_with_another_tokenizer_is_refused(tmp_path):
+    packaged = whisper_stt.packaged_model_dir()
+    for name in ("model.bin", "config.json", "vocabulary.txt"):
+        (tmp_path / name).symlink_to(packaged / name)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(whisper_stt.WeightsUnavailable, match=r"tokenizer\.json .* pinned tiny\.en"):
+        whisper_stt.check_weights(tmp_path)
+
+
 async def test_provider_with_bad_weights_is_a_provider_error(tmp_path, monkeypatch):
     write_fake_model(tmp_path)
     monkeypatch.setattr(whisper_stt, "packaged_model_dir", lambda: tmp_path)
