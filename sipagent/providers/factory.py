@@ -47,6 +47,36 @@ def _deepgram_endpoint(url: str) -> dict[str, str]:
     return {"ws_url": url} if url.startswith(("ws://", "wss://")) else {"base_url": url}
 
 
+def _offline_stt(settings: AgentSettings, clinic_name: str) -> Callable[[], SpeechToText]:
+    """Whisper when its pinned weights are installed, else pocketsphinx (said once, here)."""
+    if settings.offline_stt not in ("whisper", "pocketsphinx"):
+        raise ValueError(f"unknown offline STT {settings.offline_stt!r}: whisper or pocketsphinx")
+    if settings.offline_stt == "whisper":
+        from sipagent.providers import whisper_stt
+
+        try:
+            weights = whisper_stt.check_weights(settings.whisper_model_dir or None)
+        except whisper_stt.WeightsUnavailable as exc:
+            log.warning("offline STT: Whisper unavailable (%s); using pocketsphinx instead", exc)
+        else:
+            prompt = whisper_stt.domain_prompt(clinic_name)
+            log.info("offline STT: whisper %s (%s, sha256 verified)", weights.name, weights.path)
+            whisper_stt.preload(weights)
+
+            def new_whisper() -> SpeechToText:
+                return whisper_stt.WhisperSpeechToText(
+                    weights=weights, prompt=prompt, endpointing_ms=settings.endpointing_ms
+                )
+
+            return new_whisper
+    from sipagent.providers.offline_stt import PocketsphinxSpeechToText
+
+    def new_pocketsphinx() -> SpeechToText:
+        return PocketsphinxSpeechToText(endpointing_ms=settings.endpointing_ms)
+
+    return new_pocketsphinx
+
+
 @dataclass(frozen=True, slots=True)
 class Providers:
     """Per-call factories (STT streams are per call) and shared LLM/TTS clients."""
@@ -92,10 +122,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
                 **_deepgram_endpoint(settings.deepgram_url),
             )
     else:
-        from sipagent.providers.offline_stt import PocketsphinxSpeechToText
-
-        def new_stt() -> SpeechToText:
-            return PocketsphinxSpeechToText(endpointing_ms=settings.endpointing_ms)
+        new_stt = _offline_stt(settings, clinic_name)
 
     llm: LanguageModel
     if choice.llm == "openai":

@@ -54,7 +54,9 @@ async def test_demo_books_into_a_throwaway_database_then_into_the_one_given(tmp_
     assert f"database sqlite:///{shown_off}" in calls
     call_id = re.search(r"│ ([0-9a-f]{32}@127\.0\.0\.1)", calls).group(1)
     code, shown = await cli(tmp_path, "calls", "show", call_id[:12], *given)
-    assert code == 0 and "i'd like to book a cleaning" in shown and "STT final" in shown, shown
+    # Case as the recogniser writes it (Whisper capitalises, pocketsphinx does not).
+    assert code == 0 and "i'd like to book a cleaning" in shown.lower(), shown
+    assert "STT final" in shown, shown
 
     code, listed = await cli(tmp_path, "appointments", "list", *given)
     assert code == 0 and "David Miller" in listed and "booked" in listed, listed
