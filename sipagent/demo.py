@@ -144,6 +144,7 @@ class DemoResult:
     appointments: list[Any]
     offline: bool
     call_id: str
+    stt_engine: str = ""
 
 
 def receptionist_settings(base: AgentSettings, *, rtp_base: int) -> AgentSettings:
@@ -231,6 +232,7 @@ async def run_demo(console: Console, *, database_url: str, rtp_base: int = 21600
             appointments=await _booked_by(app, call.call_id),
             offline=app.providers.choice.offline,
             call_id=call.call_id,
+            stt_engine=app.providers.stt_engine,
         )
 
 
@@ -287,4 +289,6 @@ def print_report(console: Console, result: DemoResult) -> None:
             stored.add_row(field_name, str(value))
         console.print(stored)
     if result.offline:
-        console.print("[yellow]offline mode[/]: pocketsphinx STT, scripted receptionist, espeak-ng")
+        console.print(
+            f"[yellow]offline mode[/]: {result.stt_engine} STT, scripted receptionist, espeak-ng"
+        )

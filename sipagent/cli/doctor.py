@@ -372,6 +372,18 @@ def check_models(settings: AgentSettings) -> list[Check]:
     except ImportError as error:
         checks.append(Check("pocketsphinx model", missing_status, str(error), reinstall))
 
+    if settings.offline_stt == "whisper":
+        from sipagent.providers.whisper_stt import WeightsUnavailable, check_weights
+
+        try:
+            weights = check_weights(settings.whisper_model_dir or None)
+            checks.append(Check("Whisper weights", Status.PASS, f"{weights.name}: {weights.path}"))
+        except WeightsUnavailable as error:
+            # serve falls back to pocketsphinx: a warning, unless nothing else could listen
+            checks.append(
+                Check("Whisper weights", Status.WARN, f"{error}; pocketsphinx will be used")
+            )
+
     from sipagent.providers.offline_stt import DEFAULT_DICT, DEFAULT_LM, LM_DIR
 
     missing = [path.name for path in (DEFAULT_LM, DEFAULT_DICT) if not path.is_file()]

@@ -47,7 +47,9 @@ def _deepgram_endpoint(url: str) -> dict[str, str]:
     return {"ws_url": url} if url.startswith(("ws://", "wss://")) else {"base_url": url}
 
 
-def _offline_stt(settings: AgentSettings, clinic_name: str) -> Callable[[], SpeechToText]:
+def _offline_stt(
+    settings: AgentSettings, clinic_name: str
+) -> tuple[Callable[[], SpeechToText], str]:
     """Whisper when its pinned weights are installed, else pocketsphinx (said once, here)."""
     if settings.offline_stt not in ("whisper", "pocketsphinx"):
         raise ValueError(f"unknown offline STT {settings.offline_stt!r}: whisper or pocketsphinx")
@@ -68,13 +70,13 @@ def _offline_stt(settings: AgentSettings, clinic_name: str) -> Callable[[], Spee
                     weights=weights, prompt=prompt, endpointing_ms=settings.endpointing_ms
                 )
 
-            return new_whisper
+            return new_whisper, f"whisper {weights.name}"
     from sipagent.providers.offline_stt import PocketsphinxSpeechToText
 
     def new_pocketsphinx() -> SpeechToText:
         return PocketsphinxSpeechToText(endpointing_ms=settings.endpointing_ms)
 
-    return new_pocketsphinx
+    return new_pocketsphinx, "pocketsphinx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class Providers:
     tts: TextToSpeech
     fallback_tts: TextToSpeech | None
     tts_slots: TtsSlots | None = None  # the cloud TTS plan's concurrency, shared by all calls
+    stt_engine: str = ""  # what actually listens, e.g. "whisper tiny.en" (after any fallback)
 
 
 def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental") -> Providers:
@@ -101,6 +104,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
             offline_tts = EspeakTextToSpeech()
         return offline_tts
 
+    stt_engine = f"deepgram {settings.deepgram_model}"
     if choice.stt == "deepgram" and settings.deepgram_model.startswith("flux"):
         # Flux (/v2/listen) ends turns with its own model: no endpointing parameter.
         from sipagent.providers.deepgram_flux_stt import DeepgramFluxSpeechToText
@@ -122,7 +126,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
                 **_deepgram_endpoint(settings.deepgram_url),
             )
     else:
-        new_stt = _offline_stt(settings, clinic_name)
+        new_stt, stt_engine = _offline_stt(settings, clinic_name)
 
     llm: LanguageModel
     if choice.llm == "openai":
@@ -165,4 +169,4 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
         tts = espeak()
         fallback = None
     log.debug("providers: stt=%s llm=%s tts=%s", choice.stt, choice.llm, choice.tts)
-    return Providers(choice, new_stt, llm, tts, fallback, tts_slots)
+    return Providers(choice, new_stt, llm, tts, fallback, tts_slots, stt_engine)
