@@ -45,7 +45,13 @@ _SPOKEN_PHONE = {
 
 
 class BookingRuleError(ValueError):
-    """A request the clinic cannot accept; the message is meant for the LLM to act on."""
+    """A request the clinic cannot accept. The message is meant for the LLM to act on (it may
+    say what to do next); `for_caller` is the same fact said to the caller, with no
+    instruction in it (the scripted receptionist speaks only that)."""
+
+    def __init__(self, message: str, for_caller: str = "") -> None:
+        super().__init__(message)
+        self.for_caller = for_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,8 @@ def read_date(text: str, today: date) -> DateReading:
             ahead += 7  # "Tuesday next week"
         return DateReading(today + timedelta(days=ahead))
     raise BookingRuleError(
-        f"could not understand the date {text!r}; ask for a weekday or a date like 'December 3'"
+        f"could not understand the date {text!r}; ask for a weekday or a date like 'December 3'",
+        "I didn't catch the day.",
     )
 
 
@@ -143,7 +150,9 @@ def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> da
     try:
         candidate = date(today.year, month, day)
     except ValueError as error:
-        raise BookingRuleError(f"{text!r} is not a valid date") from error
+        raise BookingRuleError(
+            f"{text!r} is not a valid date", "I didn't catch the day."
+        ) from error
     return candidate if candidate >= today else candidate.replace(year=today.year + 1)
 
 
@@ -158,7 +167,8 @@ def parse_iso_date(text: str) -> date:
 def _no_date(text: str) -> date:
     raise BookingRuleError(
         f"the date {text!r} is not YYYY-MM-DD; work out the calendar date from today's date "
-        "and call again"
+        "and call again",
+        "I didn't catch the day.",
     )
 
 
@@ -168,7 +178,8 @@ def parse_iso_time(text: str) -> time:
     if match is None:
         raise BookingRuleError(
             f"the time {text!r} is not 24-hour HH:MM (e.g. 14:30 for half past two in the "
-            "afternoon); call again with that"
+            "afternoon); call again with that",
+            "I didn't catch the time.",
         )
     return time(int(match.group(1)), int(match.group(2)))
 
@@ -187,7 +198,10 @@ def parse_time(text: str) -> time:
     else:
         numbers = [NUMBER_WORDS[w] for w in _words(lowered) if w in NUMBER_WORDS]
         if not numbers:
-            raise BookingRuleError(f"could not understand the time {text!r}; ask e.g. '3 pm'")
+            raise BookingRuleError(
+                f"could not understand the time {text!r}; ask e.g. '3 pm'",
+                "I didn't catch the time.",
+            )
         if "half" in lowered and "past" in lowered:
             hour, minute = numbers[0], 30
         elif "quarter" in lowered and re.search(r"\b(to|till|until|of)\b", lowered):
@@ -203,7 +217,7 @@ def parse_time(text: str) -> time:
     elif meridiem is None and 1 <= hour <= 6:
         hour += 12  # "at three" at a clinic means the afternoon
     if not (0 <= hour < 24 and 0 <= minute < 60):
-        raise BookingRuleError(f"{text!r} is not a valid time")
+        raise BookingRuleError(f"{text!r} is not a valid time", "I didn't catch the time.")
     return time(hour, minute)
 
 
@@ -221,7 +235,8 @@ def normalise_phone(text: str, region: str = "US") -> str:
         number = phonenumbers.parse(spoken, region.upper())
     except phonenumbers.NumberParseException as error:
         raise BookingRuleError(
-            f"{text!r} is not a phone number; ask for it digit by digit"
+            f"{text!r} is not a phone number; ask for it digit by digit",
+            "I didn't catch the phone number.",
         ) from error
     # Not IS_POSSIBLE_LOCAL_ONLY: a number without its area code cannot be called back.
     possible = phonenumbers.is_possible_number_with_reason(number)
@@ -229,7 +244,8 @@ def normalise_phone(text: str, region: str = "US") -> str:
         country = phonenumbers.region_code_for_number(number) or region.upper()
         raise BookingRuleError(
             f"the phone number {text!r} is not a complete {country} number; ask for the full "
-            "number with its area code"
+            "number with its area code",
+            "I need the full phone number, with the area code.",
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
@@ -238,20 +254,29 @@ def check_slot(start: datetime, duration_minutes: int, hours: ClinicHours, now: 
     """Raise BookingRuleError (with what to offer instead) unless the clinic can take it."""
     local = start.astimezone(hours.zone)
     if start <= now:
-        raise BookingRuleError("that time has already passed; offer a time from tomorrow on")
+        raise BookingRuleError(
+            "that time has already passed; offer a time from tomorrow on",
+            "That time has already passed.",
+        )
     if local.weekday() not in hours.open_days:
         names = ", ".join(WEEKDAYS[d].title() for d in hours.open_days)
+        closed = f"the clinic is closed on {WEEKDAYS[local.weekday()].title()}s"
         raise BookingRuleError(
-            f"the clinic is closed on {WEEKDAYS[local.weekday()].title()}s; open {names}"
+            f"{closed}; open {names}", f"We're closed on {WEEKDAYS[local.weekday()].title()}s."
         )
     end = (local + timedelta(minutes=duration_minutes)).time()
     if local.time() < hours.opens or end > hours.closes or end <= local.time():
         raise BookingRuleError(
             f"the clinic is open {hours.opens:%-I:%M %p} to {hours.closes:%-I:%M %p}; "
-            f"a {duration_minutes}-minute visit must fit inside"
+            f"a {duration_minutes}-minute visit must fit inside",
+            f"We're open from {hours.opens:%-I:%M %p} to {hours.closes:%-I:%M %p}, and a "
+            f"{duration_minutes}-minute visit wouldn't fit then.",
         )
     if local.minute % hours.slot_minutes:
-        raise BookingRuleError(f"appointments start on the {hours.slot_minutes}-minute marks")
+        raise BookingRuleError(
+            f"appointments start on the {hours.slot_minutes}-minute marks",
+            f"Appointments start every {hours.slot_minutes} minutes.",
+        )
 
 
 def resolve_start(date_text: str, time_text: str, hours: ClinicHours) -> datetime:

@@ -63,9 +63,13 @@ class Slots:
         return [n for n in ("reason", "name", "date", "time", "phone") if not getattr(self, n)]
 
 
+# A time said in the same breath ("today at 9 am, 555 987 6543") is no part of the number.
+_SPOKEN_TIME = re.compile(r"\b(?:\d{1,2}(?::\d{2})?|[a-z]+(?:-[a-z]+)?)\s*(?:am|pm|o'clock)\b")
+
+
 def _phone_digits(text: str) -> str:
     out = []
-    for token in re.findall(r"[a-z]+|\d", text.lower()):
+    for token in re.findall(r"[a-z]+|\d", _SPOKEN_TIME.sub(" ", text.lower())):
         if token.isdigit():
             out.append(token)
         elif token in NUMBER_WORDS and NUMBER_WORDS[token] < 10:
@@ -205,12 +209,45 @@ class ScriptedReceptionist:
         if result.get("ok") and "free_times" in result:
             times = ", ".join(result["free_times"][:3]) or "nothing that day"
             return f"I have {times}. Which would you like?"
+        # Only the caller-facing `say`: the tool's `error` is written for a model ("offer a
+        # time from tomorrow on") and must never be read out.
+        problem = result.get("say") or "I couldn't book that."
         alternatives = result.get("alternatives") or []
-        offer = (
-            f" I could do {alternatives[0]} or {alternatives[1]}." if len(alternatives) > 1 else ""
+        offer = ""
+        if len(alternatives) > 1:
+            offer = f" I could do {alternatives[0]} or {alternatives[1]}."
+        elif alternatives:
+            offer = f" I could do {alternatives[0]}."
+        if _failed_bookings(messages) >= 2:
+            # No third try at the same thing: concrete times, or a person.
+            choice = "Would one of those suit you, or shall I" if offer else "Shall I"
+            return (
+                f"I'm sorry, that didn't work either. {problem}{offer} "
+                f"{choice} put you through to a colleague?"
+            )
+        question = (
+            "Could you tell me the number again, area code first?"
+            if "phone number" in problem
+            else "What time would suit you?"
         )
-        problem = result.get("error", "that did not work")
-        return f"I'm sorry, {problem}.{offer} What time would suit you?"
+        return f"I'm sorry. {problem}{offer} {question}"
+
+
+def _failed_bookings(messages: list[dict[str, Any]]) -> int:
+    """Booking attempts refused since the caller's last success (or the call's start)."""
+    failures = 0
+    for message in messages:
+        if message.get("role") != "tool":
+            continue
+        try:
+            result = json.loads(message.get("content") or "{}")
+        except ValueError:
+            continue
+        if result.get("ok") and result.get("appointment_id"):
+            failures = 0
+        elif result.get("ok") is False and "free_times" not in result:
+            failures += 1
+    return failures
 
 
 def _spoken_phone(e164: str) -> str:

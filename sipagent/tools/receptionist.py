@@ -164,7 +164,7 @@ class ReceptionistTools:
         try:
             return await handler(arguments, call_id)
         except BookingRuleError as error:
-            return ToolOutcome(_result(ok=False, error=str(error)))
+            return ToolOutcome(_result(ok=False, error=str(error), say=error.for_caller))
         except Exception as error:  # the call goes on: the LLM apologises and recovers
             log.exception("tool %s failed", tool_call.name)
             return ToolOutcome(_result(ok=False, error=f"internal error: {type(error).__name__}"))
@@ -204,7 +204,12 @@ class ReceptionistTools:
         except SlotTakenError:
             free = await self._free_slots(start, duration, now)
             return ToolOutcome(
-                _result(ok=False, error="that time is already taken", alternatives=free[:3])
+                _result(
+                    ok=False,
+                    error="that time is already taken",
+                    say="That time is already taken.",
+                    alternatives=free[:3],
+                )
             )
         return ToolOutcome(
             _result(
@@ -225,7 +230,9 @@ class ReceptionistTools:
         except BookingRuleError as error:
             around = max(start, now + timedelta(days=1))
             free = await self._free_slots(around, duration, now)
-            return ToolOutcome(_result(ok=False, error=str(error), alternatives=free[:3]))
+            return ToolOutcome(
+                _result(ok=False, error=str(error), say=error.for_caller, alternatives=free[:3])
+            )
         return None
 
     async def _tool_find_appointments(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
@@ -264,7 +271,12 @@ class ReceptionistTools:
         except SlotTakenError:
             free = await self._free_slots(start, current.duration_minutes, now)
             return ToolOutcome(
-                _result(ok=False, error="that time is already taken", alternatives=free[:3])
+                _result(
+                    ok=False,
+                    error="that time is already taken",
+                    say="That time is already taken.",
+                    alternatives=free[:3],
+                )
             )
         return ToolOutcome(_result(ok=True, rescheduled=_describe(moved)))
 

@@ -130,3 +130,30 @@ async def test_relative_dates_and_spoken_times_book_from_the_prompts_today():
     )
     [appointment] = store.appointments
     assert appointment.start.isoformat() == "2026-12-02T12:00:00-05:00"
+
+
+MODEL_WORDING = ("offer a time", "call again", "ask for", "ask the caller", "YYYY", "HH:MM")
+
+
+async def test_tool_instructions_are_never_read_to_the_caller_and_two_refusals_end_the_loop():
+    """A refused time comes back from the tools with an instruction for the model ("that time
+    has already passed; offer a time from tomorrow on"): the caller hears the fact only. After
+    two refusals in a row the caller is offered concrete times or a person, not asked again."""
+    spoken, store, _ = await converse(
+        [
+            "I need a checkup, this is John Smith, today at 9 am, 555 987 6543",
+            "Saturday at 10 am",
+        ]
+    )
+    said = " ".join(spoken)
+    assert not any(wording in said for wording in MODEL_WORDING), said
+    assert "That time has already passed." in said
+    assert store.appointments == []
+    last = [s for s in spoken if s][-1]
+    assert "closed on Saturdays" in last and "colleague" in last, last
+    assert "I could do" in last  # concrete times, from the tool's alternatives
+
+
+def test_a_time_said_with_the_number_is_not_part_of_it():
+    slots = extract_slots(["this is john smith, today at 9 am, 555 987 6543"])
+    assert slots.phone == "5559876543" and (slots.time or "").endswith("9 am")
