@@ -18,7 +18,6 @@ log = logging.getLogger("sipagent")
 
 # What each stage's provider is, in words (offline: what runs on this machine).
 _PROVIDER_NAMES = {
-    ("stt", "offline"): "offline (pocketsphinx)",
     ("llm", "offline"): "offline (scripted receptionist, no language model)",
     ("tts", "offline"): "offline (espeak-ng)",
 }
@@ -45,10 +44,13 @@ def describe_app(settings: AgentSettings) -> str:
         + (f" at {settings.openai_base_url}" if settings.openai_base_url else ""),
         "tts": settings.elevenlabs_model,
     }
+    # Which offline recogniser was asked for (a Whisper whose weights fail their check falls
+    # back to pocketsphinx, and says so in its own log line).
+    names = {**_PROVIDER_NAMES, ("stt", "offline"): f"offline ({settings.offline_stt})"}
     stages = []
     for stage in ("stt", "llm", "tts"):
         provider = getattr(choice, stage)
-        shown = _PROVIDER_NAMES.get((stage, provider), f"{provider} ({models[stage]})")
+        shown = names.get((stage, provider), f"{provider} ({models[stage]})")
         stages.append(f"{stage.upper()} {shown}")
     return f"{line}: {', '.join(stages)}"
 

@@ -49,6 +49,10 @@ def console_env(tmp_path: Path) -> dict[str, str]:
         "COLUMNS": "200",
         "SIPAGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
         "XDG_DATA_HOME": str(tmp_path / "user-data"),
+        # The console is under test here, not the recogniser: pocketsphinx's domain model
+        # reads espeak-ng's spoken digits, Whisper hears its "five" as "fine" (README,
+        # Limitations; the recognisers are compared in bench/offline_stt_eval.py).
+        "SIPAGENT_OFFLINE_STT": "pocketsphinx",
     }
 
 
@@ -70,7 +74,7 @@ async def test_console_books_an_appointment_from_a_recording(tmp_path):
     assert process.returncode == 0, text
     assert "Traceback" not in text
     # The live transcript, with each reply's latency.
-    assert "you: i'd like to book a cleaning" in text, text
+    assert "you: i'd like to book a cleaning" in text.lower(), text
     assert "agent: Thank you for calling Sunrise Dental" in text
     assert "ms voice to voice: STT" in text
     assert "booked #1: David Miller, Tuesday" in text and "+12125551234" in text
@@ -217,5 +221,5 @@ async def test_the_microphone_path_reaches_the_agent(tmp_path, monkeypatch):
     )
     await hanging_up
     text = printed.export_text()
-    assert "you: i'd like to book a cleaning" in text, text
+    assert "you: i'd like to book a cleaning" in text.lower(), text
     assert "use headphones" in text and "call ended: you hung up" in text

@@ -118,7 +118,7 @@ async def test_serve_says_what_runs_and_where_the_database_is(tmp_path):
     text = output.decode()
     assert process.returncode == 0, text
     assert (
-        "sipagent serve: app receptionist: STT offline (pocketsphinx), LLM openai (gpt-4o-mini "
+        "sipagent serve: app receptionist: STT offline (whisper), LLM openai (gpt-4o-mini "
         "at http://127.0.0.1:9/v1), TTS offline (espeak-ng)"
     ) in text
     assert f"database sqlite:///{database} (revision 0001)" in text
