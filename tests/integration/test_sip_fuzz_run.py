@@ -1,15 +1,15 @@
 """Issue 9: a time-boxed mutation run against the parser and request handling, in-process.
 
 Fresh mutations are sent one by one to a SipEndpoint (echo app) on loopback for
-SIPAGENT_FUZZ_SECONDS (default 15), each followed by an OPTIONS from a fresh socket: every
+SIP_FUZZ_SECONDS (default 15), each followed by an OPTIONS from a fresh socket: every
 other one a mutation of a valid INVITE/OPTIONS/BYE/ACK/CANCEL/REGISTER (tests/hostile_input.py
 `fuzzed_sip_message`), the others requests inside a call the run set up itself (re-INVITEs with
 broken SDP, hostile hosts, hold; INFO, NOTIFY, BYE, CANCEL, ACK, UPDATE, REFER:
 `in_dialog_message`). No exception may escape (no log record with a traceback, no asyncio fatal
 error), SIP must stay answered, and no INVITE may be left with a provisional answer only.
-The seed is printed and taken from SIPAGENT_FUZZ_SEED to reproduce a failure:
+The seed is printed and taken from SIP_FUZZ_SEED to reproduce a failure:
 
-    SIPAGENT_FUZZ_SEED=123 PYTHONPATH=. python -m pytest -q tests/integration/test_sip_fuzz_run.py
+    SIP_FUZZ_SEED=123 PYTHONPATH=. python -m pytest -q tests/integration/test_sip_fuzz_run.py
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from sip_inprocess import (
     transport_dead,
 )
 
-FUZZ_SECONDS = float(os.environ.get("SIPAGENT_FUZZ_SECONDS", "15"))
+FUZZ_SECONDS = float(os.environ.get("SIP_FUZZ_SECONDS", "15"))
 
 
 def fuzz_seed() -> int:
-    text = os.environ.get("SIPAGENT_FUZZ_SEED", "").strip()
+    text = os.environ.get("SIP_FUZZ_SEED", "").strip()
     return int(text) if text else random.SystemRandom().randrange(1, 2**31)
 
 
 async def test_time_boxed_mutation_run():
     seed = fuzz_seed()
-    print(f"SIPAGENT_FUZZ_SEED={seed}")  # shown with -s, and in the failure message below
+    print(f"SIP_FUZZ_SEED={seed}")  # shown with -s, and in the failure message below
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FUZZ_SECONDS
     failures: list[str] = []
@@ -97,7 +97,7 @@ async def test_time_boxed_mutation_run():
                 await hang_up_all(endpoint)
             failures += [f"after the run: {errors.describe(r)}" for r in errors.records[charged:]]
     assert not failures, (
-        f"SIPAGENT_FUZZ_SEED={seed}: {len(failures)} of {len(sent)} mutations failed "
+        f"SIP_FUZZ_SEED={seed}: {len(failures)} of {len(sent)} mutations failed "
         "(fuzz/SEED/I: fuzzed_sip_message(SEED, I); in-dialog/SEED/I: in_dialog_message):\n"
         + "\n".join(failures[:40])
     )
