@@ -150,3 +150,13 @@ async def sipp_pattern_call(
         lambda: any(c.state == CallState.CONFIRMED for c in agent.calls.values()), 5, "up"
     )
     return caller, next(iter(agent.calls.values()))
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on a non-blocking socket."""
+    packets = []
+    while True:
+        try:
+            packets.append(sock.recv(2048))
+        except BlockingIOError:
+            return packets

@@ -7,6 +7,7 @@ the hot path when the provider speaks mu-law itself (Deepgram, ElevenLabs `ulaw_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -118,3 +119,13 @@ class ProviderTimings:
     first_output: float | None = None
     finished: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+async def drain_events(
+    queue: asyncio.Queue[SttEvent | None] | None, provider: str
+) -> AsyncIterator[SttEvent]:
+    """A local recogniser's events as `SpeechToText.events()` yields them; None ends them."""
+    if queue is None:
+        raise ProviderError(f"{provider}.events() before start()")
+    while (event := await queue.get()) is not None:
+        yield event

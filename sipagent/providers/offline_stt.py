@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
+from sipagent.providers.base import ProviderError, SttEvent, SttEventKind, drain_events
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +187,8 @@ class PocketsphinxSpeechToText:
             self._bytes_in += cut
             self._inbox.put(data[:cut])
 
-    async def events(self) -> AsyncIterator[SttEvent]:
-        if self._events is None:
-            raise ProviderError("PocketsphinxSpeechToText.events() before start()")
-        while True:
-            event = await self._events.get()
-            if event is None:
-                return
-            yield event
+    def events(self) -> AsyncIterator[SttEvent]:
+        return drain_events(self._events, "PocketsphinxSpeechToText")
 
     async def finalize(self) -> None:
         if self._thread is None or self._closing or self._failed:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
+from sipagent.providers.base import ProviderError, SttEvent, SttEventKind, drain_events
 
 log = logging.getLogger(__name__)
 
@@ -447,14 +447,8 @@ class WhisperSpeechToText:
         for i in range(0, cut, _FRAME_BYTES):
             self._frame(data[i : i + _FRAME_BYTES])
 
-    async def events(self) -> AsyncIterator[SttEvent]:
-        if self._events is None:
-            raise ProviderError("WhisperSpeechToText.events() before start()")
-        while True:
-            event = await self._events.get()
-            if event is None:
-                return
-            yield event
+    def events(self) -> AsyncIterator[SttEvent]:
+        return drain_events(self._events, "WhisperSpeechToText")
 
     async def finalize(self) -> None:
         if self._events is None or self._closed:

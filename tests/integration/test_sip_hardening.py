@@ -8,7 +8,7 @@ import asyncio
 import socket
 
 import pytest
-from agentlib import MiniUac, request, running_agent, sdp, wait_until
+from agentlib import MiniUac, drain, request, running_agent, sdp, wait_until
 
 from sipagent.sip.call import CallState
 
@@ -227,15 +227,6 @@ async def test_half_open_invites_cannot_make_a_real_caller_hear_busy():
         with pytest.raises(BlockingIOError):
             attacker_media.recv(2048)
     attacker_media.close()
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    packets = []
-    while True:
-        try:
-            packets.append(sock.recv(2048))
-        except BlockingIOError:
-            return packets
 
 
 @pytest.mark.parametrize("hold_sdp", ["a=sendonly", "a=inactive", "c=0.0.0.0"])

@@ -8,6 +8,7 @@ import re
 import socket
 import struct
 
+from agentlib import drain
 from hostile_input import build_request, build_sdp
 from peerlib.sip_blaster import CorpusSender
 from sip_inprocess import echo_agent, hang_up_all
@@ -18,15 +19,6 @@ FRAMES = 100
 def rtp(seq: int, payload_type: int = 96) -> bytes:
     payload = struct.pack("!I", seq) + bytes((seq + i) % 256 for i in range(156))
     return struct.pack("!BBHII", 0x80, payload_type, seq, seq * 160, 0x5EED) + payload
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    packets = []
-    while True:
-        try:
-            packets.append(sock.recv(2048))
-        except BlockingIOError:
-            return packets
 
 
 async def test_dynamic_payload_type_96_for_pcmu_echoes_both_ways():
