@@ -6,13 +6,17 @@ streaming recogniser, so the turn is cut locally and Whisper runs once per turn:
 
 * webrtcvad on every 20 ms frame (on the loop: microseconds), fed to `TurnTaking`, a pure
   policy on the audio timeline: SPEECH_STARTED after `speech_start_ms` of voice; after
-  `endpointing_ms` of silence TRANSCRIBE the utterance so far; voice again before the text is
-  out CANCELs that (the caller only paused) and the utterance goes on; a transcript that comes
-  back with no voice since COMMITs the turn: FINAL(speech_final=True) then UTTERANCE_END.
-* Whisper runs in a worker thread (CTranslate2 releases the GIL), one CPU thread per job and at
-  most two jobs at once in the process, so calls cannot starve the loop or each other of both
-  cores. A domain prompt (clinic name, services, days, times, a phone number) biases it.
-  Its cost per turn and the end-of-turn-to-final time: bench/README.md.
+  `speculate_ms` (120) of silence TRANSCRIBE the utterance so far, ahead of the endpoint,
+  because Whisper takes ~0.5 s; voice again before `endpointing_ms` (300) of silence CANCELs
+  that (the caller only paused) and the utterance goes on, exactly where the endpoint alone
+  would have cut it; the text COMMITs the turn once both it and the endpoint silence are
+  there: FINAL(speech_final=True) then UTTERANCE_END.
+* Whisper runs in a worker thread (CTranslate2 releases the GIL), two CPU threads per job and
+  at most two jobs at once in the process (one may be a speculation the caller talked over:
+  a running job cannot be stopped). A domain prompt (clinic name, services, days, times, a
+  phone number) biases it. Its cost per turn and the end-of-turn-to-final time:
+  bench/README.md. The model loads in the background; the first job waits for it, the
+  greeting does not.
 * PARTIALs, which the barge-in policy needs within a few hundred ms, come from pocketsphinx
   (cheap and streaming) running beside it; its own finals are ignored.
 
@@ -30,7 +34,9 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
+import importlib.util
 import logging
+import os
 import re
 import threading
 import time
@@ -74,8 +80,12 @@ _FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 _WHISPER_RATE = 16000
 # webrtcvad calls the first ~100 ms of a stream speech while its noise model settles.
 _VAD_WARMUP_FRAMES = 6
-# Two transcriptions at once, one core each: the machine's two cores, never more.
+# Two transcriptions at once (a speculative one whose caller went on, and the next), each on
+# two threads: a single turn's text comes back ~35 % sooner than on one (bench/README.md).
 _MAX_PARALLEL_JOBS = 2
+DEFAULT_CPU_THREADS = min(2, os.cpu_count() or 1)
+# Start transcribing after this much silence (the endpoint is 300 ms): Whisper needs ~0.5 s.
+SPECULATE_MS = 120
 
 
 class WeightsUnavailable(Exception):
@@ -154,8 +164,9 @@ _models_lock = threading.Lock()
 _jobs: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def load_model(weights: WhisperWeights, cpu_threads: int = 1) -> Any:
+def load_model(weights: WhisperWeights, cpu_threads: int | None = None) -> Any:
     """One WhisperModel per process and weights, shared by every call."""
+    cpu_threads = cpu_threads or DEFAULT_CPU_THREADS
     with _models_lock:
         key = (weights.path, cpu_threads)
         if key not in _models:
@@ -180,7 +191,7 @@ def load_model(weights: WhisperWeights, cpu_threads: int = 1) -> Any:
         return _models[key]
 
 
-def preload(weights: WhisperWeights, cpu_threads: int = 1) -> None:
+def preload(weights: WhisperWeights, cpu_threads: int | None = None) -> None:
     """Load the model in the background now, so the first call's start() finds it ready
     (importing faster-whisper and loading it would otherwise delay the greeting)."""
 
@@ -230,19 +241,62 @@ def upsample_to_16k(lin8: bytes) -> np.ndarray:
     return (np.fft.irfft(padded, 2 * samples.size) * 2.0).astype(np.float32)
 
 
+# Whisper reads 30 s windows; its encoder costs the same for 2 s of speech padded to 30 s as
+# for 30 s of speech (0.4 s of the 0.5 s a turn took). CTranslate2 takes a shorter window, and
+# 15 s keeps the word error rate (bench/README.md: 10 s repeated and dropped words, 15 s and
+# 20 s were as good as 30 s) at a quarter of the encoder's time. Longer turns get their own
+# length plus a second, up to the 30 s the model knows.
+MIN_WINDOW_FRAMES = 1500  # 100 mel frames per second
+_WINDOW_MARGIN_FRAMES = 100
+_MAX_WINDOW_FRAMES = 3000
+_decoders: dict[int, tuple[Any, list[int]]] = {}
+
+
 def transcribe(model: Any, lin8: bytes, prompt: str, beam_size: int = 5) -> str:
-    """Whisper on one utterance (8 kHz 16-bit PCM). Blocking: run it in a worker thread."""
-    segments, _info = model.transcribe(
-        upsample_to_16k(lin8),
-        language="en",
-        beam_size=beam_size,
-        temperature=0.0,  # no fallback re-decodes: bounded time per turn
-        initial_prompt=prompt,
-        condition_on_previous_text=False,
-        without_timestamps=True,
-        vad_filter=False,  # our VAD already cut the turn
+    """Whisper on one utterance (8 kHz 16-bit PCM). Blocking: run it in a worker thread.
+
+    faster-whisper's own transcribe() pads every turn to 30 s; this is its decoding (the same
+    prompt layout, suppressed tokens and beam search, temperature 0, no timestamps) on a window
+    the length of the turn (`MIN_WINDOW_FRAMES`)."""
+    import ctranslate2
+
+    tokenizer, suppressed = _decoder(model)
+    features = model.feature_extractor(upsample_to_16k(lin8))[:, :_MAX_WINDOW_FRAMES]
+    frames = features.shape[-1]
+    window = min(_MAX_WINDOW_FRAMES, max(MIN_WINDOW_FRAMES, frames + _WINDOW_MARGIN_FRAMES))
+    features = np.pad(features, ((0, 0), (0, window - frames)))  # as faster-whisper pads
+    encoded = model.model.encode(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], np.float32)),
+        to_cpu=False,
     )
-    return spoken_times(" ".join(segment.text.strip() for segment in segments).strip())
+    tokens = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())[-223:]] if prompt else []
+    tokens += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    result = model.model.generate(
+        encoded,
+        [tokens],
+        beam_size=beam_size,
+        patience=1,
+        length_penalty=1,
+        max_length=448,  # the model's text context
+        suppress_blank=True,
+        suppress_tokens=suppressed,
+    )[0]
+    return spoken_times(tokenizer.decode(result.sequences_ids[0]).strip())
+
+
+def _decoder(model: Any) -> tuple[Any, list[int]]:
+    """faster-whisper's English tokenizer for `model`, and the tokens it never emits."""
+    with _models_lock:
+        found = _decoders.get(id(model))
+        if found is None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            tokenizer = Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+            )
+            found = _decoders[id(model)] = (tokenizer, get_suppressed_tokens(tokenizer, [-1]))
+        return found
 
 
 def spoken_times(text: str) -> str:
@@ -270,14 +324,18 @@ class TurnAction(StrEnum):
     SPEECH_STARTED = "speech_started"
     TRANSCRIBE = "transcribe"  # run the recogniser on the utterance so far
     CANCEL = "cancel"  # the caller spoke again: that transcription is stale
+    COMMIT = "commit"  # the endpoint silence is complete: the text already out is the turn's
 
 
 class TurnTaking:
     """When to start, cancel and commit the per-turn transcription.
 
     Frames come in with the VAD's verdict; time is the audio timeline (frames), so the same
-    audio always gives the same actions however fast it is fed. `on_transcribed` reports a
-    transcription's result: it commits the turn only if no voice came since it was started.
+    audio always gives the same actions however fast it is fed. Whisper takes longer than the
+    endpointing window, so it starts early, speculatively, after `speculate_frames` of silence;
+    the turn still ends only after `endpoint_frames` of silence: voice before then CANCELs, and a
+    text that lands before then waits for it (COMMIT). `on_transcribed` reports a result: True
+    when it commits the turn at once.
     """
 
     def __init__(
@@ -285,18 +343,24 @@ class TurnTaking:
         *,
         speech_start_frames: int = 3,
         endpoint_frames: int = 15,
+        speculate_frames: int | None = None,
         max_utterance_frames: int = 1250,
     ) -> None:
         self.speech_start_frames = speech_start_frames
         self.endpoint_frames = endpoint_frames
+        self.speculate_frames = min(
+            endpoint_frames, endpoint_frames if speculate_frames is None else speculate_frames
+        )
         self.max_utterance_frames = max_utterance_frames
         self.in_utterance = False
         self.job = 0  # id of the current transcription; 0 = none pending
+        self.landed = False  # the current job's text is back, waiting for the endpoint
         self._last_job = 0
         self._voiced_run = 0
         self._silence = 0
         self._frames = 0
         self._cut = False  # the pending transcription was forced by the maximum length
+        self._forced = False  # flush(): commit whatever comes back, however long the silence
 
     def on_frame(self, voiced: bool) -> TurnAction:
         self._voiced_run = self._voiced_run + 1 if voiced else 0
@@ -308,15 +372,22 @@ class TurnTaking:
             return TurnAction.SPEECH_STARTED
         self._frames += 1
         if self.job:
-            # A click does not reopen the turn; the same voice run that starts speech does.
-            # A turn cut at the maximum length stays cut (else it would be re-cut every frame).
-            if self._voiced_run >= self.speech_start_frames and not self._cut:
+            # Before the endpoint any voice means the turn goes on (as if nothing had been
+            # started); after it a click does not reopen the turn, the same voice run that
+            # starts speech does. A turn cut at the maximum length (or flushed) stays cut.
+            speculative = self._silence < self.endpoint_frames
+            reopens = voiced if speculative else self._voiced_run >= self.speech_start_frames
+            if reopens and not (self._cut or self._forced):
                 self.job = 0
+                self.landed = False
                 self._silence = 0
                 return TurnAction.CANCEL
+            self._silence += 1
+            if self.landed and self._silence >= self.endpoint_frames:
+                return TurnAction.COMMIT
             return TurnAction.NONE
         self._silence = 0 if voiced else self._silence + 1
-        if self._silence >= self.endpoint_frames:
+        if self._silence >= self.speculate_frames:
             return self._transcribe()
         if self._frames >= self.max_utterance_frames:
             self._cut = True
@@ -324,27 +395,46 @@ class TurnTaking:
         return TurnAction.NONE
 
     def flush(self) -> TurnAction:
-        """End the turn now (finalize, close): TRANSCRIBE unless one is already pending."""
-        if not self.in_utterance or self.job:
+        """End the turn now (finalize, close): TRANSCRIBE unless one is already out, COMMIT
+        if its text is already back."""
+        if not self.in_utterance:
             return TurnAction.NONE
-        return self._transcribe()
+        self._forced = True
+        if not self.job:
+            return self._transcribe()
+        return TurnAction.COMMIT if self.landed else TurnAction.NONE
 
     def on_transcribed(self, job: int) -> bool:
-        """True: this transcription is the turn's text; the turn is over."""
+        """A transcription is back. True: it is the turn's text and the turn is over now;
+        False: stale (ignore it), or waiting for the endpoint silence (a later COMMIT)."""
         if not self.in_utterance or job != self.job:
             return False
+        if self._cut or self._forced or self._silence >= self.endpoint_frames:
+            self.commit()
+            return True
+        self.landed = True
+        return False
+
+    def silence_to_endpoint(self) -> int:
+        """Frames of silence still missing before the endpoint (0 once it is reached)."""
+        return max(0, self.endpoint_frames - self._silence) if self.in_utterance else 0
+
+    def commit(self) -> None:
+        """The current job's text is the turn's: close the utterance."""
         self.in_utterance = False
         self.job = 0
+        self.landed = False
+        self._forced = False
         # After a cut the caller may still be talking: their voice run carries on into the
         # next utterance at once.
         if not self._cut:
             self._voiced_run = 0
         self._cut = False
-        return True
 
     def _transcribe(self) -> TurnAction:
         self._last_job += 1
         self.job = self._last_job
+        self.landed = False
         return TurnAction.TRANSCRIBE
 
 
@@ -370,7 +460,8 @@ class WhisperSpeechToText:
         vad_mode: int = 3,
         max_utterance_ms: int = 25_000,
         partials: bool = True,
-        cpu_threads: int = 1,
+        cpu_threads: int | None = None,
+        speculate_ms: int | None = None,
         beam_size: int = 5,
     ) -> None:
         if not 0 <= vad_mode <= 3:
@@ -384,6 +475,9 @@ class WhisperSpeechToText:
         self.policy = TurnTaking(
             speech_start_frames=max(1, speech_start_ms // FRAME_MS),
             endpoint_frames=max(1, endpointing_ms // FRAME_MS),
+            speculate_frames=max(
+                1, (SPECULATE_MS if speculate_ms is None else speculate_ms) // FRAME_MS
+            ),
             # Whisper reads at most 30 s at once.
             max_utterance_frames=max(1, min(max_utterance_ms, 28_000) // FRAME_MS),
         )
@@ -394,7 +488,6 @@ class WhisperSpeechToText:
         self._pending = b""
         self._frames_seen = 0
         self._vad: Any = None
-        self._model: Any = None
         self._partials: Any = None
         self._partials_task: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[SttEvent | None] | None = None
@@ -402,6 +495,8 @@ class WhisperSpeechToText:
         self._jobs: dict[int, concurrent.futures.Future[str]] = {}
         self._committed: dict[int, asyncio.Future[None]] = {}
         self._snapshot_frames: dict[int, int] = {}  # job -> utterance frames it transcribes
+        # A speculative transcription back before the endpoint silence: (job, text, error).
+        self._held: tuple[int, str, BaseException | None] | None = None
         self._closed = False
         self._want_partials = partials
         # Per finished transcription: (seconds of audio, seconds from submit to text).
@@ -420,9 +515,13 @@ class WhisperSpeechToText:
         try:
             if self.weights is None:
                 self.weights = await asyncio.to_thread(check_weights)
-            self._model = await asyncio.to_thread(load_model, self.weights, self.cpu_threads)
         except WeightsUnavailable as exc:
             raise ProviderError(f"whisper weights unavailable: {exc}") from exc
+        if importlib.util.find_spec("faster_whisper") is None:
+            raise ProviderError("offline STT dependency missing: faster-whisper")
+        # The model itself is loaded (or its preload finished) by the first transcription job,
+        # in the worker thread: the greeting does not wait for it, and the caller's first
+        # sentence takes seconds to say.
         if self._want_partials:
             from sipagent.providers.offline_stt import PocketsphinxSpeechToText
 
@@ -478,6 +577,8 @@ class WhisperSpeechToText:
         action = self.policy.flush()
         if action == TurnAction.TRANSCRIBE:
             self._submit(self.policy.job)
+        elif action == TurnAction.COMMIT:
+            self._commit_held()
         job = self.policy.job
         if job:
             await asyncio.shield(self._committed[job])
@@ -497,7 +598,12 @@ class WhisperSpeechToText:
             self._emit(SttEventKind.SPEECH_STARTED)
         elif action == TurnAction.TRANSCRIBE:
             self._submit(self.policy.job)
+        elif action == TurnAction.COMMIT:
+            self._commit_held()
         elif action == TurnAction.CANCEL:
+            if self._held is not None:
+                self._resolve(self._held[0])
+                self._held = None
             for job, future in list(self._jobs.items()):
                 # A job already running cannot be stopped; its text is ignored when it lands.
                 if future.cancel():
@@ -509,10 +615,13 @@ class WhisperSpeechToText:
         assert loop is not None
         audio = b"".join(self._utterance)
         self._snapshot_frames[job] = len(self._utterance)
+        # Started early: Whisper hears the silence the endpoint would have given it, so the
+        # speculative text is the one a transcription at the endpoint would give.
+        audio += bytes(2 * _FRAME_BYTES * self.policy.silence_to_endpoint())
         audio_seconds = len(audio) / 16000  # 8 kHz, 16-bit
         self._committed[job] = loop.create_future()
         submitted = time.perf_counter()
-        future = _job_pool().submit(transcribe, self._model, audio, self.prompt, self.beam_size)
+        future = _job_pool().submit(self._transcribe_job, audio)
         self._jobs[job] = future
 
         def landed(done: concurrent.futures.Future[str]) -> None:
@@ -521,6 +630,11 @@ class WhisperSpeechToText:
                 loop.call_soon_threadsafe(self._landed, job, done, audio_seconds, elapsed)
 
         future.add_done_callback(landed)
+
+    def _transcribe_job(self, audio: bytes) -> str:
+        assert self.weights is not None
+        model = load_model(self.weights, self.cpu_threads)  # at once, unless still loading
+        return transcribe(model, audio, self.prompt, self.beam_size)
 
     def _landed(
         self, job: int, done: concurrent.futures.Future[str], audio_s: float, elapsed: float
@@ -532,16 +646,29 @@ class WhisperSpeechToText:
         text = "" if error is not None else done.result()
         self.transcriptions.append((audio_s, elapsed))
         if self.policy.on_transcribed(job):
-            # Audio after the transcribed part: silence, or after a cut at the maximum length
-            # the caller still talking, whose last preroll_ms open the next utterance.
-            self._preroll.extend(self._utterance[self._snapshot_frames.pop(job, 0) :])
-            self._utterance = []
-            if error is not None:
-                log.warning("whisper transcription failed: %r", error)
-                self._emit(SttEventKind.ERROR, detail=f"whisper transcription failed: {error!r}")
-            elif text:
-                self._emit(SttEventKind.FINAL, text, speech_final=True)
-            self._emit(SttEventKind.UTTERANCE_END)
+            self._commit(job, text, error)
+        elif self.policy.landed and job == self.policy.job:
+            self._held = (job, text, error)  # until the endpoint silence is complete
+        else:
+            self._resolve(job)
+
+    def _commit_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.policy.commit()
+            self._commit(*held)
+
+    def _commit(self, job: int, text: str, error: BaseException | None) -> None:
+        # Audio after the transcribed part: silence, or after a cut at the maximum length
+        # the caller still talking, whose last preroll_ms open the next utterance.
+        self._preroll.extend(self._utterance[self._snapshot_frames.pop(job, 0) :])
+        self._utterance = []
+        if error is not None:
+            log.warning("whisper transcription failed: %r", error)
+            self._emit(SttEventKind.ERROR, detail=f"whisper transcription failed: {error!r}")
+        elif text:
+            self._emit(SttEventKind.FINAL, text, speech_final=True)
+        self._emit(SttEventKind.UTTERANCE_END)
         self._resolve(job)
 
     def _resolve(self, job: int) -> None:

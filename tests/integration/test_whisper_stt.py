@@ -1,8 +1,8 @@
 """WhisperSpeechToText on committed clips from voices that are not espeak-ng, its fallback
 when the pinned weights are missing or different, and its work kept off the event loop.
 
-The clips are bench/speech's (flite and festival voices through 8 kHz mu-law); CTranslate2 on
-one thread gives the same text for the same audio, so the slots below are what it hears."""
+The clips are bench/speech's (flite and festival voices through 8 kHz mu-law); CTranslate2 (on
+one thread or two) gives the same text for the same audio, so the slots below are what it hears."""
 
 from __future__ import annotations
 
@@ -105,6 +105,62 @@ async def test_finalize_and_close_flush_speech_in_progress():
     await asyncio.wait_for(listener.task, 5)  # events() ended
     stt.send_audio(SILENCE)  # after close: ignored
     await stt.close()
+
+
+def up_to_last_voiced_frame(mulaw: bytes) -> bytes:
+    import webrtcvad
+
+    vad = webrtcvad.Vad(3)
+    frames = [mulaw[i : i + 160] for i in range(0, len(mulaw) - 159, 160)]
+    voiced = [n for n, f in enumerate(frames) if vad.is_speech(audioop.ulaw2lin(f, 2), 8000)]
+    return b"".join(frames[: voiced[-1] + 1])
+
+
+async def test_an_early_transcription_waits_for_the_endpoint_silence():
+    """Whisper starts after 120 ms of silence; its text is the turn's only once the caller
+    has been silent for the whole 300 ms endpoint, and voice inside those 300 ms cancels it."""
+    stt = WhisperSpeechToText(partials=False, speculate_ms=120, endpointing_ms=300)
+    await stt.start()
+    listener = Listener(stt)
+    speech = up_to_last_voiced_frame(CLIPS["flite-slt-100/01.ul"].mulaw())
+    quiet = b"\xff" * 160
+    voiced = CLIPS["flite-slt-100/01.ul"].mulaw()[8000:8160]
+
+    async def frames_until_final() -> int:
+        while not stt.policy.landed:  # the early transcription is back
+            await asyncio.sleep(0.01)
+        missing = stt.policy.silence_to_endpoint()
+        assert missing > 0
+        for fed in range(1, 40):
+            assert SttEventKind.FINAL not in [e.kind for e in listener.events]
+            feed(stt, quiet)
+            await asyncio.sleep(0.02)
+            if any(e.kind == SttEventKind.UTTERANCE_END for e in listener.events):
+                assert fed == missing  # the frame that completes the 300 ms, not before
+                return fed
+        raise AssertionError("no final")
+
+    feed(stt, speech + quiet * 8)  # 160 ms of silence: the transcription is out
+    await frames_until_final()
+    events = await listener.turn()
+    assert [e.kind for e in events] == [
+        SttEventKind.SPEECH_STARTED, SttEventKind.FINAL, SttEventKind.UTTERANCE_END,
+    ]  # fmt: skip
+    assert slot_heard("name", "david miller", normalise(events[1].text)), events
+
+    # The same speech with a voiced frame 200 ms into the silence: the transcription started
+    # before it is cancelled, the turn goes on, and ends 300 ms after the voice.
+    feed(stt, speech + quiet * 10)
+    early = stt.policy.job
+    assert early
+    feed(stt, voiced + quiet * 10)
+    assert stt.policy.job not in (0, early)
+    await frames_until_final()
+    events = await listener.turn()
+    assert [e.kind for e in events][-2:] == [SttEventKind.FINAL, SttEventKind.UTTERANCE_END]
+    assert [e.kind for e in events].count(SttEventKind.FINAL) == 1
+    await stt.close()
+    await listener.task
 
 
 async def test_transcription_runs_off_the_event_loop(monkeypatch):
