@@ -178,6 +178,16 @@ class _StreamEnded(Exception):
     """The server closed the socket although we had not asked it to."""
 
 
+def new_client(api_key: str, base_url: str, ws_url: str) -> AsyncDeepgramClient:
+    """A Deepgram SDK client for these endpoints (once per process: see `client` below)."""
+    return AsyncDeepgramClient(
+        api_key=api_key,
+        environment=DeepgramClientEnvironment(
+            base=base_url, production=ws_url, agent=ws_url, agent_rest=base_url
+        ),
+    )
+
+
 class DeepgramSpeechToText:
     """One call's live transcription over Deepgram's websocket (see the module docstring)."""
 
@@ -203,8 +213,13 @@ class DeepgramSpeechToText:
         connect_timeout: float = 5.0,
         close_timeout: float = 2.0,
         max_reconnect_attempts: int = 5,
+        client: AsyncDeepgramClient | None = None,
     ) -> None:
         self._api_key = api_key
+        # Shared by every call of a process when given (`shared_client`): building one costs
+        # ~60 ms of event-loop CPU (an httpx client and an SSL context), which a burst of
+        # calls paid once each, all while answering and greeting the others.
+        self._client = client
         self.model = model
         self.language = language
         self.endpointing_ms = endpointing_ms
@@ -243,6 +258,12 @@ class DeepgramSpeechToText:
     @property
     def listen_url(self) -> str:
         return f"{self.ws_url}/v1/listen"
+
+    @property
+    def client(self) -> AsyncDeepgramClient:
+        if self._client is None:
+            self._client = new_client(self._api_key, self.base_url, self.ws_url)
+        return self._client
 
     # -- SpeechToText ----------------------------------------------------------------------
 
@@ -303,15 +324,7 @@ class DeepgramSpeechToText:
     # -- connection supervision ------------------------------------------------------------
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        client = AsyncDeepgramClient(
-            api_key=self._api_key,
-            environment=DeepgramClientEnvironment(
-                base=self.base_url,
-                production=self.ws_url,
-                agent=self.ws_url,
-                agent_rest=self.base_url,
-            ),
-        )
+        client = self.client
         loop = asyncio.get_running_loop()
         failed_attempts = 0  # consecutive handshakes that failed
         quick_drops = 0  # consecutive connections that died young

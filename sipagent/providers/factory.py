@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sipagent.config import AgentSettings
 from sipagent.conversation.tts_slots import TtsSlots
@@ -105,26 +106,34 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
         return offline_tts
 
     stt_engine = f"deepgram {settings.deepgram_model}"
-    if choice.stt == "deepgram" and settings.deepgram_model.startswith("flux"):
-        # Flux (/v2/listen) ends turns with its own model: no endpointing parameter.
+    if choice.stt == "deepgram":
         from sipagent.providers.deepgram_flux_stt import DeepgramFluxSpeechToText
-
-        def new_stt() -> SpeechToText:
-            return DeepgramFluxSpeechToText(
-                settings.deepgram_api_key.get_secret_value(),
-                model=settings.deepgram_model,
-                **_deepgram_endpoint(settings.deepgram_url),
-            )
-    elif choice.stt == "deepgram":
         from sipagent.providers.deepgram_stt import DeepgramSpeechToText
 
+        flux = settings.deepgram_model.startswith("flux")
+        # One SDK client for every call's stream (each call still has its own websocket).
+        shared: list[Any] = []
+
         def new_stt() -> SpeechToText:
-            return DeepgramSpeechToText(
-                settings.deepgram_api_key.get_secret_value(),
-                model=settings.deepgram_model,
-                endpointing_ms=settings.endpointing_ms,
+            options: dict[str, Any] = {
+                "model": settings.deepgram_model,
+                "client": shared[0] if shared else None,
                 **_deepgram_endpoint(settings.deepgram_url),
-            )
+            }
+            stream: DeepgramSpeechToText
+            if flux:  # Flux (/v2/listen) ends turns with its own model: no endpointing
+                stream = DeepgramFluxSpeechToText(
+                    settings.deepgram_api_key.get_secret_value(), **options
+                )
+            else:
+                stream = DeepgramSpeechToText(
+                    settings.deepgram_api_key.get_secret_value(),
+                    endpointing_ms=settings.endpointing_ms,
+                    **options,
+                )
+            if not shared:
+                shared.append(stream.client)
+            return stream
     else:
         new_stt, stt_engine = _offline_stt(settings, clinic_name)
 

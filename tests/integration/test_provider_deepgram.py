@@ -383,3 +383,38 @@ async def test_gives_up_when_the_server_stays_away() -> None:
     stt.send_audio(silence(0.02))  # harmless after the end
     await stt.close()
     await log.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# one SDK client per process
+
+
+async def test_calls_share_one_sdk_client_each_with_its_own_websocket() -> None:
+    """The factory builds the Deepgram SDK client once (an httpx client and an SSL context:
+    ~60 ms of loop CPU each time) and gives it to every call's stream."""
+    from sipagent.config import AgentSettings
+    from sipagent.providers.factory import build_providers
+
+    async with FakeDeepgramServer(["Hello there.", "Good morning."]) as server:
+        providers = build_providers(
+            AgentSettings(  # type: ignore[call-arg]
+                _env_file=None, stt="deepgram", llm="offline", tts="offline",
+                deepgram_api_key=server.api_key, deepgram_url=server.url,
+            )
+        )  # fmt: skip
+        first, second = providers.new_stt(), providers.new_stt()
+        assert isinstance(first, DeepgramSpeechToText)
+        assert isinstance(second, DeepgramSpeechToText)
+        assert first.client is second.client
+        await asyncio.gather(first.start(), second.start())
+        logs = [EventLog(first), EventLog(second)]
+        await asyncio.gather(
+            stream(first, silence(0.3) + tone(0.8) + silence(0.6), speed=2.0),
+            stream(second, silence(0.3) + tone(0.8) + silence(0.6), speed=2.0),
+        )
+        finals = [await log.wait_kind(SttEventKind.FINAL) for log in logs]
+        await asyncio.gather(first.close(), second.close())
+        for log in logs:
+            await log.stop()
+        assert len(server.connections) == 2
+        assert sorted(f.text for f in finals) == ["Good morning.", "Hello there."]
