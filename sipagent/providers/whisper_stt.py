@@ -242,11 +242,11 @@ def upsample_to_16k(lin8: bytes) -> np.ndarray:
 
 
 # Whisper reads 30 s windows; its encoder costs the same for 2 s of speech padded to 30 s as
-# for 30 s of speech (0.4 s of the 0.5 s a turn took). CTranslate2 takes a shorter window, and
-# 15 s keeps the word error rate (bench/README.md: 10 s repeated and dropped words, 15 s and
-# 20 s were as good as 30 s) at a quarter of the encoder's time. Longer turns get their own
-# length plus a second, up to the 30 s the model knows.
-MIN_WINDOW_FRAMES = 1500  # 100 mel frames per second
+# for 30 s of speech (most of the time a turn took). CTranslate2 takes a shorter window: on the
+# evaluation set (bench/README.md) 10 s repeated and dropped words, 15 s and 20 s kept the word
+# error rate of 30 s at about 0.25 s less per turn; 20 s lost fewer names. Longer turns get
+# their own length plus a second, up to the 30 s the model knows.
+MIN_WINDOW_FRAMES = 2000  # 100 mel frames per second
 _WINDOW_MARGIN_FRAMES = 100
 _MAX_WINDOW_FRAMES = 3000
 _decoders: dict[int, tuple[Any, list[int]]] = {}
