@@ -8,7 +8,7 @@
 
 A real receptionist agent process (``sipagent serve --app receptionist``, peer-to-peer on
 loopback) talks to wire-protocol fakes of Deepgram, OpenAI and ElevenLabs that run inside this
-process (``tests/fakes``), driven through the real provider SDKs, at the reference design's
+process (``tests/kit/fakes``), driven through the real provider SDKs, at the reference design's
 latencies: STT final 300 ms after the caller's last voiced audio reached it (``final_latency``
 0.3 with ``endpointing_ms`` 300, so the final leaves exactly at endpoint detection), LLM first
 token 300 ms after the request, TTS first byte 100 ms after the request. A SIPp UAC
@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the test kit, as tests.kit
 
 from benchlib import machine_info, run_benchmark  # noqa: E402
 from conversation_bench.agent import agent_worker  # noqa: E402
@@ -91,7 +91,8 @@ from conversation_bench.fakes import (  # noqa: E402
 from conversation_bench.report import jsonable, markdown  # noqa: E402
 from conversation_bench.runner import Bench  # noqa: E402
 from conversation_bench.scenarios import LONG_REPLIES, SCENARIOS, TARGETS, V2V_REPLIES  # noqa: E402
-from fakes.elevenlabs_server import MS_PER_CHAR, audio_duration_ms  # noqa: E402
+
+from tests.kit.fakes.elevenlabs_server import MS_PER_CHAR, audio_duration_ms  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "conversation_latency.json"
 

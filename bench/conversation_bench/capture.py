@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from peerlib.capture import parse_rtp, read_udp_datagrams
+
+from tests.kit.peerlib.capture import parse_rtp, read_udp_datagrams
 
 FRAME_BYTES = 160
 FRAME_S = 0.020

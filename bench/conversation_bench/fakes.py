@@ -1,5 +1,5 @@
 """Instrumented fakes: the wire-protocol fakes of Deepgram, OpenAI and ElevenLabs
-(tests/fakes) with the same wire behaviour, plus the timestamps this benchmark needs, and the
+(tests/kit/fakes) with the same wire behaviour, plus the timestamps this benchmark needs, and the
 reference design's provider latencies they are run at."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-import fakes.deepgram_server as dg_fake
-from fakes.deepgram_server import FakeDeepgramServer
-from fakes.elevenlabs_server import FakeElevenLabsServer
-from fakes.openai_server import FakeOpenAIServer, Reply
+import tests.kit.fakes.deepgram_server as dg_fake
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer
+from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer
+from tests.kit.fakes.openai_server import FakeOpenAIServer, Reply
 
 # The reference design's provider latencies (the issue's numbers).
 STT_FINAL_S = 0.3

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import cpu_times, free_port, sipagent_command
-from fakes.openai_server import Reply
-from peerlib.audio import AudioLibrary
-from peerlib.capture import Capture
-from peerlib.common import end_process, start_process, wait_udp_bound
-from peerlib.sipp import Sipp
+
+from tests.kit.fakes.openai_server import Reply
+from tests.kit.peerlib.audio import AudioLibrary
+from tests.kit.peerlib.capture import Capture
+from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound
+from tests.kit.peerlib.sipp import Sipp
 
 from .fakes import (
     ENDPOINTING_MS,

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fakes.deepgram_server import frame_is_speech
-from peerlib.audio import AudioLibrary
+
+from tests.kit.fakes.deepgram_server import frame_is_speech
+from tests.kit.peerlib.audio import AudioLibrary
 
 from .capture import FRAME_BYTES, FRAME_S, SILENCE
 from .fakes import TimedDeepgram, TimedElevenLabs, TimedOpenAI

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fakes.elevenlabs_server import expected_audio
+
+from tests.kit.fakes.elevenlabs_server import expected_audio
 
 from .capture import FRAME_BYTES, FRAME_S, CallCapture, analyse_capture, inbound_path
 from .fakes import NOMINAL_PROVIDER_S, TimedRecogniser
