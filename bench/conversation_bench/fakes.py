@@ -21,7 +21,8 @@ ENDPOINTING_MS = 300
 
 
 class TimedRecogniser(dg_fake.Recogniser):
-    """The fake's recogniser, logging onsets and finals with the audio arrival times."""
+    """The fake's recogniser, logging onsets and finals with the audio arrival times (the runner
+    puts it in the fake's place)."""
 
     log: ClassVar[list[dict[str, Any]]] = []
     # request_id -> [(audio bytes received so far, arrival of that message)]
@@ -61,9 +62,6 @@ class TimedRecogniser(dg_fake.Recogniser):
                 "message": out[-1].message,
             }
         )
-
-
-dg_fake.Recogniser = TimedRecogniser  # type: ignore[misc]  # looked up per connection
 
 
 class TimedDeepgram(FakeDeepgramServer):

@@ -21,6 +21,7 @@ from typing import Any
 
 from benchlib import cpu_times, free_port, sipagent_command
 
+import tests.kit.fakes.deepgram_server as dg_fake
 from tests.kit.fakes.openai_server import Reply
 from tests.kit.peerlib.audio import AudioLibrary
 from tests.kit.peerlib.capture import Capture
@@ -50,6 +51,10 @@ from .stats import ScenarioAnalysis
 LOOPBACK = "127.0.0.1"
 CAPTURE_LINGER_S = 0.5  # --immediate-mode: packets are written as they arrive
 IDLE_CPU_BUSY_PCT = 15.0
+# Every Deepgram connection the fake accepts gets the timed recogniser (looked up per
+# connection); done here, where the scenarios run, so importing the analysis changes nothing.
+dg_fake.Recogniser = TimedRecogniser  # type: ignore[misc]
+
 # The script whose `--agent-worker` mode runs the recording agent.
 SCRIPT = Path(__file__).resolve().parent.parent / "conversation_latency.py"
 
