@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the test kit, as tests.kit
 
 from benchlib import (  # noqa: E402
     cpu_times,
@@ -70,9 +70,10 @@ from benchlib import (  # noqa: E402
     run_benchmark,
     sipagent_command,
 )
-from peerlib.capture import Capture, Datagram, parse_rtp, read_udp_datagrams  # noqa: E402
-from peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
-from peerlib.sipp import Sipp  # noqa: E402
+
+from tests.kit.peerlib.capture import Capture, Datagram, parse_rtp, read_udp_datagrams  # noqa: E402
+from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
+from tests.kit.peerlib.sipp import Sipp  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 RATE = 8000

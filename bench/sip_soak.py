@@ -6,11 +6,11 @@
 
 A real agent process (``sipagent serve --app echo``, peer-to-peer, loopback) holds ``--calls``
 SIPp callers (``tests/peers/sipp/uac_call.xml``) streaming numbered RTP frames for the whole
-run, while one UDP socket sends the 1,194-message corpus (tests/sip_corpus.py: RFC 4475 +
-legal-unusual + seeded fuzz), then fresh mutations (tests/hostile_input.py), at ``--rate``
+run, while one UDP socket sends the 1,194-message corpus (tests/kit/sip_corpus.py: RFC 4475 +
+legal-unusual + seeded fuzz), then fresh mutations (tests/kit/hostile_input.py), at ``--rate``
 messages/s for ``--seconds``. Every ``--probe-every`` messages an OPTIONS from a fresh socket
 checks that SIP is still answered. The sender ACKs every final answer to an INVITE and BYEs
-every call a mutation set up (tests/peerlib/sip_blaster.py).
+every call a mutation set up (tests/kit/peerlib/sip_blaster.py).
 
 Reported: messages/s sent and answered, probes unanswered and the message after which SIP died
 (a transport death), tracebacks in the agent's log, the agent's RSS before and after, and per
@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the test kit, as tests.kit
 
 from benchlib import free_port, machine_info, run_benchmark, sipagent_command  # noqa: E402
-from hostile_input import SipCase, fuzzed_sip_message  # noqa: E402
-from peerlib.capture import Capture, udp_ports_filter  # noqa: E402
-from peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
-from peerlib.sip_blaster import (  # noqa: E402
+
+from tests.kit.hostile_input import SipCase, fuzzed_sip_message  # noqa: E402
+from tests.kit.peerlib.capture import Capture, udp_ports_filter  # noqa: E402
+from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
+from tests.kit.peerlib.sip_blaster import (  # noqa: E402
     BlastReport,
     CorpusSender,
     echo_check,
@@ -52,8 +53,8 @@ from peerlib.sip_blaster import (  # noqa: E402
     probe_options,
     tracebacks,
 )
-from peerlib.sipp import Sipp  # noqa: E402
-from sip_corpus import addressed, full_corpus  # noqa: E402
+from tests.kit.peerlib.sipp import Sipp  # noqa: E402
+from tests.kit.sip_corpus import addressed, full_corpus  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "sip_soak.json"
 
@@ -212,8 +213,10 @@ def markdown(report: dict[str, Any]) -> str:
         ("Call-IDs answered", f"{r['call_ids_answered']} ({r['answered_per_s']}/s)"),
         ("calls set up by mutations (ACKed, BYEd)", str(r["invites_set_up_and_ended"])),
         ("liveness probes unanswered", f"{r['probes_unanswered']} of {r['probes']}"),
-        ("transport deaths", f"{r['transport_deaths']} (first after message "
-         f"{r['transport_dead_after_message']})"),
+        (
+            "transport deaths",
+            f"{r['transport_deaths']} (first after message {r['transport_dead_after_message']})",
+        ),
         ("tracebacks in the agent log", str(len(r["tracebacks"]))),
         ("agent RSS before / after", f"{r['rss_kib_before']} / {r['rss_kib_after']} KiB"),
         ("live calls echo intact", ", ".join(str(c["intact"]) for c in r["live_calls"])),

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes `peerlib` importable
-
-from peerlib.audio import AudioLibrary, build_standard_audio
-from peerlib.baresip import BaresipResult, baresip_call
-from peerlib.capture import Capture, udp_ports_filter
-from peerlib.common import REQUIRED_BINARIES, missing_binaries
-from peerlib.kamailio import Kamailio
-from peerlib.sipp import Sipp
+from tests.kit.peerlib.audio import AudioLibrary, build_standard_audio
+from tests.kit.peerlib.baresip import BaresipResult, baresip_call
+from tests.kit.peerlib.capture import Capture, udp_ports_filter
+from tests.kit.peerlib.common import REQUIRED_BINARIES, missing_binaries
+from tests.kit.peerlib.kamailio import Kamailio
+from tests.kit.peerlib.sipp import Sipp
 
 
 def in_ci() -> bool:

@@ -5,7 +5,8 @@ the clinic's time zone (`parse_iso_date`, `parse_iso_time`): the model knows tod
 turns "next Tuesday" into a date far better than any rule. The natural-language readers
 (`read_date`, `parse_time`) serve the offline scripted receptionist, which has no model. Phone
 numbers are read by Google's libphonenumber (`phonenumbers`) in the clinic's region and kept
-in E.164.
+in E.164. The date and number words are `vocabulary.py`'s, which the offline recogniser's
+language model is built from too.
 """
 
 from __future__ import annotations
@@ -17,29 +18,14 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
+from sipagent.booking.vocabulary import MONTHS, NUMBER_WORDS, ORDINALS, WEEKDAYS, digit_words
+
 REASONS = ("cleaning", "checkup", "emergency", "consultation")
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-MONTHS = (
-    "january", "february", "march", "april", "may", "june", "july", "august", "september",
-    "october", "november", "december",
-)  # fmt: skip
-NUMBER_WORDS = {
-    "zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
-    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "forty-five": 45, "fifty": 50,
-}  # fmt: skip
-ORDINALS = {
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
-    "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
-    "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
-}  # fmt: skip
 
 
 # Spoken phone words, as digits and signs libphonenumber reads.
 _SPOKEN_PHONE = {
-    **{w: str(n) for w, n in NUMBER_WORDS.items() if n < 10},
+    **{word: str(NUMBER_WORDS[word]) for word in digit_words()},
     "plus": "+", "extension": " ext ", "ext": " ext ",
 }  # fmt: skip
 

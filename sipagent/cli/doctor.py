@@ -393,7 +393,7 @@ def check_models(settings: AgentSettings) -> list[Check]:
                 "receptionist LM",
                 missing_status,
                 f"missing {', '.join(missing)} in {LM_DIR}",
-                "python -m sipagent.providers.receptionist_lm.build",
+                "python -m tools.receptionist_lm (in the sipagent repository)",
             )
         )
     else:

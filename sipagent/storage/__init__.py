@@ -2,9 +2,17 @@
 
 SQLAlchemy 2.x over SQLite (default: `sipagent.db` in the user data directory) or PostgreSQL
 (psycopg 3); schema migrations with Alembic (`sipagent/migrations/`). See `database.py` for
-engines and migrations, `models.py` for the schema, `store.py` for the async API the agent uses.
+engines and migrations, `models.py` for the schema, and for the async API the agent uses:
+`bookings.py` (appointments), `call_records.py` (calls and turns), `transactions.py` (what
+both share: retried transactions, linking a call's bookings to its call row).
 """
 
+from sipagent.storage.bookings import (
+    AppointmentNotFoundError,
+    SqlBookingStore,
+    slot_starts,
+)
+from sipagent.storage.call_records import CallRecorder, caller_number_from_uri
 from sipagent.storage.database import (
     DatabaseUnavailableError,
     configured_database_url,
@@ -14,13 +22,6 @@ from sipagent.storage.database import (
     prepare_database,
     shown_url,
     upgrade,
-)
-from sipagent.storage.store import (
-    AppointmentNotFoundError,
-    CallRecorder,
-    SqlBookingStore,
-    caller_number_from_uri,
-    slot_starts,
 )
 
 __all__ = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agentlib import running_agent, wait_until
-from peerlib.capture import rtp_packets
+
+from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.peerlib.capture import rtp_packets
 
 pytestmark = [pytest.mark.peers]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from agentlib import MiniUac, request, running_agent, sdp, wait_until
-
 from sipagent.sip.call import CallState
+from tests.kit.agentlib import MiniUac, request, running_agent, sdp, wait_until
 
 
 async def test_options_and_unknown_dialogs():

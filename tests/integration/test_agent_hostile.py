@@ -7,11 +7,11 @@ import logging
 import socket
 
 import pytest
-from agentlib import running_agent, sipp_pattern_call, wait_until
-from hostile_input import hostile_rtp_datagrams, hostile_sip_messages
 from test_agent_calls import assert_same_frames, recording
 
 from sipagent.sip.call import CallState
+from tests.kit.agentlib import running_agent, sipp_pattern_call, wait_until
+from tests.kit.hostile_input import hostile_rtp_datagrams, hostile_sip_messages
 
 pytestmark = [pytest.mark.peers]
 

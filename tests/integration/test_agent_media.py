@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from agentlib import running_agent, wait_until
-from peerlib.audio import wav_ulaw_bytes
-from peerlib.capture import RtpPacket, rtp_packets
 from test_agent_calls import FRAME, assert_same_frames
 
 from sipagent.sip.call import CallState
 from sipagent.sip.registration import RegistrationState
+from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.peerlib.audio import wav_ulaw_bytes
+from tests.kit.peerlib.capture import RtpPacket, rtp_packets
 
 pytestmark = [pytest.mark.peers]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agentlib import running_agent, wait_until
 from test_agent_calls import assert_same_frames
 
 from sipagent.apps.player import PlayerApp
 from sipagent.sip.call import CallState
 from sipagent.sip.endpoint import DialError
 from sipagent.sip.registration import RegistrationState
+from tests.kit.agentlib import running_agent, wait_until
 
 pytestmark = [pytest.mark.peers]
 

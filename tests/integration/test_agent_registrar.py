@@ -7,12 +7,12 @@ import sys
 import time
 
 import pytest
-from agentlib import free_sip_port, running_agent, wait_until
-from peerlib.capture import write_dtmf_pcap
 from test_agent_calls import assert_same_frames, recording
 
 from sipagent.sip.call import CallState
 from sipagent.sip.registration import RegistrationState
+from tests.kit.agentlib import free_sip_port, running_agent, wait_until
+from tests.kit.peerlib.capture import write_dtmf_pcap
 
 pytestmark = [pytest.mark.peers]
 

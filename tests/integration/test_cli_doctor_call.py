@@ -14,16 +14,16 @@ import wave
 from pathlib import Path
 
 import pytest
-from agentlib import free_sip_port, rtp_range, running_agent, wait_until
-from fakes.deepgram_server import FakeDeepgramServer
-from fakes.elevenlabs_server import FakeElevenLabsServer
-from fakes.openai_server import FakeOpenAIServer
 from test_agent_calls import FRAME, assert_same_frames, recording
 from typer.testing import CliRunner
 
 from sipagent.cli.dial import load_audio
 from sipagent.cli.main import app
 from sipagent.storage import upgrade
+from tests.kit.agentlib import free_sip_port, rtp_range, running_agent, wait_until
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer
+from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer
+from tests.kit.fakes.openai_server import FakeOpenAIServer
 
 # Set in the doctor's environment to prove they never reach its output.
 SECRETS = {

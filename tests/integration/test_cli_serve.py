@@ -8,11 +8,11 @@ import signal
 import sys
 
 import pytest
-from agentlib import free_sip_port, rtp_range
-from peerlib.common import wait_udp_bound
 from typer.testing import CliRunner
 
 from sipagent.cli.main import app
+from tests.kit.agentlib import free_sip_port, rtp_range
+from tests.kit.peerlib.common import wait_udp_bound
 
 
 def test_serve_help_lists_every_setting():

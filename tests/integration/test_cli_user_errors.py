@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from agentlib import free_sip_port
 from typer.testing import CliRunner
 
 from sipagent.cli.main import app
 from sipagent.storage import upgrade
+from tests.kit.agentlib import free_sip_port
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg://sipagent:hunter2@127.0.0.1:1/sipagent"
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agentlib import running_agent, wait_until
-from fakes.deepgram_server import FakeDeepgramServer
-from fakes.elevenlabs_server import FakeElevenLabsServer
-from fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
 from test_conversation_e2e import agent_settings, agent_stream, caller_audio, heard_all
+
+from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer
+from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer
+from tests.kit.fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
 
 pytestmark = [pytest.mark.peers]
 

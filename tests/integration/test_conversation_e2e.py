@@ -10,11 +10,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from agentlib import running_agent, wait_until
-from fakes.deepgram_server import FakeDeepgramServer
-from fakes.elevenlabs_server import FakeElevenLabsServer, expected_audio
-from fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
-from peerlib.capture import rtp_packets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,6 +17,11 @@ from sipagent.conversation.chunker import SentenceChunker
 from sipagent.conversation.session import APOLOGY, LLM_FALLBACK, ConversationSettings
 from sipagent.sip.call import CallState
 from sipagent.storage.models import AppointmentRecord, CallRecord
+from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer
+from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer, expected_audio
+from tests.kit.fakes.openai_server import FakeOpenAIServer, FakeToolCall, Reply
+from tests.kit.peerlib.capture import rtp_packets
 
 pytestmark = [pytest.mark.peers]
 
@@ -246,7 +246,7 @@ async def test_llm_failure_is_spoken_around_and_tts_falls_back(sipp, capture, au
 
 
 async def test_keypad_digits_reach_the_model(sipp, tmp_path):
-    from peerlib.capture import write_dtmf_pcap
+    from tests.kit.peerlib.capture import write_dtmf_pcap
 
     async with (
         FakeDeepgramServer([]) as deepgram,

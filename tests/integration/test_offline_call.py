@@ -9,9 +9,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from agentlib import running_agent, wait_until
-from peerlib.capture import DTMF_EVENTS, Datagram, write_udp_pcap
 from test_offline_stt import synthesize_fresh
+
+from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.peerlib.capture import DTMF_EVENTS, Datagram, write_udp_pcap
 
 pytestmark = [pytest.mark.peers]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import test_offline_call
-from agentlib import running_agent, wait_until
+
+from tests.kit.agentlib import running_agent, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "speech"))
 from scoring import load_clips

@@ -392,41 +392,6 @@ async def test_decoder_failure_is_an_error_event_and_close_still_returns(audio, 
     assert stt.queued_bytes == 0
 
 
-def test_committed_model_files_are_the_generator_output(tmp_path):
-    """receptionist.lm/.dict are build.py's output: edit the lists there and rebuild."""
-    from sipagent.providers.receptionist_lm import build
-
-    unigrams, higher = build.estimate(build.corpus())
-    build.write_arpa(tmp_path / "receptionist.lm", unigrams, higher)
-    build.write_dict(tmp_path / "receptionist.dict", unigrams.keys(), build.cmudict_path())
-    for name in ("receptionist.lm", "receptionist.dict"):
-        assert (tmp_path / name).read_bytes() == (build.HERE / name).read_bytes(), (
-            f"{name} is stale: run python -m sipagent.providers.receptionist_lm.build"
-        )
-
-
-def test_language_model_is_normalised():
-    """Interpolated absolute discounting written in back-off form sums to one per history."""
-    from sipagent.providers.receptionist_lm import build
-
-    unigrams, (bigrams, trigrams) = build.estimate(build.corpus())
-    vocab = list(unigrams)
-
-    def p2(h: str, w: str) -> float:
-        return bigrams["probs"].get((h, w), bigrams["bows"].get(h, 1.0) * unigrams[w])
-
-    def p3(u: str, v: str, w: str) -> float:
-        if (u, v, w) in trigrams["probs"]:
-            return trigrams["probs"][(u, v, w)]
-        return trigrams["bows"].get((u, v), 1.0) * p2(v, w)
-
-    assert sum(unigrams.values()) == pytest.approx(1.0)
-    for h in ("<s>", "book", "five", "tuesday"):
-        assert sum(p2(h, w) for w in vocab) == pytest.approx(1.0)
-    for u, v in (("<s>", "i'd"), ("like", "to"), ("five", "five")):
-        assert sum(p3(u, v, w) for w in vocab) == pytest.approx(1.0)
-
-
 async def test_concurrent_calls_in_real_time_keep_the_loop_responsive(audio):
     """Three calls' audio paced like RTP (20 ms frames every 20 ms), decoded side by side."""
     text = SENTENCES[0][0]

@@ -12,7 +12,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from peerlib.audio import (
+
+from tests.kit.peerlib.audio import (
     FRAME_BYTES,
     read_wav_pcm16,
     rms,
@@ -20,7 +21,7 @@ from peerlib.audio import (
     wav_info,
     wav_ulaw_bytes,
 )
-from peerlib.capture import (
+from tests.kit.peerlib.capture import (
     LINKTYPE_EN10MB,
     Datagram,
     read_udp_datagrams,
@@ -31,8 +32,8 @@ from peerlib.capture import (
     write_dtmf_pcap,
     write_udp_pcap,
 )
-from peerlib.common import LOOPBACK, free_udp_port
-from peerlib.kamailio import parse_ul_dump
+from tests.kit.peerlib.common import LOOPBACK, free_udp_port
+from tests.kit.peerlib.kamailio import parse_ul_dump
 
 # --------------------------------------------------------------------------------------------
 # pure-Python parts (no peers needed)

@@ -1,7 +1,7 @@
 """DeepgramSpeechToText through the real deepgram-sdk against the fake live-transcription server.
 
 Nothing in the SDK is mocked: the provider opens a real websocket (the SDK's own connect path,
-headers and query encoding) to `tests/fakes/deepgram_server.py`, which parses what it receives
+headers and query encoding) to `tests/kit/fakes/deepgram_server.py`, which parses what it receives
 and answers in Deepgram's wire format. Audio is paced like the media path paces it (20 ms
 frames on an absolute schedule). Tests with real speech (espeak-ng + sox) are marked `peers`;
 the rest use tones, which the fake's energy VAD hears as speech just the same.
@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from fakes.deepgram_server import FakeDeepgramServer, frame_is_speech
-from peerlib.audio import CALLER_TEXT, AudioLibrary, pcm16_to_ulaw, tone_pcm16
 
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 from sipagent.providers.deepgram_stt import DeepgramSpeechToText
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer, frame_is_speech
+from tests.kit.peerlib.audio import CALLER_TEXT, AudioLibrary, pcm16_to_ulaw, tone_pcm16
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
 RATE = 8000

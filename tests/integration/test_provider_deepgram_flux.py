@@ -10,12 +10,12 @@ import asyncio
 import functools
 
 import pytest
-from fakes.deepgram_server import FakeDeepgramServer
 from test_provider_deepgram import RATE, is_word_prefix, silence, stream, tone
 from test_provider_deepgram import running as deepgram_running
 
 from sipagent.providers.base import ProviderError, SttEventKind
 from sipagent.providers.deepgram_flux_stt import DeepgramFluxSpeechToText
+from tests.kit.fakes.deepgram_server import FakeDeepgramServer
 
 running = functools.partial(deepgram_running, provider=DeepgramFluxSpeechToText)
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from elevenlabs import VoiceSettings
-from fakes.elevenlabs_server import (
+
+from sipagent.providers.base import ProviderError
+from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
+from tests.kit.fakes.elevenlabs_server import (
     FakeElevenLabsServer,
     audio_duration_ms,
     expected_audio,
 )
-
-from sipagent.providers.base import ProviderError
-from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 
 VOICE = "21m00Tcm4TlvDq8ikWAM"
 SENTENCE = "Thanks for calling Bright Smile Dental, how can I help you today?"

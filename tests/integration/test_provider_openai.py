@@ -13,17 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakes.openai_server import (
+from openai import AsyncOpenAI
+
+from sipagent.providers.base import LlmChunk, ProviderError
+from sipagent.providers.openai_llm import OpenAILanguageModel
+from tests.kit.fakes.openai_server import (
     FakeOpenAIServer,
     FakeToolCall,
     Reply,
     iter_chunk_text,
     plan_deltas,
 )
-from openai import AsyncOpenAI
-
-from sipagent.providers.base import LlmChunk, ProviderError
-from sipagent.providers.openai_llm import OpenAILanguageModel
 
 USER = [{"role": "user", "content": "Hi, I'd like to book a cleaning."}]
 TOOLS: list[dict[str, Any]] = [

@@ -6,10 +6,10 @@ import asyncio
 import socket
 
 import pytest
-from agentlib import running_agent, sipp_pattern_call, wait_until
 from test_agent_calls import assert_same_frames, recording
 
 from sipagent.media.rtp import RtpPacket, build_rtp
+from tests.kit.agentlib import running_agent, sipp_pattern_call, wait_until
 
 pytestmark = [pytest.mark.peers]
 

@@ -2,7 +2,7 @@
 
 Fresh mutations are sent one by one to a SipEndpoint (echo app) on loopback for
 SIP_FUZZ_SECONDS (default 15), each followed by an OPTIONS from a fresh socket: every
-other one a mutation of a valid INVITE/OPTIONS/BYE/ACK/CANCEL/REGISTER (tests/hostile_input.py
+other one a mutation of a valid INVITE/OPTIONS/BYE/ACK/CANCEL/REGISTER (tests/kit/hostile_input.py
 `fuzzed_sip_message`), the others requests inside a call the run set up itself (re-INVITEs with
 broken SDP, hostile hosts, hold; INFO, NOTIFY, BYE, CANCEL, ACK, UPDATE, REFER:
 `in_dialog_message`). No exception may escape (no log record with a traceback, no asyncio fatal
@@ -20,9 +20,9 @@ import dataclasses
 import os
 import random
 
-from hostile_input import Dialog, SipCase, fuzzed_sip_message, in_dialog_message
-from peerlib.sip_blaster import CorpusSender, judge, peer_host
-from sip_inprocess import (
+from tests.kit.hostile_input import Dialog, SipCase, fuzzed_sip_message, in_dialog_message
+from tests.kit.peerlib.sip_blaster import CorpusSender, judge, peer_host
+from tests.kit.sip_inprocess import (
     catching_errors,
     echo_agent,
     hang_up_all,

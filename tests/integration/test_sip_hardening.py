@@ -8,9 +8,9 @@ import asyncio
 import socket
 
 import pytest
-from agentlib import MiniUac, drain, request, running_agent, sdp, wait_until
 
 from sipagent.sip.call import CallState
+from tests.kit.agentlib import MiniUac, drain, request, running_agent, sdp, wait_until
 
 
 def options(uac: MiniUac, agent_port: int, *, via: str = "", call_id: str = "opt-1",
@@ -119,9 +119,7 @@ def invite(uac: MiniUac, agent_port: int, body: str, *, call_id: str,
            content_type: str = "application/sdp", extra: str = "") -> str:  # fmt: skip
     message = request("INVITE", uac, agent_port, cseq=1, sdp=body, call_id=call_id,
                       branch=f"z9hG4bK{call_id}")  # fmt: skip
-    message = message.replace(
-        "Content-Type: application/sdp", f"Content-Type: {content_type}", 1
-    )
+    message = message.replace("Content-Type: application/sdp", f"Content-Type: {content_type}", 1)
     return message.replace("Max-Forwards: 70\n", f"Max-Forwards: 70\n{extra}", 1)
 
 

@@ -7,7 +7,7 @@ of its own (a fresh peer: the agent's per-source INVITE limits, which the fuzz t
 must not decide their answer), each followed by a probe; then the 1,084 fuzzed ones at 400
 messages/s from one socket, a probe every 50. Then: the live call kept its echo to the end and its
 BYE was answered, the agent's log has no traceback, and every classified message (RFC 4475 and
-legal-unusual) got the answer tests/sip_corpus.py says the RFC asks for. Failures are listed per
+legal-unusual) got the answer tests/kit/sip_corpus.py says the RFC asks for. Failures are listed per
 message name.
 """
 
@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from agentlib import free_sip_port, rtp_range
-from peerlib.common import wait_udp_bound
-from peerlib.sip_blaster import (
+
+from tests.kit.agentlib import free_sip_port, rtp_range
+from tests.kit.peerlib.common import wait_udp_bound
+from tests.kit.peerlib.sip_blaster import (
     BlastReport,
     CorpusSender,
     echo_check,
@@ -30,7 +31,7 @@ from peerlib.sip_blaster import (
     probe_options,
     tracebacks,
 )
-from sip_corpus import addressed, full_corpus
+from tests.kit.sip_corpus import addressed, full_corpus
 
 pytestmark = [pytest.mark.peers]
 

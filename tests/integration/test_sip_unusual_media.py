@@ -1,5 +1,5 @@
 """Issue 9: a legal dynamic payload type for PCMU (`a=rtpmap:96 PCMU/8000`) must not only be
-answered 200 (tests/sip_corpus.py checks that) but work: the echo comes back, as PT 96."""
+answered 200 (tests/kit/sip_corpus.py checks that) but work: the echo comes back, as PT 96."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 import socket
 import struct
 
-from agentlib import drain
-from hostile_input import build_request, build_sdp
-from peerlib.sip_blaster import CorpusSender
-from sip_inprocess import echo_agent, hang_up_all
+from tests.kit.agentlib import drain
+from tests.kit.hostile_input import build_request, build_sdp
+from tests.kit.peerlib.sip_blaster import CorpusSender
+from tests.kit.sip_inprocess import echo_agent, hang_up_all
 
 FRAMES = 100
 

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from agentlib import running_agent, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipagent.conversation.barge_in import BargeInAction, BargeInEvent
@@ -30,6 +29,7 @@ from sipagent.observability import AgentMetrics, Redactor, stage_latencies, star
 from sipagent.observability.status import StatusServer
 from sipagent.sip.call import CallState
 from sipagent.sip.endpoint import SipEndpoint
+from tests.kit.agentlib import running_agent, wait_until
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""SqlBookingStore on SQLite and on a real PostgreSQL (started by tests/pglib.py): no double
+"""SqlBookingStore on SQLite and on a real PostgreSQL (started by tests/kit/pglib.py): no double
 booking under concurrency from one engine, several engines and several OS processes;
 overlaps; cancel; atomic reschedule; time zones across DST; the receptionist's tools on top.
 """
@@ -30,7 +30,7 @@ from sipagent.storage import (
 )
 from sipagent.tools.receptionist import ReceptionistTools
 
-pytest_plugins = ["pglib"]
+pytest_plugins = ["tests.kit.pglib"]
 
 NY = ZoneInfo("America/New_York")
 TUESDAY_10 = datetime(2026, 12, 1, 10, 0, tzinfo=NY)

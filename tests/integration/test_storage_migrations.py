@@ -1,4 +1,4 @@
-"""The Alembic environment on SQLite and on a real PostgreSQL (tests/pglib.py): round trip,
+"""The Alembic environment on SQLite and on a real PostgreSQL (tests/kit/pglib.py): round trip,
 schema == models, concurrent upgrades from several agents, the `alembic` command line."""
 
 import os
@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text
 from sipagent.storage import current_revision, downgrade, make_engine, upgrade
 from sipagent.storage.models import Base
 
-pytest_plugins = ["pglib"]
+pytest_plugins = ["tests.kit.pglib"]
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"calls", "turns", "appointments", "appointment_slots"}

@@ -16,8 +16,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fakes.elevenlabs_server import FakeElevenLabsServer
-from fakes.openai_server import history_error
 
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import InMemoryBookingStore
@@ -33,6 +31,8 @@ from sipagent.conversation.session import (
 from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
 from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 from sipagent.tools.receptionist import ReceptionistTools
+from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer
+from tests.kit.fakes.openai_server import history_error
 
 
 class MemoryCall:

@@ -9,14 +9,6 @@ from typing import Any
 
 import pytest
 from deepgram.core.unchecked_base_model import construct_type
-from fakes.deepgram_server import (
-    FRAME_BYTES,
-    ListenParams,
-    Recogniser,
-    TranscriptScript,
-    parse_listen_params,
-)
-from peerlib.audio import pcm16_to_ulaw, tone_pcm16
 
 from sipagent.providers.base import SttEvent, SttEventKind
 from sipagent.providers.deepgram_stt import (
@@ -24,6 +16,14 @@ from sipagent.providers.deepgram_stt import (
     ReplayBuffer,
     events_from_message,
 )
+from tests.kit.fakes.deepgram_server import (
+    FRAME_BYTES,
+    ListenParams,
+    Recogniser,
+    TranscriptScript,
+    parse_listen_params,
+)
+from tests.kit.peerlib.audio import pcm16_to_ulaw, tone_pcm16
 
 # ---------------------------------------------------------------------------------------------
 # ReplayBuffer

@@ -1,8 +1,7 @@
 """Every hostile SIP datagram is either rejected with SipMessageError or parses cleanly."""
 
-from hostile_input import hostile_sip_messages
-
 from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
+from tests.kit.hostile_input import hostile_sip_messages
 
 
 def test_corpus_is_large_and_varied():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hostile_input import SipCase, legal_unusual_messages
-from sip_corpus import CORPUS_SIZE, RFC4475, addressed, full_corpus, is_response
 
 from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
+from tests.kit.hostile_input import SipCase, legal_unusual_messages
+from tests.kit.sip_corpus import CORPUS_SIZE, RFC4475, addressed, full_corpus, is_response
 
 CORPUS = full_corpus()
 AGENT, SENDER = ("127.0.0.1", 5060), ("127.0.0.1", 40000)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 LOOPBACK = "127.0.0.1"
-PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
+PEERS_DIR = Path(__file__).resolve().parents[2] / "peers"
 
 # binary -> Debian package that provides it
 REQUIRED_BINARIES: dict[str, str] = {

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import HttpFakeServer, client_port
+from tests.kit.fakes.loopback import HttpFakeServer, client_port
 
 SAMPLE_RATE = 8000
 MS_PER_CHAR = 55

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakes.loopback import HttpFakeServer, client_port
+from tests.kit.fakes.loopback import HttpFakeServer, client_port
 
 # Argument fragments are cut to these lengths in turn: small and irregular, so cuts land
 # mid-key, mid-string and between a backslash and what it escapes, as real streams do.

@@ -7,7 +7,7 @@ Nothing touches the machine's own clusters (Debian's pg_ctlcluster, /var/lib/pos
 Use as a pytest plugin from a test module (one server for the whole session, however many
 modules ask for it)::
 
-    pytest_plugins = ["pglib"]
+    pytest_plugins = ["tests.kit.pglib"]
 
     @pytest.mark.peers
     def test_something(postgres_url: str) -> None: ...  # a fresh, empty database per test

@@ -215,7 +215,7 @@ def hostile_rtp_datagrams(seed: int = 3550, count: int = 300) -> list[bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # Issue 9: legal-but-unusual messages (each with the answer RFC 3261 asks for) and a seeded
-# mutation fuzzer. `tests/sip_corpus.py` puts them together with the RFC 4475 messages.
+# mutation fuzzer. `tests/kit/sip_corpus.py` puts them together with the RFC 4475 messages.
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from fakes.loopback import LoopbackServer
+from tests.kit.fakes.loopback import LoopbackServer
 
 with warnings.catch_warnings():
     # stdlib audioop warns on import on 3.11/3.12 (audioop-lts replaces it on >= 3.13); the

@@ -37,7 +37,7 @@ OWN_BRANCHES = ("z9hG4bKcorpus-ack", "z9hG4bKcorpus-bye")  # the sender's own AC
 
 
 class Case(Protocol):
-    """What the sender needs of a corpus message (tests/hostile_input.py SipCase)."""
+    """What the sender needs of a corpus message (tests/kit/hostile_input.py SipCase)."""
 
     name: str
     data: bytes
@@ -119,8 +119,11 @@ class BlastReport:
                 )
                 break
             problem = judge(case, self.answers.get(index, []))
-            if problem and dead_after is not None and index > last_alive and (
-                problem.startswith("no final response")
+            if (
+                problem
+                and dead_after is not None
+                and index > last_alive
+                and (problem.startswith("no final response"))
             ):
                 unanswered_in_window.append(case.name)  # the killer, or killed by it
             elif problem:
@@ -129,7 +132,7 @@ class BlastReport:
             out["(SIP died in this window)"] = (
                 f"{len(unanswered_in_window)} unanswered between messages {last_alive + 1} and "
                 f"{dead_after} ({unanswered_in_window[0]} .. {unanswered_in_window[-1]}): the "
-                "killer is among them, tests/sip_inprocess.py names it"
+                "killer is among them, tests/kit/sip_inprocess.py names it"
             )
         return out
 

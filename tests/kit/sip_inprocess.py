@@ -7,8 +7,8 @@ charged to the message just sent. A dead transport is charged the same way and t
 started again, so one killer does not hide the rest. Used by the time-boxed mutation test and,
 run as a script, to list every failure of the corpus:
 
-    PYTHONPATH=. python tests/sip_inprocess.py            # the 1,194 messages
-    PYTHONPATH=. python tests/sip_inprocess.py 12         # ... with fuzz seed 12
+    python -m tests.kit.sip_inprocess            # the 1,194 messages
+    python -m tests.kit.sip_inprocess 12         # ... with fuzz seed 12
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from agentlib import running_agent
-from hostile_input import SDP_PCMU, Dialog, SipCase, build_request
-from peerlib.sip_blaster import CorpusSender, judge, peer_host, probe_options
-from sip_corpus import FUZZ_SEED, addressed, full_corpus
-
 from sipagent.sip.endpoint import SipEndpoint
+from tests.kit.agentlib import running_agent
+from tests.kit.hostile_input import SDP_PCMU, Dialog, SipCase, build_request
+from tests.kit.peerlib.sip_blaster import CorpusSender, judge, peer_host, probe_options
+from tests.kit.sip_corpus import FUZZ_SEED, addressed, full_corpus
 
 
 class ErrorLog(logging.Handler):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hostile_input import SipCase, fuzzed_sip_messages, legal_unusual_messages
+from tests.kit.hostile_input import SipCase, fuzzed_sip_messages, legal_unusual_messages
 
-RFC4475_DIR = Path(__file__).resolve().parent / "data" / "sip_torture" / "rfc4475"
+RFC4475_DIR = Path(__file__).resolve().parents[1] / "data" / "sip_torture" / "rfc4475"
 CORPUS_SIZE = 1194
 FUZZ_SEED = 9
 

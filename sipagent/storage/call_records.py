@@ -1,0 +1,250 @@
+"""SQL-backed call recorder: calls and their turns, written for the conversation engine.
+
+Every write runs in a worker thread (`asyncio.to_thread`) inside one short transaction, so the
+event loop that paces RTP never waits on a disk or a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import sessionmaker
+
+from sipagent.storage.database import WRITE_OPTIONS
+from sipagent.storage.models import CallRecord, TurnRecord, timings_to_ms
+from sipagent.storage.transactions import link_bookings_to_call, run_with_retries
+from sipagent.storage.types import utcnow
+
+log = logging.getLogger("sipagent.storage")
+
+
+class TurnLike(Protocol):
+    """What `sipagent.conversation.session.Turn` offers (duck-typed: storage does not
+    import the conversation engine)."""
+
+    role: str
+    text: str
+    heard_text: str | None
+    interrupted: bool
+    at: float
+
+    @property
+    def timings(self) -> Any: ...  # TurnTimings: `.as_dict()` of loop.time() stamps
+
+
+_CALLER = re.compile(r"sips?:([^@;>]+)@", re.IGNORECASE)
+
+
+def caller_number_from_uri(uri: str) -> str | None:
+    """The phone number in a From URI/header ('"Ann" <sip:+15551234567@pbx>;tag=1' ->
+    '+15551234567'), or None when the user part is not a number (e.g. 'sip:alice@host')."""
+    match = _CALLER.search(uri)
+    if not match:
+        return None
+    user = re.sub(r"[\s().-]", "", match.group(1))
+    return user if re.fullmatch(r"\+?\d{3,15}", user) else None
+
+
+def _instant(value: datetime | float | None) -> datetime | None:
+    """Epoch seconds (`time.time()`, as `Call` stores them) or a datetime -> aware UTC.
+    A naive datetime is taken as local time, as Python's own `astimezone()` does."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+@dataclass(slots=True)
+class _CallQueue:
+    lock: asyncio.Lock
+    users: int = 0
+
+
+class CallRecorder:
+    """Writes calls and their turns for the conversation engine.
+
+    Never raises into the call: every `record_*` returns True when written and False (after
+    logging why) when not. Writes for one call are applied in the order the coroutines were
+    started, even when the engine fires them as tasks without awaiting (`spawn`), so a turn
+    never races ahead of its call's row. A turn whose call row is missing (its start failed
+    to record) is dropped with a warning.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write = sessionmaker(
+            engine.execution_options(**WRITE_OPTIONS), expire_on_commit=False
+        )
+        self._queues: dict[str, _CallQueue] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    # -- async API ------------------------------------------------------------------------------
+    async def record_call_start(
+        self,
+        sip_call_id: str,
+        *,
+        from_uri: str = "",
+        to_uri: str = "",
+        caller_number: str | None = None,
+        started_at: datetime | float | None = None,
+        answered_at: datetime | float | None = None,
+        recording_path: str | None = None,
+        offline_mode: bool = False,
+    ) -> bool:
+        """Insert (or, when already there, update) the call row. `started_at` etc. take
+        `Call`'s epoch floats or aware datetimes; `caller_number` defaults to the number in
+        `from_uri`. Appointments booked under this Call-ID before the row existed are linked."""
+
+        def operation() -> bool:
+            fields: dict[str, Any] = {
+                "from_uri": from_uri,
+                "to_uri": to_uri,
+                "caller_number": caller_number or caller_number_from_uri(from_uri),
+                "started_at": _instant(started_at) or utcnow(),
+                "answered_at": _instant(answered_at),
+                "recording_path": recording_path,
+                "offline_mode": offline_mode,
+            }
+            return self._start(sip_call_id, fields)
+
+        return await self._run("call start", sip_call_id, operation)
+
+    async def record_turn(self, sip_call_id: str, index: int, turn: TurnLike) -> bool:
+        """Store turn number `index` (0-based, in call order) of the call; re-recording the
+        same index overwrites it (so a retry never duplicates)."""
+
+        def operation() -> bool:
+            stamps: Mapping[str, float | None] = turn.timings.as_dict() if turn.timings else {}
+            fields: dict[str, Any] = {
+                "role": turn.role,
+                "text": turn.text,
+                "heard_text": turn.heard_text,
+                "interrupted": bool(turn.interrupted),
+                "created_at": _instant(turn.at) or utcnow(),
+                **timings_to_ms(stamps),
+            }
+            return self._turn(sip_call_id, index, fields)
+
+        return await self._run(f"turn {index}", sip_call_id, operation)
+
+    async def record_call_end(
+        self,
+        sip_call_id: str,
+        *,
+        ended_at: datetime | float | None = None,
+        end_reason: str = "",
+        answered_at: datetime | float | None = None,
+        recording_path: str | None = None,
+    ) -> bool:
+        """Close the call row (fields left None are not overwritten, except ended_at, which
+        defaults to now)."""
+
+        def operation() -> bool:
+            fields: dict[str, Any] = {
+                "ended_at": _instant(ended_at) or utcnow(),
+                "end_reason": end_reason,
+            }
+            if answered_at is not None:
+                fields["answered_at"] = _instant(answered_at)
+            if recording_path is not None:
+                fields["recording_path"] = recording_path
+            return self._end(sip_call_id, fields)
+
+        return await self._run("call end", sip_call_id, operation)
+
+    def spawn(self, record: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        """Run a `record_*` coroutine in the background (the call does not wait for the
+        database); the task is kept referenced until done. `drain()` awaits them all."""
+        task = asyncio.get_running_loop().create_task(record)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for every spawned write (at shutdown, or in tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- ordering and error containment ---------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _in_call_order(self, sip_call_id: str) -> AsyncIterator[None]:
+        # Registered before the first await: coroutines started in order queue on the lock
+        # in that order (asyncio.Lock wakes waiters first-in, first-out).
+        queue = self._queues.get(sip_call_id)
+        if queue is None:
+            queue = self._queues[sip_call_id] = _CallQueue(asyncio.Lock())
+        queue.users += 1
+        try:
+            async with queue.lock:
+                yield
+        finally:
+            queue.users -= 1
+            if queue.users == 0:
+                self._queues.pop(sip_call_id, None)
+
+    async def _run(self, what: str, sip_call_id: str, operation: Callable[[], bool]) -> bool:
+        """Run `operation` (which also converts the arguments, so a bad value is contained
+        too) as one retried transaction in a worker thread, in call order."""
+        try:
+            async with self._in_call_order(sip_call_id):
+                return await asyncio.to_thread(run_with_retries, operation)
+        except Exception:  # a lost record must never take the call down
+            log.exception("could not record %s of call %s", what, sip_call_id)
+            return False
+
+    # -- worker-thread side ----------------------------------------------------------------------
+    def _start(self, sip_call_id: str, fields: dict[str, Any]) -> bool:
+        with self._write.begin() as session:
+            record = session.scalar(select(CallRecord).where(CallRecord.sip_call_id == sip_call_id))
+            if record is None:
+                record = CallRecord(sip_call_id=sip_call_id, end_reason="", **fields)
+                session.add(record)
+            else:
+                for name, value in fields.items():
+                    if value is not None:
+                        setattr(record, name, value)
+        # After the commit, in its own transaction: see link_bookings_to_call for why. (A
+        # failure here re-runs the whole, idempotent, start under run_with_retries.)
+        with self._write.begin() as session:
+            link_bookings_to_call(session, sip_call_id)
+        return True
+
+    def _turn(self, sip_call_id: str, index: int, fields: dict[str, Any]) -> bool:
+        with self._write.begin() as session:
+            call_pk = session.scalar(
+                select(CallRecord.id).where(CallRecord.sip_call_id == sip_call_id)
+            )
+            if call_pk is None:
+                log.warning("turn %d of unrecorded call %s dropped", index, sip_call_id)
+                return False
+            record = session.scalar(
+                select(TurnRecord).where(TurnRecord.call_id == call_pk, TurnRecord.index == index)
+            )
+            if record is None:
+                session.add(TurnRecord(call_id=call_pk, index=index, **fields))
+            else:
+                for name, value in fields.items():
+                    setattr(record, name, value)
+        return True
+
+    def _end(self, sip_call_id: str, fields: dict[str, Any]) -> bool:
+        with self._write.begin() as session:
+            changed = session.execute(
+                update(CallRecord)
+                .where(CallRecord.sip_call_id == sip_call_id)
+                .values(**fields)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(changed, "rowcount", 0) != 1:
+                log.warning("end of unrecorded call %s dropped", sip_call_id)
+                return False
+        return True

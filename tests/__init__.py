@@ -1,0 +1,1 @@
+"""The test suite; `tests.kit` is what tests and benchmarks share (fakes, peers, helpers)."""
