@@ -26,7 +26,8 @@ from sipagent.cli import service_checks
 from sipagent.cli.checks import Check, Status
 from sipagent.cli.options import bind_problem, settings_options
 from sipagent.config import AgentSettings, HostPort, parse_host_port
-from sipagent.sip.pyvoip_adapter import AgentSIPClient, AgentSIPMessage
+from sipagent.sip.factory import MessageFactory
+from sipagent.sip.message import SipMessage
 from sipagent.sip.uri import header_params
 
 REGISTRAR_TIMEOUT = 2.0  # seconds for any SIP answer to our OPTIONS
@@ -160,12 +161,12 @@ class _OptionsProbe(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.branch = ""  # known once the socket is bound: the Via carries its port
-        self.answer: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
+        self.answer: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
         self.last_error: Exception | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         try:
-            message = AgentSIPMessage(data, (str(addr[0]), int(addr[1])))
+            message = SipMessage(data, (str(addr[0]), int(addr[1])))
         except Exception:
             return  # not SIP, or not for us: keep waiting
         if (
@@ -213,7 +214,7 @@ async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TI
     try:
         local_port = int(transport.get_extra_info("sockname")[1])
         try:
-            client = AgentSIPClient(
+            client = MessageFactory(
                 user=settings.user,
                 password="",
                 auth_user=settings.auth_user,
@@ -225,7 +226,7 @@ async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TI
         except ValueError as error:
             return Check("registrar", Status.FAIL, f"cannot build OPTIONS: {error}", fix)
         host_part = f"[{server.host}]" if ":" in server.host else server.host
-        options = client.gen_options_request(f"sip:{host_part}:{server.port}")
+        options = client.options_request(f"sip:{host_part}:{server.port}")
         probe.branch = options.branch
         started = loop.time()
         interval = T1
@@ -267,7 +268,7 @@ async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TI
 def _registrar_answer(
     settings: AgentSettings,
     server: HostPort,
-    answer: AgentSIPMessage,
+    answer: SipMessage,
     elapsed_ms: float,
     local_port: int,
 ) -> Check:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, DialogState
+from sipagent.sip.dialog import DialogState
+from sipagent.sip.message import SipMessage
 from sipagent.sip.sdp import NegotiatedMedia
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class CallState(StrEnum):
 class ServerInviteTransaction:
     """The INVITE we are answering: its last response, resent on retransmitted INVITEs."""
 
-    request: AgentSIPMessage
+    request: SipMessage
     branch: str  # the INVITE's transaction key (RFC 3261 17.2.3: branch and sent-by)
     last_response: bytes = b""
     retransmit_task: asyncio.Task[None] | None = None

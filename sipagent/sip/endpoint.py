@@ -1,6 +1,6 @@
 """The asyncio SIP user agent: one UDP socket, registration, inbound calls, in-dialog requests.
 
-Replaces pyVoIP's receive thread and blocking pacing (see pyvoip_adapter D2, D5): everything
+Replaces pyVoIP's receive thread and blocking pacing (see pyvoip_compat D2, D5): everything
 runs on the event loop, every datagram is handled to completion or logged and dropped.
 """
 
@@ -28,13 +28,8 @@ from sipagent.media.source import validate_remote
 from sipagent.sip.admission import AdmissionLimits, InviteAdmission
 from sipagent.sip.call import Call, CallState, ServerInviteTransaction
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
-from sipagent.sip.pyvoip_adapter import (
-    ALLOWED_METHODS,
-    AgentSIPClient,
-    AgentSIPMessage,
-    OutgoingRequest,
-    SipMessageError,
-)
+from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
+from sipagent.sip.message import OutgoingRequest, SipMessage, SipMessageError
 from sipagent.sip.registration import RegistrationPolicy, RegistrationState, granted_expires
 from sipagent.sip.resolver import HostResolver
 from sipagent.sip.sdp import (
@@ -84,7 +79,7 @@ def _usable(media: NegotiatedMedia) -> NegotiatedMedia:
     return media
 
 
-def _caller_name(request: AgentSIPMessage) -> str:
+def _caller_name(request: SipMessage) -> str:
     """The caller's number or user (sip:user@host, tel:+1555...), for logs and records."""
     uri = request.from_addr.uri if request.from_addr else ""
     scheme, _, rest = uri.partition(":")
@@ -100,7 +95,7 @@ def _warning(text: str) -> str:
     return f'Warning: 399 sipagent "{safe[:120]}"\r\n'
 
 
-def _option_values(request: AgentSIPMessage, name: str) -> list[str]:
+def _option_values(request: SipMessage, name: str) -> list[str]:
     return [
         item.strip() for value in request.values(name) for item in value.split(",") if item.strip()
     ]
@@ -161,11 +156,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.calls: dict[str, Call] = {}
         self.ended_calls: list[Call] = []
         self.dropped: Counter[str] = Counter()
-        self.client: AgentSIPClient | None = None
+        self.messages: MessageFactory | None = None
         self.registration: RegistrationPolicy | None = None
-        self._pending: dict[str, asyncio.Future[AgentSIPMessage]] = {}
+        self._pending: dict[str, asyncio.Future[SipMessage]] = {}
         self._error_transactions: dict[str, ServerInviteTransaction] = {}
-        self._invite_responses: dict[str, asyncio.Queue[AgentSIPMessage]] = {}
+        self._invite_responses: dict[str, asyncio.Queue[SipMessage]] = {}
         self._answer_acks: dict[str, tuple[bytes, tuple[str, int]]] = {}  # re-ACK 2xx repeats
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
@@ -207,7 +202,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._bound_address = (bind.host, port)
         advertised = self.settings.advertised_ip
         server = self.settings.server_address
-        self.client = AgentSIPClient(
+        self.messages = MessageFactory(
             user=self.settings.user,
             password=self.settings.password.get_secret_value(),
             auth_user=self.settings.auth_user,
@@ -226,7 +221,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self.registration = RegistrationPolicy(
                 self.settings.register_expires,
                 registrar=str(server),
-                contact=self.client.contact,
+                contact=self.messages.contact,
             )
             self._register_task = asyncio.create_task(self._registration_loop())
         else:
@@ -320,7 +315,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF) or padding
         try:
-            message = AgentSIPMessage(data, source)
+            message = SipMessage(data, source)
         except SipMessageError as error:
             self.dropped[error.kind] += 1
             log.warning("dropped malformed SIP from %s:%d: %s", *source, error)
@@ -355,14 +350,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         transport.sendto(data, destination)
 
-    def _respond(self, request: AgentSIPMessage, status_code: int, **kwargs: Any) -> bytes:
-        assert self.client is not None
-        response = self.client.gen_response(request, status_code, **kwargs)
-        self._send(response, self.client.response_destination(request))
+    def _respond(self, request: SipMessage, status_code: int, **kwargs: Any) -> bytes:
+        assert self.messages is not None
+        response = self.messages.response(request, status_code, **kwargs)
+        self._send(response, request.response_destination)
         return response
 
     # -- client transactions ----------------------------------------------------------------
-    def _handle_response(self, response: AgentSIPMessage) -> None:
+    def _handle_response(self, response: SipMessage) -> None:
         invite_queue = self._invite_responses.get(response.top_via_branch)
         if invite_queue is not None:
             invite_queue.put_nowait(response)
@@ -386,11 +381,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         *,
         timeout: float = TIMER_B,
         max_interval: float = T2,
-    ) -> AgentSIPMessage:
+    ) -> SipMessage:
         """Non-INVITE client transaction (RFC 3261 17.1.2): retransmit until a final response.
         A host name in `destination` is resolved first, off the loop (UriError if it fails)."""
         destination = await self.resolver.resolve(*destination)
-        future: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
         self._pending[outgoing.branch] = future
         deadline = time.monotonic() + timeout
         interval = T1
@@ -413,12 +408,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         assert server is not None
         return server.host, server.port
 
-    async def _register_once(self, expires: int, *, query: bool = False) -> AgentSIPMessage:
+    async def _register_once(self, expires: int, *, query: bool = False) -> SipMessage:
         """REGISTER (or a binding query), answering up to two digest challenges (401/407)."""
-        assert self.client is not None
+        assert self.messages is not None
         challenges: dict[str, DigestChallenge] = {}
         for _ in range(3):
-            outgoing = self.client.gen_register_request(
+            outgoing = self.messages.register_request(
                 expires, tuple(challenges.values()), query=query
             )
             response = await self.request(
@@ -441,18 +436,18 @@ class SipEndpoint(asyncio.DatagramProtocol):
             challenges[header] = challenge
         return response
 
-    def _note_seen_from(self, response: AgentSIPMessage) -> None:
+    def _note_seen_from(self, response: SipMessage) -> None:
         """NAT diagnostics: the registrar's view of our address, from our Via (RFC 3581)."""
         if self.registration is None:
             return
         vias = response.values("Via")
         params = header_params(vias[0]) if vias else {}
         if params.get("received") or params.get("rport"):
-            host = params.get("received") or self.client.myIP if self.client else ""
+            host = params.get("received") or self.messages.advertised_ip if self.messages else ""
             self.registration.status.seen_from = f"{host}:{params.get('rport') or '?'}"
 
     async def _registration_loop(self) -> None:
-        assert self.registration is not None and self.client is not None
+        assert self.registration is not None and self.messages is not None
         policy = self.registration
         loop = asyncio.get_running_loop()
         while True:
@@ -465,7 +460,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 await asyncio.sleep(delay)
                 continue
             if 200 <= response.status_code < 300:
-                our_uri = name_addr_uri(self.client.contact)
+                our_uri = name_addr_uri(self.messages.contact)
                 granted = granted_expires(
                     response.values("Contact"),
                     response.first("Expires"),
@@ -476,7 +471,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     await asyncio.sleep(policy.rejected(500, "registrar granted no lifetime"))
                     continue
                 refresh_at = loop.time() + policy.registered(loop.time(), granted)
-                self._log_registration_change(f"registered as {self.client.aor} for {granted} s")
+                self._log_registration_change(f"registered as {self.messages.aor} for {granted} s")
                 await self._watch_binding(refresh_at)
                 self._log_registration_change()
             elif response.status_code == 423 and (response.first("Min-Expires") or "").isdigit():
@@ -512,7 +507,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         without Contact, RFC 3261 10.2.3), every few seconds: if our contact is no longer
         listed (another UA on an AOR with max_contacts=1 replaced it), we register again.
         """
-        assert self.registration is not None and self.client is not None
+        assert self.registration is not None and self.messages is not None
         loop = asyncio.get_running_loop()
         interval = self.settings.keepalive_interval
         first_probe = True
@@ -525,7 +520,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 if not await self._binding_listed():
                     return
                 continue
-            probe = self.client.gen_options_request(self.client.aor)
+            probe = self.messages.options_request(self.messages.aor)
             try:
                 answer = await self.request(
                     probe, self.registrar_destination, timeout=max(2.0, interval), max_interval=1.0
@@ -555,7 +550,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     async def _binding_listed(self) -> bool:
         """A binding query: False (and the registration marked lost) when our contact is gone
         or the registrar does not answer."""
-        assert self.registration is not None and self.client is not None
+        assert self.registration is not None and self.messages is not None
         try:
             answer = await self._register_once(0, query=True)
         except (TransactionTimeout, UriError) as error:
@@ -563,7 +558,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return False
         if not 200 <= answer.status_code < 300:
             return True  # no query support: nothing learned, keep the refresh schedule
-        ours = name_addr_uri(self.client.contact)
+        ours = name_addr_uri(self.messages.contact)
         listed = []
         for value in answer.values("Contact"):
             with contextlib.suppress(UriError):
@@ -571,12 +566,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if ours in listed:
             return True
         log.warning("our contact is no longer bound to %s (now: %s): registering again",
-                    self.client.aor, ", ".join(listed) or "none")  # fmt: skip
+                    self.messages.aor, ", ".join(listed) or "none")  # fmt: skip
         self.registration.binding_lost(answer.status_code)
         return False
 
     # -- requests ---------------------------------------------------------------------------
-    def _refused(self, request: AgentSIPMessage) -> bool:
+    def _refused(self, request: SipMessage) -> bool:
         """Answer what this UA cannot process as RFC 3261 8.2 says; True if answered (or an
         unusable ACK dropped)."""
         method = request.method
@@ -616,7 +611,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._respond(request, code, reason=reason, extra_headers=extra)
         return True
 
-    def _handle_request(self, request: AgentSIPMessage) -> None:
+    def _handle_request(self, request: SipMessage) -> None:
         if self._refused(request):
             return
         method = request.method
@@ -649,7 +644,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         else:
             self._respond(request, 501, extra_headers=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
 
-    def _find_dialog_call(self, request: AgentSIPMessage) -> Call | None:
+    def _find_dialog_call(self, request: SipMessage) -> Call | None:
         call = self.calls.get(request.call_id)
         if call is None:
             return None
@@ -657,13 +652,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return None
         return call
 
-    def _handle_invite(self, request: AgentSIPMessage) -> None:
-        assert self.client is not None
+    def _handle_invite(self, request: SipMessage) -> None:
+        assert self.messages is not None
         existing = self.calls.get(request.call_id)
         if existing is not None:
             if existing.invite.branch == request.transaction_key and existing.invite.last_response:
                 # A retransmitted INVITE: repeat our last response (RFC 3261 17.2.1).
-                self._send(existing.invite.last_response, self.client.response_destination(request))
+                self._send(existing.invite.last_response, request.response_destination)
             return
         if request.transaction_key in self._error_transactions:
             return  # a retransmission of an INVITE we refused: that answer is retransmitted
@@ -699,9 +694,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.exception("INVITE %s: internal error", request.call_id)
             self._reject_invite(request, 500, "Server Internal Error")
 
-    def _offer_call(self, request: AgentSIPMessage, received_at: float) -> None:
+    def _offer_call(self, request: SipMessage, received_at: float) -> None:
         """Negotiate the offer, ring, and answer (in a task): or a final error response."""
-        assert self.client is not None and self._rtp_ports is not None
+        assert self.messages is not None and self._rtp_ports is not None
         try:
             parse_uri(request.request_uri) if request.request_uri[:3].lower() == "sip" else None
             sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
@@ -726,7 +721,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 log.error("no RTP port for %s: all in use", request.call_id)
                 self._reject_invite(request, 503, "Service Unavailable")
                 return
-        dialog = self.client.new_dialog(request)
+        dialog = self.messages.new_uas_dialog(request)
         call = Call(
             call_id=request.call_id,
             caller=_caller_name(request),
@@ -748,9 +743,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             media.remote_address,
             media.remote_port,
         )
-        ringing = self.client.gen_ringing(request)
+        ringing = self.messages.ringing(request, dialog)
         call.invite.last_response = ringing
-        self._send(ringing, self.client.response_destination(request))
+        self._send(ringing, request.response_destination)
         self._spawn(self._answer(call, received_at), call.call_id)
 
     def _allocate_after_evicting_half_open(self) -> Any:
@@ -810,7 +805,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.error("call %s: could not write recording: %s", call.call_id, error)
             call.recording_path = None
 
-    def _source_allowed(self, request: AgentSIPMessage) -> bool:
+    def _source_allowed(self, request: SipMessage) -> bool:
         """Signalling-IP allowlist (e.g. a trunk provider's ranges); empty allows everyone."""
         networks = self._allowed_networks
         if not networks or request.source is None:
@@ -823,16 +818,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _reject_invite(
         self,
-        request: AgentSIPMessage,
+        request: SipMessage,
         status_code: int,
         reason: str,
         extra_headers: str = "",
         to_tag: str | None = None,
     ) -> None:
         """A final error response, retransmitted until the ACK (RFC 3261 17.2.1 Timer G)."""
-        assert self.client is not None
+        assert self.messages is not None
         response = self._respond(
-            request, status_code, reason=reason, to_tag=to_tag or self.client.gen_tag(),
+            request, status_code, reason=reason, to_tag=to_tag or self.messages.new_tag(),
             extra_headers=extra_headers,
         )  # fmt: skip
         transaction = ServerInviteTransaction(request, request.transaction_key, response)
@@ -844,11 +839,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
     async def _retransmit_until_ack(
         self,
         transaction: ServerInviteTransaction,
-        request: AgentSIPMessage,
+        request: SipMessage,
         on_timeout: Callable[[], Any] | None,
     ) -> None:
-        assert self.client is not None
-        destination = self.client.response_destination(request)
+        assert self.messages is not None
+        destination = request.response_destination
         interval = T1
         waited = 0.0
         try:
@@ -870,7 +865,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._spawn(self.hangup(call, f"media lost: {reason}"), call.call_id)
 
     async def _answer(self, call: Call, received_at: float) -> None:
-        assert self.client is not None
+        assert self.messages is not None
         try:
             if self.settings.ring_seconds > 0:
                 await asyncio.sleep(self.settings.ring_seconds)
@@ -906,19 +901,19 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.set_held(call.media.on_hold)
         self._start_recording(call)
 
-    def _send_answer(self, call: Call, request: AgentSIPMessage) -> None:
-        assert self.client is not None
+    def _send_answer(self, call: Call, request: SipMessage) -> None:
+        assert self.messages is not None
         sdp = build_answer(
             call.media,
-            local_address=self.client.myIP,
+            local_address=self.messages.advertised_ip,
             local_port=call.rtp_port,
             session_id=call.session_id,
             session_version=call.session_version,
         )
         call.invite.request = request
         call.invite.branch = request.transaction_key
-        call.invite.last_response = self.client.gen_answer(request, sdp)
-        self._send(call.invite.last_response, self.client.response_destination(request))
+        call.invite.last_response = self.messages.answer(request, call.dialog, sdp)
+        self._send(call.invite.last_response, request.response_destination)
         call.invite.stop_retransmitting()
 
         def no_ack() -> None:
@@ -933,7 +928,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._retransmit_until_ack(call.invite, request, on_timeout=no_ack)
         )
 
-    def _handle_ack(self, request: AgentSIPMessage) -> None:
+    def _handle_ack(self, request: SipMessage) -> None:
         error_transaction = self._error_transactions.pop(request.transaction_key, None)
         if error_transaction is not None:
             error_transaction.stop_retransmitting()
@@ -965,7 +960,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 await asyncio.sleep(0.02)
             await self.app_hangup(call, "app finished")
 
-    def _handle_bye(self, request: AgentSIPMessage) -> None:
+    def _handle_bye(self, request: SipMessage) -> None:
         call = self._find_dialog_call(request)
         if call is None:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
@@ -973,7 +968,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._respond(request, 200)
         self._spawn(self._end_call(call, "caller hung up"), call.call_id)
 
-    def _handle_cancel(self, request: AgentSIPMessage) -> None:
+    def _handle_cancel(self, request: SipMessage) -> None:
         call = self.calls.get(request.call_id)
         if call is None or call.invite.branch != request.transaction_key:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
@@ -986,13 +981,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         )
         self._spawn(self._end_call(call, "caller cancelled"), call.call_id)
 
-    def _handle_reinvite(self, request: AgentSIPMessage) -> None:
+    def _handle_reinvite(self, request: SipMessage) -> None:
         call = self._find_dialog_call(request)
         if call is None:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
             return
         if call.invite.request.cseq == request.cseq and call.invite.last_response:
-            self._send(call.invite.last_response, self.client.response_destination(request))  # type: ignore[union-attr]
+            self._send(call.invite.last_response, request.response_destination)  # type: ignore[union-attr]
             return
         if request.content:
             try:
@@ -1008,7 +1003,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         call.session_version += 1
         self._send_answer(call, request)
 
-    def _apply_remote_sdp(self, call: Call, request: AgentSIPMessage) -> None:
+    def _apply_remote_sdp(self, call: Call, request: SipMessage) -> None:
         try:
             sdp = sdp_from_body(request.first("Content-Type") or "", request.content)
             self._update_media(call, _usable(negotiate(parse_audio_offer(sdp))))
@@ -1025,7 +1020,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 log.info("call %s %s", call.call_id, "on hold" if media.on_hold else "resumed")
             call.set_held(media.on_hold)
 
-    def _handle_info(self, request: AgentSIPMessage) -> None:
+    def _handle_info(self, request: SipMessage) -> None:
         call = self._find_dialog_call(request)
         if call is None:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
@@ -1043,7 +1038,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 ):
                     call.deliver_digit(digit)
 
-    def _handle_notify(self, request: AgentSIPMessage) -> None:
+    def _handle_notify(self, request: SipMessage) -> None:
         """Progress of our REFER (RFC 3515): the body is a sipfrag status line."""
         call = self._find_dialog_call(request)
         if call is None:
@@ -1061,12 +1056,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
     async def transfer(self, call: Call, target_uri: str) -> bool:
         """Blind transfer with REFER (RFC 3515). True once the caller has been handed over
         (then we hang up); False if the far end refused or failed, so the app can say so."""
-        if self.client is None or call.state != CallState.CONFIRMED:
+        if self.messages is None or call.state != CallState.CONFIRMED:
             return False
-        refer = self.client.gen_in_dialog_request(
+        refer = self.messages.in_dialog_request(
             call.dialog,
             "REFER",
-            extra_headers=f"Refer-To: <{target_uri}>\r\nReferred-By: {self.client.contact}\r\n",
+            extra_headers=f"Refer-To: <{target_uri}>\r\nReferred-By: {self.messages.contact}\r\n",
         )
         call.transfer_result = asyncio.get_running_loop().create_future()
         try:
@@ -1094,7 +1089,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
     ) -> Call:
         """Call `target_uri` (RFC 3261 UAC): offer PCMU/PCMA/telephone-event, answer digest
         challenges, ACK the 2xx, start media and the app. Raises DialError if not answered."""
-        assert self.client is not None and self._rtp_ports is not None
+        assert self.messages is not None and self._rtp_ports is not None
         target = parse_uri(target_uri)
         server = self.settings.server_address
         # With a registrar/trunk configured it is our outbound proxy; else go straight there.
@@ -1106,22 +1101,22 @@ class SipEndpoint(asyncio.DatagramProtocol):
             raise DialError(0, str(error)) from error
         rtp_socket = self._rtp_ports.allocate()
         rtp_port = rtp_socket.getsockname()[1]
-        call_id, from_tag = self.client.gen_call_id(), self.client.gen_tag()
+        call_id, from_tag = self.messages.new_call_id(), self.messages.new_tag()
         session_id = int(time.time())
         offer = build_offer(
-            local_address=self.client.myIP, local_port=rtp_port, session_id=session_id
+            local_address=self.messages.advertised_ip, local_port=rtp_port, session_id=session_id
         )
         challenges: dict[str, DigestChallenge] = {}
         try:
             for cseq in range(1, 4):
-                invite = self.client.gen_invite_request(
+                invite = self.messages.invite_request(
                     target_uri, offer, call_id=call_id, from_tag=from_tag, cseq=cseq,
                     authorization=tuple(challenges.values()),
                 )  # fmt: skip
                 response = await self._invite_transaction(invite, destination, ring_timeout)
                 if response.status_code in (401, 407):
                     self._send(
-                        self.client.gen_ack_for_failure(invite, response, target_uri), destination
+                        self.messages.ack_for_failure(invite, response, target_uri), destination
                     )
                     header = (
                         "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
@@ -1135,9 +1130,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     continue
                 break
             if not 200 <= response.status_code < 300:
-                self._send(
-                    self.client.gen_ack_for_failure(invite, response, target_uri), destination
-                )
+                self._send(self.messages.ack_for_failure(invite, response, target_uri), destination)
                 raise DialError(response.status_code, response.reason)
         except (TransactionTimeout, DigestError, SdpError) as error:
             rtp_socket.close()
@@ -1151,10 +1144,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     async def _invite_transaction(
         self, invite: OutgoingRequest, destination: tuple[str, int], ring_timeout: float
-    ) -> AgentSIPMessage:
+    ) -> SipMessage:
         """INVITE client transaction: retransmit until a provisional (Timer A), then wait for
         the final response as long as it rings."""
-        queue: asyncio.Queue[AgentSIPMessage] = asyncio.Queue()
+        queue: asyncio.Queue[SipMessage] = asyncio.Queue()
         self._invite_responses[invite.branch] = queue
         destination = await self.resolver.resolve(*destination)
         loop = asyncio.get_running_loop()
@@ -1185,15 +1178,15 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     async def _confirm_outbound(
         self,
-        answer: AgentSIPMessage,
+        answer: SipMessage,
         from_tag: str,
         rtp_socket: Any,
         app: CallApp | None,
         session_id: int,
     ) -> Call:
-        assert self.client is not None
-        dialog = self.client.new_uac_dialog(answer, from_tag)
-        ack = self.client.gen_ack_for_answer(dialog, answer.cseq)
+        assert self.messages is not None
+        dialog = self.messages.new_uac_dialog(answer, from_tag)
+        ack = self.messages.ack_for_answer(dialog, answer.cseq)
         try:
             ack_destination = await self.resolver.resolve(
                 *parse_uri(dialog.next_hop_uri).destination
@@ -1249,7 +1242,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         Runs in its own task: whoever asked (often the app itself, whose task is about to be
         cancelled) cannot cut the BYE transaction or the media clean-up short.
         """
-        if call.state == CallState.ENDED or self.client is None:
+        if call.state == CallState.ENDED or self.messages is None:
             return
         await asyncio.shield(self._spawn(self._hangup(call, reason, wait_for_app)))
 
@@ -1258,7 +1251,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         await self.hangup(call, reason, wait_for_app=False)
 
     async def _hangup(self, call: Call, reason: str, wait_for_app: bool) -> None:
-        assert self.client is not None
+        assert self.messages is not None
         if call.state == CallState.ENDED:
             return
         if call.state == CallState.RINGING:
@@ -1269,7 +1262,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             # 8 s for a peer that may not exist), like a dialog that timed out.
             self._release_unconfirmed(call, reason)
             return
-        bye = self.client.gen_bye(call.dialog)
+        bye = self.messages.bye(call.dialog)
         bye_task = self._spawn(self._send_bye(call, bye))
         await self._end_call(call, reason, wait_for_app=wait_for_app)
         await bye_task

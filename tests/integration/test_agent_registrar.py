@@ -200,7 +200,7 @@ async def test_register_command_unreachable():
 async def test_a_registrar_answering_options_itself_is_not_hammered():
     """Some registrars answer an OPTIONS to our AOR themselves (404) instead of routing it to
     us: after two tries the agent stops reading that as a lost binding."""
-    from sipagent.sip.pyvoip_adapter import AgentSIPMessage
+    from sipagent.sip.message import SipMessage
 
     loop = asyncio.get_running_loop()
     registers = 0
@@ -211,7 +211,7 @@ async def test_a_registrar_answering_options_itself_is_not_hammered():
 
         def datagram_received(self, data, addr):
             nonlocal registers
-            request = AgentSIPMessage(data, addr)
+            request = SipMessage(data, addr)
             registers += request.method == "REGISTER"
             code, extra = (200, f"Contact: {request.first('Contact')};expires=300\r\n")
             if request.method == "OPTIONS":

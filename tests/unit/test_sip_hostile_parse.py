@@ -2,7 +2,7 @@
 
 from hostile_input import hostile_sip_messages
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
+from sipagent.sip.message import SipMessage, SipMessageError
 
 
 def test_corpus_is_large_and_varied():
@@ -15,7 +15,7 @@ def test_parser_never_raises_anything_but_a_clear_error():
     rejected = 0
     for index, data in enumerate(hostile_sip_messages()):
         try:
-            message = AgentSIPMessage(data, ("127.0.0.1", 39999))
+            message = SipMessage(data, ("127.0.0.1", 39999))
         except SipMessageError as error:
             assert str(error), f"corpus[{index}] rejected without a reason"
             rejected += 1
