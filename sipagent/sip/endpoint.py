@@ -14,9 +14,10 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Address, ip_address
+from functools import partial
+from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sipagent.apps.base import CallApp
 from sipagent.config import AgentSettings
@@ -26,7 +27,7 @@ from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
 from sipagent.media.source import validate_remote
 from sipagent.sip.admission import AdmissionLimits, InviteAdmission
-from sipagent.sip.call import Call, CallState, ServerInviteTransaction
+from sipagent.sip.call import Call, CallState
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
 from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
 from sipagent.sip.message import OutgoingRequest, SipMessage, SipMessageError
@@ -44,13 +45,12 @@ from sipagent.sip.sdp import (
     parse_audio_offer,
     sdp_from_body,
 )
-from sipagent.sip.uri import UriError, header_params, name_addr_uri, parse_uri
+from sipagent.sip.transaction_layer import TransactionLayer, TransactionTimeout
+from sipagent.sip.transport import UdpTransport
+from sipagent.sip.uri import UriError, name_addr_uri, parse_uri
 
 log = logging.getLogger("sipagent.sip")
 
-T1 = 0.5  # RFC 3261 timer T1 (RTT estimate)
-T2 = 4.0
-TIMER_B = 64 * T1  # give up on a transaction
 NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "PRACK", "UPDATE"}
 TRANSFER_NOTIFY_WAIT = 5.0  # after 202 Accepted, how long a failure NOTIFY may take to arrive
 DTMF_SIGNALS = set("0123456789*#ABCD")
@@ -64,7 +64,6 @@ BODY_TYPES = {
     "INFO": ("application/dtmf-relay", "application/dtmf"),
     "NOTIFY": ("message/sipfrag",),
 }
-TRANSPORT_REOPEN_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0)  # then every 2 s
 HALF_OPEN_GRACE = 2.0  # an ACK later than this after our 200 OK: the dialog may be evicted
 
 
@@ -109,23 +108,6 @@ def _accepts_sdp(accept: list[str]) -> bool:
     return bool(types & {"application/sdp", "application/*", "*/*"})
 
 
-def _is_sendable(destination: tuple[str, int]) -> bool:
-    """An IPv4 literal and a port asyncio's sendto cannot choke on: anything else (a name,
-    NUL bytes, port 65536) made it raise inside asyncio, which closed the socket for good."""
-    host, port = destination
-    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(host, str):
-        return False
-    try:
-        IPv4Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-class TransactionTimeout(Exception):
-    """No final response within Timer F / our shorter registration deadline."""
-
-
 class DialError(Exception):
     """An outbound call was not answered: busy, declined, not found, unreachable."""
 
@@ -135,7 +117,7 @@ class DialError(Exception):
         self.reason = reason
 
 
-class SipEndpoint(asyncio.DatagramProtocol):
+class SipEndpoint:
     """A SIP UA that registers (when a server is set) and answers calls with an app."""
 
     def __init__(
@@ -152,15 +134,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.app = app
         self.on_call_ended = on_call_ended
         self.register = register
-        self.transport: asyncio.DatagramTransport | None = None
         self.calls: dict[str, Call] = {}
         self.ended_calls: list[Call] = []
         self.dropped: Counter[str] = Counter()
+        self.udp = UdpTransport(self._on_datagram, dropped=self.dropped)
+        self.transactions = TransactionLayer(self.udp)
         self.messages: MessageFactory | None = None
         self.registration: RegistrationPolicy | None = None
-        self._pending: dict[str, asyncio.Future[SipMessage]] = {}
-        self._error_transactions: dict[str, ServerInviteTransaction] = {}
-        self._invite_responses: dict[str, asyncio.Queue[SipMessage]] = {}
         self._answer_acks: dict[str, tuple[bytes, tuple[str, int]]] = {}  # re-ACK 2xx repeats
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
@@ -169,11 +149,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._last_logged_registration: tuple[str, str] | None = None
         self._lost_after_register = False
         self._rtp_ports: RtpPortAllocator | None = None
-        self._stopping = False
         self.resolver = HostResolver()
-        self._bound_address: tuple[str, int] | None = None
-        self.transport_losses = 0  # times the SIP socket died under us and was re-opened
-        self.transport_error = ""
         self.answer_times: list[float] = []
         self.admission = InviteAdmission(
             AdmissionLimits(
@@ -190,16 +166,25 @@ class SipEndpoint(asyncio.DatagramProtocol):
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def local_address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return self.udp.local_address
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport | None:
+        """The SIP socket's asyncio transport (None while it is being re-opened)."""
+        return self.udp.datagram_transport
+
+    @property
+    def transport_losses(self) -> int:
+        return self.udp.losses
+
+    @property
+    def transport_state(self) -> dict[str, Any]:
+        return self.udp.state
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         bind = self.settings.bind_address
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(bind.host, bind.port))
+        await self.udp.open(bind.host, bind.port)
         port = self.local_address[1]
-        self._bound_address = (bind.host, port)
         advertised = self.settings.advertised_ip
         server = self.settings.server_address
         self.messages = MessageFactory(
@@ -228,7 +213,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.info("peer-to-peer mode: call sip:%s@%s:%d", self.settings.user, advertised, port)
 
     async def stop(self, farewell_timeout: float = 8.0) -> None:
-        self._stopping = True
         # Callers hear a goodbye before the BYE when the app has one to say.
         farewell = getattr(self.app, "farewell", None)
         confirmed = [c for c in self.calls.values() if c.state == CallState.CONFIRMED]
@@ -253,8 +237,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             task.cancel()
         # Cancelled tasks still run their clean-up: wait for it, or it races the shutdown.
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.transport is not None:
-            self.transport.close()
+        self.transactions.close()
+        await self.udp.close()
 
     def _spawn(self, coroutine: Any, call_id: str | None = None) -> asyncio.Task[Any]:
         # Tasks copy the current context: everything a call's tasks log carries its Call-ID.
@@ -269,49 +253,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return task
 
     # -- datagram entry point ---------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("SIP socket error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The socket closed. Unless we are stopping, that is a fault (asyncio closes a
-        datagram transport on any non-OSError from sendto): say so and open it again."""
-        self.transport = None
-        if self._stopping:
-            return
-        self.transport_losses += 1
-        self.transport_error = repr(exc) if exc else "closed"
-        log.error("SIP socket lost (%s): re-opening %s:%d", self.transport_error,
-                  *(self._bound_address or ("?", 0)))  # fmt: skip
-        self._spawn(self._reopen_transport())
-
-    async def _reopen_transport(self) -> None:
-        assert self._bound_address is not None
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while self.transport is None and not self._stopping:
-            await asyncio.sleep(TRANSPORT_REOPEN_DELAYS[min(attempt, 4)])
-            attempt += 1
-            try:
-                await loop.create_datagram_endpoint(lambda: self, local_addr=self._bound_address)
-            except OSError as error:
-                log.error("SIP socket re-open failed (attempt %d): %s", attempt, error)
-                continue
-            log.warning("SIP socket re-opened on %s:%d", *self._bound_address)
-            self.transport_error = ""
-
-    @property
-    def transport_state(self) -> dict[str, Any]:
-        return {
-            "up": self.transport is not None and not self.transport.is_closing(),
-            "losses": self.transport_losses,
-            "error": self.transport_error,
-        }
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        source = (str(addr[0]), int(addr[1]))
+    def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF) or padding
         try:
@@ -329,77 +271,53 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.warning("dropped malformed response from %s:%d: %s", *source, message.defects[0])
             return
         try:
-            if message.is_request:
-                self._handle_request(message)
-            else:
+            if not message.is_request:
                 self._handle_response(message)
+            elif not self.transactions.receive_request(message):  # else a retransmission
+                try:
+                    self._handle_request(message)
+                finally:
+                    self.transactions.settle(message)
         except Exception:
             self.dropped["handler error"] += 1
             log.exception("error handling %s from %s:%d", message.heading[:80], *source)
 
     def _send(self, data: bytes, destination: tuple[str, int]) -> None:
-        """Send one datagram; an unusable destination or a dead socket is logged, never raised
-        (callers with a host name resolve it first: see `_resolve`)."""
-        if not _is_sendable(destination):
-            self.dropped["unsendable destination"] += 1
-            log.warning("not sending to %r: not an IPv4 address and port", destination[:2])
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            self.dropped["socket down"] += 1
-            return
-        transport.sendto(data, destination)
+        """Outside any transaction (ACKs of 2xx): see `UdpTransport.send`."""
+        self.udp.send(data, destination)
 
     def _respond(self, request: SipMessage, status_code: int, **kwargs: Any) -> bytes:
         assert self.messages is not None
         response = self.messages.response(request, status_code, **kwargs)
-        self._send(response, request.response_destination)
+        self.transactions.respond(request, response, status_code)
         return response
 
     # -- client transactions ----------------------------------------------------------------
     def _handle_response(self, response: SipMessage) -> None:
-        invite_queue = self._invite_responses.get(response.top_via_branch)
-        if invite_queue is not None:
-            invite_queue.put_nowait(response)
+        if self.transactions.receive_response(response):
             return
         if response.cseq_method == "INVITE" and 200 <= response.status_code < 300:
             ack = self._answer_acks.get(response.call_id)
             if ack is not None:  # the 2xx was retransmitted: our ACK was lost, send it again
                 self._send(*ack)
             return
-        future = self._pending.get(response.top_via_branch)
-        if future is None:
-            log.debug("stray response %s for %s", response.status_code, response.cseq_method)
-            return
-        if response.status_code >= 200 and not future.done():
-            future.set_result(response)
+        log.debug("stray response %s for %s", response.status_code, response.cseq_method)
 
     async def request(
         self,
         outgoing: OutgoingRequest,
         destination: tuple[str, int],
         *,
-        timeout: float = TIMER_B,
-        max_interval: float = T2,
+        timeout: float | None = None,
+        max_interval: float | None = None,
     ) -> SipMessage:
-        """Non-INVITE client transaction (RFC 3261 17.1.2): retransmit until a final response.
-        A host name in `destination` is resolved first, off the loop (UriError if it fails)."""
+        """Non-INVITE client transaction (RFC 3261 17.1.2): its final response, or
+        TransactionTimeout. A host name in `destination` is resolved first, off the loop
+        (UriError if it fails)."""
         destination = await self.resolver.resolve(*destination)
-        future: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
-        self._pending[outgoing.branch] = future
-        deadline = time.monotonic() + timeout
-        interval = T1
-        try:
-            while True:
-                self._send(outgoing.data, destination)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TransactionTimeout(f"{outgoing.method} timed out after {timeout:.0f} s")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(future), min(interval, remaining))
-                interval = min(interval * 2, max_interval)
-        finally:
-            self._pending.pop(outgoing.branch, None)
+        return await self.transactions.request(
+            outgoing, destination, timeout=timeout, max_interval=max_interval
+        )
 
     # -- registration -----------------------------------------------------------------------
     @property
@@ -440,11 +358,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
         """NAT diagnostics: the registrar's view of our address, from our Via (RFC 3581)."""
         if self.registration is None:
             return
-        vias = response.values("Via")
-        params = header_params(vias[0]) if vias else {}
-        if params.get("received") or params.get("rport"):
-            host = params.get("received") or self.messages.advertised_ip if self.messages else ""
-            self.registration.status.seen_from = f"{host}:{params.get('rport') or '?'}"
+        host, port = response.seen_from
+        if (host or port) and self.messages is not None:
+            host = host or self.messages.advertised_ip
+            self.registration.status.seen_from = f"{host}:{port or '?'}"
 
     async def _registration_loop(self) -> None:
         assert self.registration is not None and self.messages is not None
@@ -654,14 +571,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _handle_invite(self, request: SipMessage) -> None:
         assert self.messages is not None
-        existing = self.calls.get(request.call_id)
-        if existing is not None:
-            if existing.invite.branch == request.transaction_key and existing.invite.last_response:
-                # A retransmitted INVITE: repeat our last response (RFC 3261 17.2.1).
-                self._send(existing.invite.last_response, request.response_destination)
+        if request.call_id in self.calls:
+            # Retransmissions were answered by the transaction layer (RFC 3261 17.2.1); another
+            # INVITE for a call we have, without its To-tag, is ignored.
             return
-        if request.transaction_key in self._error_transactions:
-            return  # a retransmission of an INVITE we refused: that answer is retransmitted
         received_at = time.perf_counter()
         if not self._source_allowed(request):
             log.warning("INVITE %s from %s refused: not in allowed sources", request.call_id,
@@ -722,12 +635,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 self._reject_invite(request, 503, "Service Unavailable")
                 return
         dialog = self.messages.new_uas_dialog(request)
+        invite = self.transactions.server_invite(request)
+        assert invite is not None, "INVITE not read through the transaction layer"
         call = Call(
             call_id=request.call_id,
             caller=_caller_name(request),
             dialog=dialog,
             media=media,
-            invite=ServerInviteTransaction(request, request.transaction_key),
+            invite=invite,
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.app_hangup,
             transfer_callback=self.transfer,
@@ -743,9 +658,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             media.remote_address,
             media.remote_port,
         )
-        ringing = self.messages.ringing(request, dialog)
-        call.invite.last_response = ringing
-        self._send(ringing, request.response_destination)
+        self.transactions.respond(request, self.messages.ringing(request, dialog), 180)
         self._spawn(self._answer(call, received_at), call.call_id)
 
     def _allocate_after_evicting_half_open(self) -> Any:
@@ -773,7 +686,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _release_unconfirmed(self, call: Call, reason: str) -> None:
         """End a dialog that never got its ACK: no media was started, nothing to wait for."""
-        call.invite.stop_retransmitting()
+        if call.invite is not None:
+            self.transactions.stop(call.invite)
         call.mark_ended(reason)
         self.calls.pop(call.call_id, None)
         if call.rtp_socket is not None:
@@ -826,36 +740,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
     ) -> None:
         """A final error response, retransmitted until the ACK (RFC 3261 17.2.1 Timer G)."""
         assert self.messages is not None
-        response = self._respond(
+        self._respond(
             request, status_code, reason=reason, to_tag=to_tag or self.messages.new_tag(),
             extra_headers=extra_headers,
         )  # fmt: skip
-        transaction = ServerInviteTransaction(request, request.transaction_key, response)
-        self._error_transactions[request.transaction_key] = transaction
-        transaction.retransmit_task = self._spawn(
-            self._retransmit_until_ack(transaction, request, on_timeout=None)
-        )
-
-    async def _retransmit_until_ack(
-        self,
-        transaction: ServerInviteTransaction,
-        request: SipMessage,
-        on_timeout: Callable[[], Any] | None,
-    ) -> None:
-        assert self.messages is not None
-        destination = request.response_destination
-        interval = T1
-        waited = 0.0
-        try:
-            while waited < TIMER_B:
-                await asyncio.sleep(interval)
-                waited += interval
-                self._send(transaction.last_response, destination)
-                interval = min(interval * 2, T2)
-            if on_timeout is not None:
-                on_timeout()
-        finally:
-            self._error_transactions.pop(transaction.branch, None)
 
     def _media_lost(self, call: Call, reason: str) -> None:
         """The call's RTP socket died (asyncio closed it): the call is silent for good, so it
@@ -910,11 +798,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             session_id=call.session_id,
             session_version=call.session_version,
         )
-        call.invite.request = request
-        call.invite.branch = request.transaction_key
-        call.invite.last_response = self.messages.answer(request, call.dialog, sdp)
-        self._send(call.invite.last_response, request.response_destination)
-        call.invite.stop_retransmitting()
+        transaction = self.transactions.server_invite(request)
+        if call.invite is not None and call.invite is not transaction:
+            self.transactions.stop(call.invite)  # a re-INVITE: the call's latest INVITE
+        call.invite = transaction
 
         def no_ack() -> None:
             if call.state != CallState.ANSWERED:
@@ -924,19 +811,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
             log.warning("call %s: no ACK for our 200 OK, released", call.call_id)
             self._release_unconfirmed(call, "no ACK")
 
-        call.invite.retransmit_task = self._spawn(
-            self._retransmit_until_ack(call.invite, request, on_timeout=no_ack)
-        )
+        answer = self.messages.answer(request, call.dialog, sdp)
+        self.transactions.respond(request, answer, 200, on_timeout=no_ack)
 
     def _handle_ack(self, request: SipMessage) -> None:
-        error_transaction = self._error_transactions.pop(request.transaction_key, None)
-        if error_transaction is not None:
-            error_transaction.stop_retransmitting()
-            return
+        """The ACK of our 2xx (an ACK of a non-2xx never gets here: its transaction takes it)."""
         call = self._find_dialog_call(request)
         if call is None:
             return
-        call.invite.stop_retransmitting()
+        if call.invite is not None:
+            self.transactions.acknowledged(call.invite)
         if request.content:
             self._apply_remote_sdp(call, request)  # answer to our offer (late offer)
         if call.state == CallState.ANSWERED:
@@ -970,7 +854,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _handle_cancel(self, request: SipMessage) -> None:
         call = self.calls.get(request.call_id)
-        if call is None or call.invite.branch != request.transaction_key:
+        if call is None or call.invite is None or call.invite.key != request.transaction_key:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
             return
         self._respond(request, 200, to_tag=call.dialog.local_tag)
@@ -986,8 +870,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if call is None:
             self._respond(request, 481, reason="Call/Transaction Does Not Exist")
             return
-        if call.invite.request.cseq == request.cseq and call.invite.last_response:
-            self._send(call.invite.last_response, request.response_destination)  # type: ignore[union-attr]
+        invite = call.invite
+        if invite is not None and invite.request.cseq == request.cseq and invite.last_response:
+            self._send(invite.last_response, request.response_destination)  # same CSeq: again
             return
         if request.content:
             try:
@@ -1113,11 +998,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     target_uri, offer, call_id=call_id, from_tag=from_tag, cseq=cseq,
                     authorization=tuple(challenges.values()),
                 )  # fmt: skip
-                response = await self._invite_transaction(invite, destination, ring_timeout)
+                response = await self.transactions.invite(
+                    invite, destination, ring_timeout=ring_timeout,
+                    ack_for=partial(self.messages.ack_for_failure, invite, target_uri=target_uri),
+                )  # fmt: skip
                 if response.status_code in (401, 407):
-                    self._send(
-                        self.messages.ack_for_failure(invite, response, target_uri), destination
-                    )
                     header = (
                         "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
                     )
@@ -1130,7 +1015,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     continue
                 break
             if not 200 <= response.status_code < 300:
-                self._send(self.messages.ack_for_failure(invite, response, target_uri), destination)
                 raise DialError(response.status_code, response.reason)
         except (TransactionTimeout, DigestError, SdpError) as error:
             rtp_socket.close()
@@ -1141,40 +1025,6 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._rtp_ports.release(rtp_port)
             raise
         return await self._confirm_outbound(response, from_tag, rtp_socket, app, session_id)
-
-    async def _invite_transaction(
-        self, invite: OutgoingRequest, destination: tuple[str, int], ring_timeout: float
-    ) -> SipMessage:
-        """INVITE client transaction: retransmit until a provisional (Timer A), then wait for
-        the final response as long as it rings."""
-        queue: asyncio.Queue[SipMessage] = asyncio.Queue()
-        self._invite_responses[invite.branch] = queue
-        destination = await self.resolver.resolve(*destination)
-        loop = asyncio.get_running_loop()
-        interval, deadline, provisional = T1, loop.time() + TIMER_B, False
-        try:
-            self._send(invite.data, destination)
-            while True:
-                wait = (
-                    (deadline - loop.time())
-                    if provisional
-                    else min(interval, deadline - loop.time())
-                )
-                if wait <= 0:
-                    raise TransactionTimeout("INVITE not answered")
-                try:
-                    response = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
-                    if not provisional:
-                        interval *= 2
-                        self._send(invite.data, destination)
-                    continue
-                if response.status_code >= 200:
-                    return response
-                if not provisional:
-                    provisional, deadline = True, loop.time() + ring_timeout
-        finally:
-            self._invite_responses.pop(invite.branch, None)
 
     async def _confirm_outbound(
         self,
@@ -1206,7 +1056,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             caller=dialog.remote_party,
             dialog=dialog,
             media=media or NegotiatedMedia("0.0.0.0", 0, 0, "PCMU", None, "inactive"),
-            invite=ServerInviteTransaction(answer, ""),
+            invite=None,
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.app_hangup,
             transfer_callback=self.transfer,
@@ -1280,7 +1130,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if call.state == CallState.ENDED:
             return
         log.info("call %s ended: %s", call.call_id, reason)
-        call.invite.stop_retransmitting()
+        if call.invite is not None:
+            self.transactions.stop(call.invite)
         call.mark_ended(reason)
         self.calls.pop(call.call_id, None)
         self._answer_acks.pop(call.call_id, None)

@@ -294,6 +294,13 @@ class SipMessage:
         return f"2543|{self.request_uri}|{self.from_tag}|{self.call_id}|{self.cseq}|{sent_by}"
 
     @property
+    def seen_from(self) -> tuple[str, str]:
+        """On a response to our request: our address as the far end saw it (RFC 3581), the
+        top Via's received= host and rport= port, each "" when absent (NAT diagnostics)."""
+        params = self.via[0].params if self.via else {}
+        return params.get("received") or "", params.get("rport") or ""
+
+    @property
     def response_destination(self) -> tuple[str, int]:
         """Where a response to this request goes (RFC 3261 18.2.2 with RFC 3581): the packet's
         source address, at the rport or sent-by port. Without a source (a message not read
