@@ -31,7 +31,8 @@ from sipagent.sip.call import Call, CallState
 from sipagent.sip.digest import DigestChallenge, DigestError, parse_challenge
 from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
 from sipagent.sip.message import OutgoingRequest, SipMessage, SipMessageError
-from sipagent.sip.registration import RegistrationPolicy, RegistrationState, granted_expires
+from sipagent.sip.registration import RegistrationPolicy
+from sipagent.sip.registration_client import RegistrationClient
 from sipagent.sip.resolver import HostResolver
 from sipagent.sip.sdp import (
     NegotiatedMedia,
@@ -47,7 +48,7 @@ from sipagent.sip.sdp import (
 )
 from sipagent.sip.transaction_layer import TransactionLayer, TransactionTimeout
 from sipagent.sip.transport import UdpTransport
-from sipagent.sip.uri import UriError, name_addr_uri, parse_uri
+from sipagent.sip.uri import UriError, parse_uri
 
 log = logging.getLogger("sipagent.sip")
 
@@ -140,14 +141,9 @@ class SipEndpoint:
         self.udp = UdpTransport(self._on_datagram, dropped=self.dropped)
         self.transactions = TransactionLayer(self.udp)
         self.messages: MessageFactory | None = None
-        self.registration: RegistrationPolicy | None = None
+        self.registration_client: RegistrationClient | None = None
         self._answer_acks: dict[str, tuple[bytes, tuple[str, int]]] = {}  # re-ACK 2xx repeats
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._register_task: asyncio.Task[None] | None = None
-        # Does an OPTIONS to our AOR reach us through the registrar? None until known.
-        self._probe_routes_to_us: bool | None = None
-        self._last_logged_registration: tuple[str, str] | None = None
-        self._lost_after_register = False
         self._rtp_ports: RtpPortAllocator | None = None
         self.resolver = HostResolver()
         self.answer_times: list[float] = []
@@ -167,6 +163,12 @@ class SipEndpoint:
     @property
     def local_address(self) -> tuple[str, int]:
         return self.udp.local_address
+
+    @property
+    def registration(self) -> RegistrationPolicy | None:
+        """Registration state for status and metrics (None: not registering)."""
+        client = self.registration_client
+        return client.policy if client is not None else None
 
     @property
     def transport(self) -> asyncio.DatagramTransport | None:
@@ -203,12 +205,10 @@ class SipEndpoint:
         if server is not None and not self.register:
             log.info("calls go through %s; not registering", server)
         elif server is not None:
-            self.registration = RegistrationPolicy(
-                self.settings.register_expires,
-                registrar=str(server),
-                contact=self.messages.contact,
+            self.registration_client = RegistrationClient(
+                self.settings, self.messages, self.request
             )
-            self._register_task = asyncio.create_task(self._registration_loop())
+            self.registration_client.start()
         else:
             log.info("peer-to-peer mode: call sip:%s@%s:%d", self.settings.user, advertised, port)
 
@@ -224,14 +224,8 @@ class SipEndpoint:
                 )
         for call in list(self.calls.values()):
             await self.hangup(call, "agent shutting down")
-        if self._register_task is not None:
-            self._register_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._register_task
-            if self.registration and self.registration.status.state == RegistrationState.REGISTERED:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._register_once(expires=0), 3.0)
-                self.registration.unregistered()
+        if self.registration_client is not None:
+            await self.registration_client.stop()
         tasks = [task for task in self._tasks if task is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -318,174 +312,6 @@ class SipEndpoint:
         return await self.transactions.request(
             outgoing, destination, timeout=timeout, max_interval=max_interval
         )
-
-    # -- registration -----------------------------------------------------------------------
-    @property
-    def registrar_destination(self) -> tuple[str, int]:
-        server = self.settings.server_address
-        assert server is not None
-        return server.host, server.port
-
-    async def _register_once(self, expires: int, *, query: bool = False) -> SipMessage:
-        """REGISTER (or a binding query), answering up to two digest challenges (401/407)."""
-        assert self.messages is not None
-        challenges: dict[str, DigestChallenge] = {}
-        for _ in range(3):
-            outgoing = self.messages.register_request(
-                expires, tuple(challenges.values()), query=query
-            )
-            response = await self.request(
-                outgoing, self.registrar_destination, timeout=4.0, max_interval=1.0
-            )
-            self._note_seen_from(response)
-            if response.status_code not in (401, 407):
-                return response
-            header = "WWW-Authenticate" if response.status_code == 401 else "Proxy-Authenticate"
-            try:
-                challenge = parse_challenge(
-                    response.first(header) or "", proxy=response.status_code == 407
-                )
-            except DigestError as error:
-                log.error("registrar sent a challenge we cannot answer: %s", error)
-                return response
-            previous = challenges.get(header)
-            if previous is not None and not challenge.stale and previous.realm == challenge.realm:
-                return response  # our credentials were refused
-            challenges[header] = challenge
-        return response
-
-    def _note_seen_from(self, response: SipMessage) -> None:
-        """NAT diagnostics: the registrar's view of our address, from our Via (RFC 3581)."""
-        if self.registration is None:
-            return
-        host, port = response.seen_from
-        if (host or port) and self.messages is not None:
-            host = host or self.messages.advertised_ip
-            self.registration.status.seen_from = f"{host}:{port or '?'}"
-
-    async def _registration_loop(self) -> None:
-        assert self.registration is not None and self.messages is not None
-        policy = self.registration
-        loop = asyncio.get_running_loop()
-        while True:
-            policy.attempt_started()
-            try:
-                response = await self._register_once(self.settings.register_expires)
-            except (TransactionTimeout, UriError) as error:
-                delay = policy.unreachable(str(error))
-                self._log_registration_change()
-                await asyncio.sleep(delay)
-                continue
-            if 200 <= response.status_code < 300:
-                our_uri = name_addr_uri(self.messages.contact)
-                granted = granted_expires(
-                    response.values("Contact"),
-                    response.first("Expires"),
-                    our_uri,
-                    self.settings.register_expires,
-                )
-                if granted <= 0:
-                    await asyncio.sleep(policy.rejected(500, "registrar granted no lifetime"))
-                    continue
-                refresh_at = loop.time() + policy.registered(loop.time(), granted)
-                self._log_registration_change(f"registered as {self.messages.aor} for {granted} s")
-                await self._watch_binding(refresh_at)
-                self._log_registration_change()
-            elif response.status_code == 423 and (response.first("Min-Expires") or "").isdigit():
-                self.settings.register_expires = int(response.first("Min-Expires") or "0")
-            else:
-                delay = policy.rejected(response.status_code, response.reason)
-                self._log_registration_change()
-                await asyncio.sleep(delay)
-
-    def _log_registration_change(self, registered_line: str = "") -> None:
-        """One log line per change of registration state or reason, not one per retry."""
-        assert self.registration is not None
-        status = self.registration.status
-        key = (str(status.state), status.reason)
-        if key == self._last_logged_registration:
-            return
-        self._last_logged_registration = key
-        if status.state == RegistrationState.REGISTERED:
-            log.info("%s", registered_line or "registered")
-        else:
-            log.error("not registered: %s (retrying)", status.reason)
-
-    async def _watch_binding(self, refresh_at: float) -> None:
-        """Until the refresh is due, probe that the registrar still routes our AOR to us.
-
-        An OPTIONS to our own AOR through the registrar comes back to us (we answer 200) while
-        the binding exists; a 404/480 means the registrar lost it (restart), a timeout that it
-        is unreachable. Either way we return early and the loop registers again at once.
-        Registrars that answer such an OPTIONS themselves cannot show a lost binding that way:
-        Asterisk challenges it (401/407), some trunks say 404 even right after we registered
-        (when the first probes after two successive REGISTERs both say 404/480 and none ever
-        came back to us). Against those the probe is a binding query instead (a REGISTER
-        without Contact, RFC 3261 10.2.3), every few seconds: if our contact is no longer
-        listed (another UA on an AOR with max_contacts=1 replaced it), we register again.
-        """
-        assert self.registration is not None and self.messages is not None
-        loop = asyncio.get_running_loop()
-        interval = self.settings.keepalive_interval
-        first_probe = True
-        while (remaining := refresh_at - loop.time()) > 0:
-            wait = interval if self._probe_routes_to_us is not False else max(interval, 5.0)
-            await asyncio.sleep(min(wait, remaining))
-            if refresh_at - loop.time() <= 0:
-                return
-            if self._probe_routes_to_us is False:
-                if not await self._binding_listed():
-                    return
-                continue
-            probe = self.messages.options_request(self.messages.aor)
-            try:
-                answer = await self.request(
-                    probe, self.registrar_destination, timeout=max(2.0, interval), max_interval=1.0
-                )
-            except (TransactionTimeout, UriError) as error:
-                self.registration.unreachable(f"liveness probe: {error}")
-                return
-            if answer.status_code in (401, 407):
-                self._probe_routes_to_us = False
-                log.info("the registrar challenges OPTIONS for our AOR (%d): probing the "
-                         "binding with REGISTER queries", answer.status_code)  # fmt: skip
-            elif answer.status_code in (404, 410, 480) and self._probe_routes_to_us is not False:
-                if first_probe and self._lost_after_register and self._probe_routes_to_us is None:
-                    # Twice, each time right after a successful REGISTER: not a lost binding.
-                    self._probe_routes_to_us = False
-                    log.info("the registrar answers OPTIONS for our AOR itself (%d): probing "
-                             "the binding with REGISTER queries", answer.status_code)  # fmt: skip
-                else:
-                    self._lost_after_register = first_probe
-                    self.registration.binding_lost(answer.status_code)
-                    return
-            elif answer.status_code == 200:
-                self._probe_routes_to_us = True
-                self._lost_after_register = False
-            first_probe = False
-
-    async def _binding_listed(self) -> bool:
-        """A binding query: False (and the registration marked lost) when our contact is gone
-        or the registrar does not answer."""
-        assert self.registration is not None and self.messages is not None
-        try:
-            answer = await self._register_once(0, query=True)
-        except (TransactionTimeout, UriError) as error:
-            self.registration.unreachable(f"binding query: {error}")
-            return False
-        if not 200 <= answer.status_code < 300:
-            return True  # no query support: nothing learned, keep the refresh schedule
-        ours = name_addr_uri(self.messages.contact)
-        listed = []
-        for value in answer.values("Contact"):
-            with contextlib.suppress(UriError):
-                listed.append(name_addr_uri(value))
-        if ours in listed:
-            return True
-        log.warning("our contact is no longer bound to %s (now: %s): registering again",
-                    self.messages.aor, ", ".join(listed) or "none")  # fmt: skip
-        self.registration.binding_lost(answer.status_code)
-        return False
 
     # -- requests ---------------------------------------------------------------------------
     def _refused(self, request: SipMessage) -> bool:
