@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import uuid
+from collections.abc import Sequence
 
 from sipagent import __version__
 from sipagent.sip.dialog import DialogState
@@ -73,6 +74,30 @@ class MessageFactory:
     def _via(self, branch: str) -> str:
         return f"Via: SIP/2.0/UDP {self.advertised_ip}:{self.sip_port};branch={branch};rport\r\n"
 
+    def _request_head(
+        self,
+        method: str,
+        uri: str,
+        branch: str,
+        from_: str,
+        to: str,
+        call_id: str,
+        cseq: int,
+        routes: Sequence[str] = (),
+    ) -> str:
+        """Request-Line and the headers every request carries (RFC 3261 8.1.1), those a proxy
+        reads first (Via, Max-Forwards, Route) at the top (7.3.1)."""
+        return (
+            f"{method} {uri} SIP/2.0\r\n"
+            + self._via(branch)
+            + "Max-Forwards: 70\r\n"
+            + "".join(f"Route: {route}\r\n" for route in routes)
+            + f"From: {from_}\r\n"
+            + f"To: {to}\r\n"
+            + f"Call-ID: {call_id}\r\n"
+            + f"CSeq: {cseq} {method}\r\n"
+        )
+
     def _authorization(self, challenge: DigestChallenge, method: str, uri: str) -> str:
         # pyVoIP D4: qop=auth with cnonce/nc, 407 (Proxy-Authorization), uri = Request-URI.
         value = self.credentials.authorization(challenge, method, uri)
@@ -91,14 +116,11 @@ class MessageFactory:
             uri += f":{self.server_port}"
         branch = self.new_branch()
         cseq = next(self._register_cseq)
+        from_ = f"<{self.aor}>;tag={self._register_tag}"
         message = (
-            f"REGISTER {uri} SIP/2.0\r\n"
-            + self._via(branch)
-            + "Max-Forwards: 70\r\n"
-            + f"From: <{self.aor}>;tag={self._register_tag}\r\n"
-            + f"To: <{self.aor}>\r\n"
-            + f"Call-ID: {self.register_call_id}\r\n"
-            + f"CSeq: {cseq} REGISTER\r\n"
+            self._request_head(
+                "REGISTER", uri, branch, from_, f"<{self.aor}>", self.register_call_id, cseq
+            )
             + (
                 ""
                 if query
@@ -116,14 +138,9 @@ class MessageFactory:
         """Out-of-dialog OPTIONS: the registration's binding probe, `doctor`'s registrar check."""
         branch = self.new_branch()
         call_id = self.new_call_id()
+        from_ = f"<{self.aor}>;tag={self.new_tag()}"
         message = (
-            f"OPTIONS {target_uri} SIP/2.0\r\n"
-            + self._via(branch)
-            + "Max-Forwards: 70\r\n"
-            + f"From: <{self.aor}>;tag={self.new_tag()}\r\n"
-            + f"To: <{target_uri}>\r\n"
-            + f"Call-ID: {call_id}\r\n"
-            + "CSeq: 1 OPTIONS\r\n"
+            self._request_head("OPTIONS", target_uri, branch, from_, f"<{target_uri}>", call_id, 1)
             + f"Contact: {self.contact}\r\n"
             + f"User-Agent: {USER_AGENT}\r\n"
             + "Content-Length: 0\r\n\r\n"
@@ -143,14 +160,9 @@ class MessageFactory:
         """An initial INVITE to any URI, offering exactly what we speak."""
         branch = self.new_branch()
         body = sdp_offer.encode()
+        from_, to = f"<{self.aor}>;tag={from_tag}", f"<{target_uri}>"
         message = (
-            f"INVITE {target_uri} SIP/2.0\r\n"
-            + self._via(branch)
-            + "Max-Forwards: 70\r\n"
-            + f"From: <{self.aor}>;tag={from_tag}\r\n"
-            + f"To: <{target_uri}>\r\n"
-            + f"Call-ID: {call_id}\r\n"
-            + f"CSeq: {cseq} INVITE\r\n"
+            self._request_head("INVITE", target_uri, branch, from_, to, call_id, cseq)
             + f"Contact: {self.contact}\r\n"
             + "".join(self._authorization(c, "INVITE", target_uri) for c in authorization)
             + f"Allow: {', '.join(ALLOWED_METHODS)}\r\n"
@@ -164,16 +176,11 @@ class MessageFactory:
         self, invite: OutgoingRequest, response: SipMessage, target_uri: str
     ) -> bytes:
         """ACK for a non-2xx final: part of the INVITE transaction (same branch, RFC 17.1.1.3)."""
-        return (
-            f"ACK {target_uri} SIP/2.0\r\n"
-            + self._via(invite.branch)
-            + "Max-Forwards: 70\r\n"
-            + f"From: {response.first('From')}\r\n"
-            + f"To: {response.first('To')}\r\n"
-            + f"Call-ID: {invite.call_id}\r\n"
-            + f"CSeq: {invite.cseq} ACK\r\n"
-            + "Content-Length: 0\r\n\r\n"
-        ).encode()
+        from_, to = response.first("From") or "", response.first("To") or ""
+        head = self._request_head(
+            "ACK", target_uri, invite.branch, from_, to, invite.call_id, invite.cseq
+        )
+        return (head + "Content-Length: 0\r\n\r\n").encode()
 
     # -- responses --------------------------------------------------------------------------
     @staticmethod
@@ -293,15 +300,13 @@ class MessageFactory:
             cseq = dialog.local_cseq
         branch = self.new_branch()
         encoded_body = body.encode()
+        from_ = f"{dialog.local_party};tag={dialog.local_tag}"
+        head = self._request_head(
+            method, dialog.remote_target, branch, from_, dialog.remote_party, dialog.call_id,
+            cseq, routes=dialog.route_set,
+        )  # fmt: skip
         message = (
-            f"{method} {dialog.remote_target} SIP/2.0\r\n"
-            + self._via(branch)
-            + "Max-Forwards: 70\r\n"
-            + "".join(f"Route: {route}\r\n" for route in dialog.route_set)
-            + f"From: {dialog.local_party};tag={dialog.local_tag}\r\n"
-            + f"To: {dialog.remote_party}\r\n"
-            + f"Call-ID: {dialog.call_id}\r\n"
-            + f"CSeq: {cseq} {method}\r\n"
+            head
             + f"Contact: {self.contact}\r\n"
             + f"User-Agent: {USER_AGENT}\r\n"
             + extra_headers

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 from sipagent.sip.message import SipMessage
 
@@ -84,13 +85,18 @@ class TransactionState(StrEnum):
     TERMINATED = "terminated"
 
 
+_ABSORBING_TIMERS = frozenset({"D", "I", "J", "K"})
+
+
 class _Machine:
     """Shared timer bookkeeping: one retransmission timer, one end-of-state timer."""
+
+    initial_state: ClassVar[TransactionState] = TransactionState.TRYING
 
     def __init__(self, timers: Timers, reliable: bool) -> None:
         self.timers = timers
         self.reliable = reliable
-        self.state = TransactionState.TRYING
+        self.state = self.initial_state
         self._retransmit_at: float | None = None
         self._interval = timers.t1
         self._end_at: float | None = None
@@ -113,6 +119,15 @@ class _Machine:
 
     def _due(self, deadline: float | None, now: float) -> bool:
         return deadline is not None and now >= deadline
+
+    def _end_if_due(self, now: float) -> list[Action] | None:
+        """The state's end timer, if due: the machine terminates, reporting a timeout unless
+        the timer only absorbed retransmissions (D, I, J, K). None while not due."""
+        if not self._due(self._end_at, now):
+            return None
+        timer = self._end_timer
+        self._terminate()
+        return [] if timer in _ABSORBING_TIMERS else [TimedOut(timer)]
 
 
 class ClientTransaction(_Machine):
@@ -157,10 +172,8 @@ class ClientTransaction(_Machine):
         return [Deliver(response)]
 
     def on_timer(self, now: float) -> list[Action]:
-        if self._due(self._end_at, now):
-            timer = self._end_timer
-            self._terminate()
-            return [] if timer == "K" else [TimedOut(timer)]
+        if (ended := self._end_if_due(now)) is not None:
+            return ended
         if self._due(self._retransmit_at, now):
             if self.state == TransactionState.PROCEEDING:
                 self._interval = self._max_interval  # 17.1.2.2: every T2 once proceeding
@@ -174,6 +187,8 @@ class ClientTransaction(_Machine):
 class ClientInviteTransaction(_Machine):
     """An INVITE we sent (RFC 3261 17.1.1)."""
 
+    initial_state = TransactionState.CALLING
+
     def __init__(
         self,
         invite: bytes,
@@ -185,7 +200,6 @@ class ClientInviteTransaction(_Machine):
         reliable: bool = False,
     ) -> None:
         super().__init__(timers, reliable)
-        self.state = TransactionState.CALLING
         self.invite = invite
         self.destination = destination
         self.ring_timeout = ring_timeout
@@ -232,10 +246,8 @@ class ClientInviteTransaction(_Machine):
         return actions
 
     def on_timer(self, now: float) -> list[Action]:
-        if self._due(self._end_at, now):
-            timer = self._end_timer
-            self._terminate()
-            return [] if timer == "D" else [TimedOut(timer)]
+        if (ended := self._end_if_due(now)) is not None:
+            return ended
         if self._due(self._retransmit_at, now):
             self._interval *= 2  # Timer A is not capped at T2 (RFC 3261 17.1.1.2)
             self._retransmit_at = now + self._interval
@@ -243,8 +255,8 @@ class ClientInviteTransaction(_Machine):
         return []
 
 
-class ServerInviteTransaction(_Machine):
-    """An INVITE we are answering (RFC 3261 17.2.1, and 13.3.1.4 for its 2xx)."""
+class _ServerMachine(_Machine):
+    """A request we are answering, and where its responses go."""
 
     def __init__(
         self,
@@ -255,11 +267,16 @@ class ServerInviteTransaction(_Machine):
         reliable: bool = False,
     ) -> None:
         super().__init__(timers, reliable)
-        self.state = TransactionState.PROCEEDING
         self.request = request
         self.key = request.transaction_key
         self.destination = destination
         self.last_response = b""
+
+
+class ServerInviteTransaction(_ServerMachine):
+    """An INVITE we are answering (RFC 3261 17.2.1, and 13.3.1.4 for its 2xx)."""
+
+    initial_state = TransactionState.PROCEEDING  # our 100 Trying goes out at once
 
     def respond(self, response: bytes, status_code: int, now: float) -> list[Action]:
         if self.state not in (TransactionState.PROCEEDING, TransactionState.ACCEPTED):
@@ -304,10 +321,8 @@ class ServerInviteTransaction(_Machine):
         self._terminate()
 
     def on_timer(self, now: float) -> list[Action]:
-        if self._due(self._end_at, now):
-            timer = self._end_timer
-            self._terminate()
-            return [] if timer == "I" else [TimedOut(timer)]
+        if (ended := self._end_if_due(now)) is not None:
+            return ended
         if self._due(self._retransmit_at, now):
             self._interval = min(self._interval * 2, self.timers.t2)
             self._retransmit_at = now + self._interval
@@ -315,21 +330,8 @@ class ServerInviteTransaction(_Machine):
         return []
 
 
-class ServerTransaction(_Machine):
+class ServerTransaction(_ServerMachine):
     """A non-INVITE request we are answering (RFC 3261 17.2.2)."""
-
-    def __init__(
-        self,
-        request: SipMessage,
-        destination: Address,
-        *,
-        timers: Timers = RFC3261_TIMERS,
-        reliable: bool = False,
-    ) -> None:
-        super().__init__(timers, reliable)
-        self.request = request
-        self.destination = destination
-        self.last_response = b""
 
     def respond(self, response: bytes, status_code: int, now: float) -> list[Action]:
         if self.state in (TransactionState.COMPLETED, TransactionState.TERMINATED):
@@ -351,6 +353,4 @@ class ServerTransaction(_Machine):
         return []
 
     def on_timer(self, now: float) -> list[Action]:
-        if self._due(self._end_at, now):
-            self._terminate()
-        return []
+        return self._end_if_due(now) or []
