@@ -317,8 +317,11 @@ class ServerInviteTransaction(_ServerMachine):
             self._terminate()
 
     def stop(self) -> None:
-        """The call is gone: no more retransmissions, no timeout to report."""
-        self._terminate()
+        """The call is gone: its 2xx is no longer retransmitted, no timeout is reported. A
+        non-2xx final (the 487 after a CANCEL) still runs to its ACK: it is the caller's
+        only word that the INVITE failed."""
+        if self.state in (TransactionState.PROCEEDING, TransactionState.ACCEPTED):
+            self._terminate()
 
     def on_timer(self, now: float) -> list[Action]:
         if (ended := self._end_if_due(now)) is not None:

@@ -459,11 +459,7 @@ class UserAgentServer:
             for line in request.content.decode("utf-8", "replace").splitlines():
                 name, _, value = line.partition("=")
                 digit = value.strip().upper()
-                if (
-                    name.strip().lower() == "signal"
-                    and len(digit) == 1
-                    and digit in "0123456789*#ABCD"
-                ):
+                if name.strip().lower() == "signal" and len(digit) == 1 and digit in DTMF_SIGNALS:
                     call.deliver_digit(digit)
 
     def _handle_notify(self, request: SipMessage) -> None:

@@ -176,12 +176,16 @@ def test_2xx_without_ack_times_out_and_reliable_transport_still_retransmits_it()
     assert send_times(run_until(reliable_error, 40.0)) == []  # no Timer G over TCP
 
 
-def test_nothing_follows_a_final_and_stop_silences_the_machine():
-    machine = ServerInviteTransaction(request("INVITE"), PEER)
-    machine.respond(b"487", 487, 0.0)
-    assert machine.respond(b"200", 200, 0.1) == []
-    machine.stop()
-    assert run_until(machine, 100.0) == [] and machine.terminated
+def test_nothing_follows_a_final_and_stop_silences_a_2xx_but_not_an_error():
+    cancelled = ServerInviteTransaction(request("INVITE"), PEER)
+    cancelled.respond(b"487", 487, 0.0)
+    assert cancelled.respond(b"200", 200, 0.1) == []
+    cancelled.stop()  # the call ended: its 487 still goes out until the ACK
+    assert send_times(run_until(cancelled, 2.0)) == [0.5, 1.5]
+    answered = ServerInviteTransaction(request("INVITE"), PEER)
+    answered.respond(b"200", 200, 0.0)
+    answered.stop()
+    assert run_until(answered, 100.0) == [] and answered.terminated
 
 
 def test_custom_timers_scale_every_schedule():
