@@ -26,11 +26,12 @@ from sipagent.cli import service_checks
 from sipagent.cli.checks import Check, Status
 from sipagent.cli.options import bind_problem, settings_options
 from sipagent.config import AgentSettings, HostPort, parse_host_port
-from sipagent.sip.pyvoip_adapter import AgentSIPClient, AgentSIPMessage
-from sipagent.sip.uri import header_params
+from sipagent.sip.factory import MessageFactory
+from sipagent.sip.message import SipMessage
+from sipagent.sip.transaction_layer import TransactionLayer, TransactionTimeout, TransportFailure
+from sipagent.sip.transport import UdpTransport
 
 REGISTRAR_TIMEOUT = 2.0  # seconds for any SIP answer to our OPTIONS
-T1 = 0.5  # RFC 3261 retransmission start interval: UDP may drop the first probe
 RTP_SAMPLE_SIZE = 16  # ports bind-tested out of the RTP range: enough to spot a clash, cheap
 DEFAULT_STATUS_PORT = 8089
 # (stage, cloud provider, settings field of its key, the env var people know it by)
@@ -155,42 +156,40 @@ def check_advertised(settings: AgentSettings) -> Check:
     return Check("advertised address", Status.PASS, f"{advertised} ({source}{hint})")
 
 
-class _OptionsProbe(asyncio.DatagramProtocol):
-    """Collects the first SIP response to our OPTIONS (matched by its Via branch)."""
+class _RegistrarProbe:
+    """One UDP socket and a transaction layer on it, for our OPTIONS to the registrar."""
 
     def __init__(self) -> None:
-        self.branch = ""  # known once the socket is bound: the Via carries its port
-        self.answer: asyncio.Future[AgentSIPMessage] = asyncio.get_running_loop().create_future()
-        self.last_error: Exception | None = None
+        self.udp = UdpTransport(self._on_datagram, on_error=self._on_error, reopen=False)
+        self.transactions = TransactionLayer(self.udp)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+    def _on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         try:
-            message = AgentSIPMessage(data, (str(addr[0]), int(addr[1])))
+            message = SipMessage(data, source)
         except Exception:
             return  # not SIP, or not for us: keep waiting
-        if (
-            not message.is_request
-            and message.top_via_branch == self.branch
-            and not self.answer.done()
-        ):
-            self.answer.set_result(message)
+        if not message.is_request:
+            self.transactions.receive_response(message)
 
-    def error_received(self, exc: Exception) -> None:
-        self.last_error = exc  # e.g. ICMP port unreachable: mentioned if nothing answers
+    def _on_error(self, error: Exception) -> None:
+        # asyncio hands a send failure to error_received instead of raising (e.g. a loopback
+        # bind cannot reach another host, ICMP port unreachable): no point waiting for it.
+        if isinstance(error, OSError):
+            self.transactions.fail_pending(error)
 
+    async def open(self, settings: AgentSettings) -> None:
+        """From the SIP port itself when free (the path and NAT mapping the agent will use),
+        else from an ephemeral port on the same address."""
+        bind = settings.bind_address
+        host = bind.host or "0.0.0.0"
+        try:
+            await self.udp.open(host, bind.port)
+        except OSError:
+            await self.udp.open(host, 0)
 
-async def _open_probe_socket(
-    settings: AgentSettings,
-) -> tuple[asyncio.DatagramTransport, _OptionsProbe]:
-    """From the SIP port itself when free (the path and NAT mapping the agent will use),
-    else from an ephemeral port on the same address."""
-    loop = asyncio.get_running_loop()
-    bind = settings.bind_address
-    host = bind.host or "0.0.0.0"
-    try:
-        return await loop.create_datagram_endpoint(_OptionsProbe, local_addr=(host, bind.port))
-    except OSError:
-        return await loop.create_datagram_endpoint(_OptionsProbe, local_addr=(host, 0))
+    async def close(self) -> None:
+        self.transactions.close()
+        await self.udp.close()
 
 
 async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TIMEOUT) -> Check:
@@ -206,14 +205,15 @@ async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TI
     except OSError as error:
         return Check("registrar", Status.FAIL, f"cannot resolve {server.host}: {error}", fix)
     destination = infos[0][4][:2]
+    probe = _RegistrarProbe()
     try:
-        transport, probe = await _open_probe_socket(settings)
+        await probe.open(settings)
     except OSError as error:
         return Check("registrar", Status.FAIL, f"cannot open a UDP socket: {error}", fix)
     try:
-        local_port = int(transport.get_extra_info("sockname")[1])
+        local_host, local_port = probe.udp.local_address
         try:
-            client = AgentSIPClient(
+            messages = MessageFactory(
                 user=settings.user,
                 password="",
                 auth_user=settings.auth_user,
@@ -225,49 +225,31 @@ async def check_registrar(settings: AgentSettings, timeout: float = REGISTRAR_TI
         except ValueError as error:
             return Check("registrar", Status.FAIL, f"cannot build OPTIONS: {error}", fix)
         host_part = f"[{server.host}]" if ":" in server.host else server.host
-        options = client.gen_options_request(f"sip:{host_part}:{server.port}")
-        probe.branch = options.branch
+        options = messages.options_request(f"sip:{host_part}:{server.port}")
         started = loop.time()
-        interval = T1
-        while True:
-            try:
-                transport.sendto(options.data, destination)
-            except OSError as error:
-                probe.last_error = error
-            # asyncio hands an immediate send failure to error_received instead of raising
-            # (e.g. a loopback bind cannot reach another host): no point waiting 2 s for it.
-            if isinstance(probe.last_error, OSError) and not probe.answer.done():
-                local = transport.get_extra_info("sockname")[0]
-                return Check(
-                    "registrar",
-                    Status.FAIL,
-                    f"cannot send from {local} to {server}: {probe.last_error.strerror}",
-                    "bind an address that routes to the server (--bind 0.0.0.0:PORT)",
-                )
-            remaining = started + timeout - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                answer = await asyncio.wait_for(
-                    asyncio.shield(probe.answer), min(interval, remaining)
-                )
-            except TimeoutError:
-                interval *= 2
-                continue
-            elapsed_ms = (loop.time() - started) * 1000
-            return _registrar_answer(settings, server, answer, elapsed_ms, local_port)
+        try:
+            answer = await probe.transactions.request(options, destination, timeout=timeout)
+        except TransportFailure as error:
+            return Check(
+                "registrar",
+                Status.FAIL,
+                f"cannot send from {local_host} to {server}: {error}",
+                "bind an address that routes to the server (--bind 0.0.0.0:PORT)",
+            )
+        except TransactionTimeout:
+            return Check(
+                "registrar", Status.FAIL, f"no SIP response from {server} in {timeout:g} s", fix
+            )
+        elapsed_ms = (loop.time() - started) * 1000
+        return _registrar_answer(settings, server, answer, elapsed_ms, local_port)
     finally:
-        transport.close()
-    why = f" ({probe.last_error})" if probe.last_error else ""
-    return Check(
-        "registrar", Status.FAIL, f"no SIP response from {server} in {timeout:g} s{why}", fix
-    )
+        await probe.close()
 
 
 def _registrar_answer(
     settings: AgentSettings,
     server: HostPort,
-    answer: AgentSIPMessage,
+    answer: SipMessage,
     elapsed_ms: float,
     local_port: int,
 ) -> Check:
@@ -276,14 +258,12 @@ def _registrar_answer(
     )
     # The registrar's view of our address (RFC 3581): a mismatch means NAT in between,
     # and a Contact/SDP with the private address would strand inbound calls and audio.
-    vias = answer.values("Via")
-    params = header_params(vias[0]) if vias else {}
-    seen_host = params.get("received") or ""
+    seen_host, seen_port = answer.seen_from
     if seen_host and seen_host != settings.advertised_ip:
         return Check(
             "registrar",
             Status.WARN,
-            f"{detail}; it sees us as {seen_host}:{params.get('rport') or local_port} "
+            f"{detail}; it sees us as {seen_host}:{seen_port or local_port} "
             f"but we advertise {settings.advertised_ip}",
             "behind NAT: set --public-ip to the public address and forward SIP/RTP ports",
         )

@@ -29,7 +29,7 @@ async def check_registration(settings: AgentSettings, timeout: float) -> Registe
     endpoint = SipEndpoint(settings, EchoApp())
     await endpoint.start()
     try:
-        assert endpoint.registration is not None and endpoint.client is not None
+        assert endpoint.registration is not None and endpoint.messages is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         status = endpoint.registration.status
@@ -38,8 +38,8 @@ async def check_registration(settings: AgentSettings, timeout: float) -> Registe
                 break
             await asyncio.sleep(0.05)
         snapshot = RegistrationStatus(**{f: getattr(status, f) for f in status.__slots__})
-        advertised = f"{endpoint.client.myIP}:{endpoint.client.myPort}"
-        contact = endpoint.client.contact
+        advertised = f"{endpoint.messages.advertised_ip}:{endpoint.messages.sip_port}"
+        contact = endpoint.messages.contact
     finally:
         await endpoint.stop()  # removes the binding again (Expires: 0)
     nat_warning = ""

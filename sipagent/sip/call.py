@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, DialogState
+from sipagent.sip.dialog import DialogState
 from sipagent.sip.sdp import NegotiatedMedia
+from sipagent.sip.transaction import ServerInviteTransaction
 
 if TYPE_CHECKING:
     from sipagent.media.session import RtpSession
@@ -25,28 +26,13 @@ class CallState(StrEnum):
     ENDED = "ended"
 
 
-@dataclass(slots=True)
-class ServerInviteTransaction:
-    """The INVITE we are answering: its last response, resent on retransmitted INVITEs."""
-
-    request: AgentSIPMessage
-    branch: str  # the INVITE's transaction key (RFC 3261 17.2.3: branch and sent-by)
-    last_response: bytes = b""
-    retransmit_task: asyncio.Task[None] | None = None
-
-    def stop_retransmitting(self) -> None:
-        if self.retransmit_task is not None:
-            self.retransmit_task.cancel()
-            self.retransmit_task = None
-
-
 @dataclass(eq=False)
 class Call:
     call_id: str
     caller: str
     dialog: DialogState
     media: NegotiatedMedia
-    invite: ServerInviteTransaction
+    invite: ServerInviteTransaction | None  # the INVITE we answered last (None: we called)
     rtp_port: int
     hangup_callback: Callable[[Call, str], Awaitable[None]]
     transfer_callback: Callable[[Call, str], Awaitable[bool]] | None = None

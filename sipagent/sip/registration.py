@@ -144,3 +144,52 @@ def granted_expires(
     if expires_header and expires_header.strip().isdigit():
         return int(expires_header.strip())
     return requested
+
+
+class ProbeMode(StrEnum):
+    """How the binding is checked between refreshes (see `BindingProbe`)."""
+
+    UNKNOWN = "unknown"  # no OPTIONS has come back to us yet
+    SUSPECT = "suspect"  # the first probe after the last REGISTER said "no binding"
+    OPTIONS = "options"  # an OPTIONS to our AOR reaches us through the registrar
+    BINDING_QUERY = "binding query"  # the registrar answers it itself: REGISTER queries
+
+
+class ProbeVerdict(StrEnum):
+    KEEP = "keep"  # nothing learned against the binding: keep the refresh schedule
+    LOST = "lost"  # register again now
+
+
+class BindingProbe:
+    """Reads the answers to the OPTIONS we send to our own AOR through the registrar.
+
+    While the binding exists the registrar routes that OPTIONS back to us (we answer 200); a
+    404/410/480 means it lost the binding (a restart). Registrars that answer such an OPTIONS
+    themselves cannot show a lost binding that way: Asterisk challenges it (401/407), some
+    trunks say 404 even right after a REGISTER succeeded (when the first probe after two
+    successive REGISTERs both say so and none ever came back to us). Against those the probe
+    becomes a binding query instead (a REGISTER without Contact, RFC 3261 10.2.3).
+    """
+
+    def __init__(self) -> None:
+        self.mode = ProbeMode.UNKNOWN
+
+    @property
+    def uses_binding_query(self) -> bool:
+        return self.mode == ProbeMode.BINDING_QUERY
+
+    def options_answered(self, status_code: int, *, first_after_register: bool) -> ProbeVerdict:
+        if status_code in (401, 407):
+            self.mode = ProbeMode.BINDING_QUERY
+        elif status_code == 200:
+            self.mode = ProbeMode.OPTIONS
+        elif status_code in (404, 410, 480) and self.mode != ProbeMode.BINDING_QUERY:
+            if self.mode == ProbeMode.OPTIONS:
+                return ProbeVerdict.LOST
+            if self.mode == ProbeMode.SUSPECT and first_after_register:
+                # Twice, each time right after a successful REGISTER: not a lost binding.
+                self.mode = ProbeMode.BINDING_QUERY
+                return ProbeVerdict.KEEP
+            self.mode = ProbeMode.SUSPECT if first_after_register else ProbeMode.UNKNOWN
+            return ProbeVerdict.LOST
+        return ProbeVerdict.KEEP

@@ -10,7 +10,7 @@ import pytest
 from test_agent_calls import assert_same_frames, recording
 
 from sipagent.sip.call import CallState
-from sipagent.sip.registration import RegistrationState
+from sipagent.sip.registration import ProbeMode, RegistrationState
 from tests.kit.agentlib import free_sip_port, running_agent, wait_until
 from tests.kit.peerlib.capture import write_dtmf_pcap
 
@@ -200,7 +200,7 @@ async def test_register_command_unreachable():
 async def test_a_registrar_answering_options_itself_is_not_hammered():
     """Some registrars answer an OPTIONS to our AOR themselves (404) instead of routing it to
     us: after two tries the agent stops reading that as a lost binding."""
-    from sipagent.sip.pyvoip_adapter import AgentSIPMessage
+    from sipagent.sip.message import SipMessage
 
     loop = asyncio.get_running_loop()
     registers = 0
@@ -211,7 +211,7 @@ async def test_a_registrar_answering_options_itself_is_not_hammered():
 
         def datagram_received(self, data, addr):
             nonlocal registers
-            request = AgentSIPMessage(data, addr)
+            request = SipMessage(data, addr)
             registers += request.method == "REGISTER"
             code, extra = (200, f"Contact: {request.first('Contact')};expires=300\r\n")
             if request.method == "OPTIONS":
@@ -244,9 +244,15 @@ async def test_a_replaced_binding_on_a_single_contact_aor_is_restored(kamailio, 
     async with running_agent(server=kam.address, password="agentpw",
                              keepalive_interval=0.5) as agent:  # fmt: skip
         ours = f"sip:agent@{agent.local_address[0]}:{agent.local_address[1]}"
+        client = agent.registration_client
+        assert client is not None
+
+        def probing_by_query() -> bool:
+            return client.probe.mode == ProbeMode.BINDING_QUERY
+
         await wait_until(lambda: registered(agent), 5, "registered")
         # The first probe is challenged: from then on the binding is checked by query.
-        await wait_until(lambda: agent._probe_routes_to_us is False, 5, "challenge seen")
+        await wait_until(probing_by_query, 5, "challenge seen")
         successes = agent.registration.status.successes
         intruder = sipp("register.xml", remote=kam.address, service="agent",
                         auth=("agent", "agentpw"))  # fmt: skip

@@ -15,7 +15,7 @@ from sipagent.apps.base import build_app
 from sipagent.config import AgentSettings
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.endpoint import SipEndpoint
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage
+from sipagent.sip.message import SipMessage
 
 _next_rtp_base = 21000 + (os.getpid() % 40) * 200  # concurrent pytest runs stay apart
 
@@ -78,18 +78,18 @@ class MiniUac:
         self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
-        self.received: list[AgentSIPMessage] = []
+        self.received: list[SipMessage] = []
 
     def send(self, data: str, destination: tuple[str, int]) -> None:
         self.sock.sendto(data.replace("\n", "\r\n").encode(), destination)
 
-    async def collect(self, seconds: float) -> list[AgentSIPMessage]:
+    async def collect(self, seconds: float) -> list[SipMessage]:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end:
             try:
                 data = self.sock.recv(65535)
-                self.received.append(AgentSIPMessage(data))
+                self.received.append(SipMessage(data))
             except BlockingIOError:
                 await asyncio.sleep(0.01)
         return self.received

@@ -1,6 +1,6 @@
 """Every hostile SIP datagram is either rejected with SipMessageError or parses cleanly."""
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
+from sipagent.sip.message import SipMessage, SipMessageError
 from tests.kit.hostile_input import hostile_sip_messages
 
 
@@ -14,7 +14,7 @@ def test_parser_never_raises_anything_but_a_clear_error():
     rejected = 0
     for index, data in enumerate(hostile_sip_messages()):
         try:
-            message = AgentSIPMessage(data, ("127.0.0.1", 39999))
+            message = SipMessage(data, ("127.0.0.1", 39999))
         except SipMessageError as error:
             assert str(error), f"corpus[{index}] rejected without a reason"
             rejected += 1

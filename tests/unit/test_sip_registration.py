@@ -1,4 +1,7 @@
 from sipagent.sip.registration import (
+    BindingProbe,
+    ProbeMode,
+    ProbeVerdict,
     RegistrationPolicy,
     RegistrationState,
     granted_expires,
@@ -55,3 +58,38 @@ def test_granted_expires_prefers_our_contact_param():
     assert granted_expires(contacts, "3600", "sip:agent@127.0.0.1:5062", 300) == 120
     assert granted_expires([], "90", "sip:agent@127.0.0.1:5062", 300) == 90
     assert granted_expires([], None, "sip:agent@127.0.0.1:5062", 300) == 300
+
+
+def test_binding_probe_trusts_options_that_come_back_to_us():
+    probe = BindingProbe()
+    assert probe.options_answered(200, first_after_register=True) == ProbeVerdict.KEEP
+    assert probe.mode == ProbeMode.OPTIONS
+    # Once OPTIONS reached us, a 404 is a lost binding, even twice right after REGISTER.
+    for _ in range(3):
+        assert probe.options_answered(404, first_after_register=True) == ProbeVerdict.LOST
+    assert probe.mode == ProbeMode.OPTIONS and not probe.uses_binding_query
+
+
+def test_binding_probe_switches_to_queries_when_challenged():
+    probe = BindingProbe()
+    assert probe.options_answered(407, first_after_register=True) == ProbeVerdict.KEEP
+    assert probe.uses_binding_query
+    assert probe.options_answered(404, first_after_register=True) == ProbeVerdict.KEEP
+
+
+def test_binding_probe_switches_after_two_404s_each_right_after_register():
+    probe = BindingProbe()
+    assert probe.options_answered(404, first_after_register=True) == ProbeVerdict.LOST
+    assert probe.mode == ProbeMode.SUSPECT
+    assert probe.options_answered(480, first_after_register=True) == ProbeVerdict.KEEP
+    assert probe.uses_binding_query
+
+
+def test_binding_probe_a_later_404_is_a_real_loss_and_clears_the_suspicion():
+    probe = BindingProbe()
+    probe.options_answered(404, first_after_register=True)
+    assert probe.options_answered(404, first_after_register=False) == ProbeVerdict.LOST
+    assert probe.mode == ProbeMode.UNKNOWN
+    assert probe.options_answered(404, first_after_register=True) == ProbeVerdict.LOST
+    assert probe.mode == ProbeMode.SUSPECT  # needs two in a row to switch
+    assert probe.options_answered(503, first_after_register=False) == ProbeVerdict.KEEP

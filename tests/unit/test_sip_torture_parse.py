@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipagent.sip.pyvoip_adapter import AgentSIPMessage, SipMessageError
+from sipagent.sip.message import SipMessage, SipMessageError
 from tests.kit.hostile_input import SipCase, legal_unusual_messages
 from tests.kit.sip_corpus import CORPUS_SIZE, RFC4475, addressed, full_corpus, is_response
 
@@ -47,9 +47,9 @@ def test_addressing_keeps_the_rfc_bytes_but_the_addresses():
     assert b"127.0.0.1:65536" in addressed(via_case, AGENT, SENDER)
 
 
-def _parse(case: SipCase, data: bytes) -> AgentSIPMessage | None:
+def _parse(case: SipCase, data: bytes) -> SipMessage | None:
     try:
-        return AgentSIPMessage(data, SENDER)
+        return SipMessage(data, SENDER)
     except SipMessageError as error:
         assert str(error), f"{case.name}: rejected without a reason"
         return None
@@ -74,7 +74,7 @@ def test_valid_rfc4475_requests_parse():
         if case.verdict == "valid" and case.name.startswith("rfc4475/"):
             data = addressed(case, AGENT, SENDER)
             try:
-                AgentSIPMessage(data, SENDER)
+                SipMessage(data, SENDER)
             except SipMessageError as error:
                 rejected.append(f"{case.name}: {error}"[:160])
     assert not rejected, "valid RFC 4475 messages rejected:\n" + "\n".join(rejected)
