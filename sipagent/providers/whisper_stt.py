@@ -204,7 +204,10 @@ def preload(weights: WhisperWeights, cpu_threads: int | None = None) -> None:
         except Exception as exc:  # start() reports it again, per call, as a ProviderError
             log.warning("whisper model failed to load: %s", exc)
 
-    threading.Thread(target=load, name="whisper-preload", daemon=True).start()
+    # Not a daemon: a process that exits while CTranslate2 is still loading or warming up
+    # would otherwise be killed inside it ("terminate called without an active exception",
+    # exit -6); exiting waits for it instead (a second or two).
+    threading.Thread(target=load, name="whisper-preload").start()
 
 
 def _job_pool() -> concurrent.futures.ThreadPoolExecutor:

@@ -275,3 +275,27 @@ async def test_provider_with_bad_weights_is_a_provider_error(tmp_path, monkeypat
     stt = WhisperSpeechToText(partials=False)
     with pytest.raises(ProviderError, match="weights unavailable"):
         await stt.start()
+
+
+EXIT_WHILE_LOADING = """
+import sys, time
+from sipagent.providers import whisper_stt
+whisper_stt.preload(whisper_stt.check_weights())
+while "faster_whisper" not in sys.modules:
+    time.sleep(0.001)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_process_may_exit_while_the_model_is_still_loading():
+    """`sipagent serve` stopped in its first seconds exited with "terminate called without an
+    active exception" (-6) or a segfault (-11): the preload thread was a daemon, killed inside
+    CTranslate2 at interpreter exit. Exits spread over the load and the warm-up."""
+    import subprocess
+
+    for delay in ("0", "0.2", "0.4", "0.6", "0.8", "1.0"):
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_LOADING, delay],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (delay, done.returncode, done.stderr[-500:])
