@@ -32,7 +32,7 @@ from sipagent.conversation.session import (
 )
 from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
 from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
-from sipagent.tools.receptionist import ReceptionistTools
+from sipagent.tools.receptionist import ReceptionistTools, receptionist_prompt
 
 
 class MemoryCall:
@@ -215,7 +215,8 @@ def make_session(
         stt=stt,
         llm=llm,
         tts=tts,
-        tools=tools,
+        toolset=tools,
+        system_prompt=receptionist_prompt("Sarah", "Sunrise Dental", today=""),
         settings=settings or ConversationSettings(greeting="Hello."),
         **kwargs,
     )
@@ -429,12 +430,11 @@ async def test_every_open_tool_call_is_answered_when_the_call_ends_mid_round() -
     await wait_for(lambda: len(session.turns) == 1, "the greeting said")
     async with store._lock:
         caller_says(stt, "Book me a checkup next week at ten")
-        await wait_for(
-            lambda: any(m.get("tool_calls") for m in session.messages), "the tool round started"
-        )
-        assert history_error(session.messages) is None  # valid while the tool still runs
+        messages = session.history.messages
+        await wait_for(lambda: any(m.get("tool_calls") for m in messages), "the tool round started")
+        assert history_error(messages) is None  # valid while the tool still runs
         session._interrupt_reply()
-        assert history_error(session.messages) is None
+        assert history_error(session.history.messages) is None
     call.ended.set()
     await asyncio.wait_for(runner, 5)
 
@@ -665,28 +665,36 @@ async def test_after_a_hold_the_sentence_that_was_cut_is_said_again_from_its_sta
     await asyncio.wait_for(runner, 5)
 
 
+class TimedTts(InstantTts):
+    """InstantTts that also notes when each text was asked for (loop time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked_at: dict[str, float] = {}
+
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
+        self.asked_at[text] = asyncio.get_running_loop().time()
+        async for audio in super().synthesize(text, **context):
+            yield audio
+
+
 async def test_the_idle_timer_is_suspended_while_the_caller_has_us_on_hold() -> None:
-    now = [0.0]
-    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
-    settings = ConversationSettings(
-        greeting="Hello.", idle_reprompt_seconds=8.0, watchdog_interval=0.001
-    )
-    session = make_session(
-        call, stt, GatedLlm("unused"), tts, settings=settings, clock=lambda: now[0]
-    )
+    # Real time with a short timer; every check is a lower bound, so a slow machine can only
+    # make this test weaker, never fail it.
+    call, stt, tts = MemoryCall(), PushedStt(), TimedTts()
+    settings = ConversationSettings(greeting="Hello.", idle_reprompt_seconds=0.2)
+    session = make_session(call, stt, GatedLlm("unused"), tts, settings=settings)
     runner = asyncio.create_task(session.run())
     await wait_for(lambda: len(session.turns) == 1, "the greeting said")
     call.set_hold(True)
     await wait_for(lambda: call.holds.empty(), "the hold seen")
-    now[0] += 60.0  # a minute of hold music
-    await asyncio.sleep(0.05)  # many watchdog ticks
+    await asyncio.sleep(0.6)  # three re-prompt intervals of hold music
     assert "Are you still there?" not in tts.texts
+    back = asyncio.get_running_loop().time()
     call.set_hold(False)
-    await wait_for(lambda: call.holds.empty(), "the unhold seen")
-    await asyncio.sleep(0.05)
-    assert "Are you still there?" not in tts.texts  # the silence counts from the unhold
-    now[0] += 9.0
     await wait_for(lambda: "Are you still there?" in tts.texts, "re-prompted after the hold")
+    # The silence counts from the unhold, not from the greeting.
+    assert tts.asked_at["Are you still there?"] - back >= 0.2 - 1e-6
     call.ended.set()
     await asyncio.wait_for(runner, 5)
 
