@@ -431,9 +431,9 @@ class ConversationSession:
                 await self._speak_text(fixed_text, reply)
                 self.history.add_assistant(fixed_text)
             elif forced_tool is not None:
+                # A keypad shortcut: the tool runs at once, then the model speaks from its result.
                 action = await self._run_tools((forced_tool,), "")
-                if action is not None:
-                    action = await self._respond(reply) or action
+                action = await self._respond(reply) or action
             else:
                 action = await self._respond(reply)
             await self._wait_played()
