@@ -25,7 +25,7 @@ from rich.console import Console
 from sipagent.apps.base import CallChannel
 from sipagent.apps.receptionist import ReceptionistApp
 from sipagent.config import AgentSettings
-from sipagent.conversation.session import Turn
+from sipagent.conversation.turns import Turn
 from sipagent.demo import (
     SimulatedCaller,
     agent_and_phone,

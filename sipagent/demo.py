@@ -24,7 +24,8 @@ from sipagent.apps.base import CallChannel
 from sipagent.apps.echo import EchoApp
 from sipagent.apps.receptionist import ReceptionistApp
 from sipagent.config import AgentSettings
-from sipagent.conversation.session import ConversationSession, Turn
+from sipagent.conversation.session import ConversationSession
+from sipagent.conversation.turns import Turn
 from sipagent.providers.base import TextToSpeech
 from sipagent.providers.offline_tts import EspeakTextToSpeech
 from sipagent.sip.call import Call

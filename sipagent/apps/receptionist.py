@@ -1,4 +1,5 @@
-"""The receptionist: each answered call gets a ConversationSession over the chosen providers."""
+"""The receptionist: each answered call gets a ConversationSession over the chosen providers,
+with the dental receptionist's toolset and prompt (sipagent/tools/receptionist.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from sipagent.booking.store import BookingStore, InMemoryBookingStore
 from sipagent.config import AgentSettings
 from sipagent.conversation.barge_in import BargeInSettings
 from sipagent.conversation.session import ConversationSession, ConversationSettings
+from sipagent.conversation.turns import Turn
 from sipagent.providers.factory import Providers, build_providers
 from sipagent.storage import CallRecorder, SqlBookingStore, make_engine, upgrade
-from sipagent.tools.receptionist import ReceptionistTools
+from sipagent.tools.receptionist import ReceptionistTools, receptionist_prompt
 
 log = logging.getLogger("sipagent.receptionist")
 
@@ -31,8 +33,12 @@ class ReceptionistApp:
         recorder: CallRecorder | None = None,
         clock: Callable[[], datetime] | None = None,
         region: str = "US",
+        persona: str = "Sarah",
+        clinic: str = "Sunrise Dental",
     ) -> None:
         self.providers = providers
+        self.persona = persona
+        self.clinic = clinic
         self.conversation = conversation
         self.hours = hours
         self.store = store or InMemoryBookingStore()
@@ -45,8 +51,6 @@ class ReceptionistApp:
     def from_settings(cls, settings: AgentSettings) -> ReceptionistApp:
         profile = settings.clinic_profile()
         conversation = ConversationSettings(
-            persona=profile.persona,
-            clinic=profile.name,
             greeting=profile.greeting,
             barge_in=BargeInSettings.for_sensitivity(settings.barge_in_sensitivity),
             idle_reprompt_seconds=settings.idle_reprompt_seconds,
@@ -60,7 +64,14 @@ class ReceptionistApp:
         store = SqlBookingStore(engine, hours.slot_minutes, timezone=hours.timezone)
         providers = build_providers(settings, clinic_name=profile.name)
         return cls(
-            providers, conversation, hours, store, CallRecorder(engine), region=profile.region
+            providers,
+            conversation,
+            hours,
+            store,
+            CallRecorder(engine),
+            region=profile.region,
+            persona=profile.persona,
+            clinic=profile.name,
         )
 
     async def farewell(self, call: CallChannel) -> None:
@@ -73,6 +84,13 @@ class ReceptionistApp:
 
     async def handle(self, call: CallChannel) -> None:
         now = self.clock()
+        recorder = self.recorder
+        on_turn: Callable[[int, Turn], None] | None = None
+        if recorder is not None:
+
+            def on_turn(index: int, turn: Turn) -> None:
+                recorder.spawn(recorder.record_turn(call.call_id, index, turn))
+
         session = ConversationSession(
             call,
             stt=self.providers.new_stt(),
@@ -80,13 +98,15 @@ class ReceptionistApp:
             tts=self.providers.tts,
             fallback_tts=self.providers.fallback_tts,
             tts_slots=self.providers.tts_slots,
-            tools=ReceptionistTools(self.store, self.hours, self.clock, self.region),
+            toolset=ReceptionistTools(self.store, self.hours, self.clock, self.region),
+            system_prompt=receptionist_prompt(
+                self.persona, self.clinic, today=now.strftime("%A %B %-d, %Y, %-I:%M %p %Z")
+            ),
             settings=self.conversation,
             transfer=getattr(call, "transfer", None),
-            today=now.strftime("%A %B %-d, %Y, %-I:%M %p %Z"),
+            on_turn=on_turn,
         )
         self.sessions[call.call_id] = session
-        recorder = self.recorder
         if recorder is None:
             await session.run()
             return
@@ -100,9 +120,6 @@ class ReceptionistApp:
                 answered_at=getattr(call, "answered_at", None),
                 offline_mode=self.providers.choice.offline,
             )
-        )
-        session.on_turn = lambda index, turn: recorder.spawn(
-            recorder.record_turn(call.call_id, index, turn)
         )
         try:
             await session.run()

@@ -1,19 +1,21 @@
-"""One call's conversation: caller audio -> STT -> LLM (+ tools) -> sentences -> TTS -> RTP.
+"""One call's conversation, the turn loop: caller audio -> STT -> LLM (+ tools) -> TTS -> RTP.
 
 Everything streams: the first sentence of a reply is synthesised while the LLM is still
-writing the second, and the next sentence's TTS runs while the current one plays (at most
-those two requests per reply, and a process-wide cap). Barge-in pauses the line on voice and
-flushes it on words (see barge_in.py). Failures are spoken around: an LLM error gets an
-apology and one retry (after the service's retry-after, if it gave one), a second failure the
-fallback line; a TTS error falls back to the offline voice for that sentence, or for the rest
-of the call when the error cannot heal; the STT provider reconnects by itself. A hold (the
-caller's re-INVITE) suspends the idle timer, and on unhold the sentence that was cut is said
-again from its start.
+writing the second (speaker.py). Barge-in pauses the line on voice and flushes it on words
+(barge_in.py). Failures are spoken around: an LLM error gets an apology and one retry (after
+the service's retry-after, if it gave one), a second failure the fallback line; TTS failures
+fall back to the offline voice (speaker.py); the STT provider reconnects by itself. A hold
+(the caller's re-INVITE) pauses the idle timer, and on unhold the sentence that was cut is
+said again from its start.
 
-The history sent to the LLM stays valid on every path: a tool round answers each of its
-tool_call ids at once (with "interrupted before completion" until the tool's real result
-replaces it), and a tool still running when the caller interrupts is finished and its result
-kept, so a booking that committed is never forgotten.
+What the engine says and can do is injected: the system prompt and the toolset (schemas and
+executor) come from the app, so another business is another toolset and prompt. The history
+sent to the LLM stays valid on every path (history.py); a tool still running when the caller
+interrupts is finished and its result kept, so a booking that committed is never forgotten.
+
+The parts: keypad.py (digits into entries), idle.py (re-prompts and the time limit, by
+deadline), speaker.py (a reply's sentences to audio), history.py (the chat history),
+turns.py (the turns and when they are recorded); this module runs them for one call.
 """
 
 from __future__ import annotations
@@ -21,12 +23,9 @@ from __future__ import annotations
 import asyncio
 import audioop
 import contextlib
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import webrtcvad
 
@@ -39,9 +38,16 @@ from sipagent.conversation.barge_in import (
     is_backchannel,
 )
 from sipagent.conversation.chunker import SentenceChunker
-from sipagent.conversation.heard import SpokenChunk, first_unheard_chunk, heard_text
+from sipagent.conversation.failures import ProviderFailures
+from sipagent.conversation.heard import first_unheard_chunk, heard_text
+from sipagent.conversation.history import ChatHistory, ToolRound
 from sipagent.conversation.idle import IdleAction, IdlePolicy
+from sipagent.conversation.keypad import KeypadEntry
+from sipagent.conversation.speaker import Reply, Speaker, Voices
+from sipagent.conversation.state import ConversationState
+from sipagent.conversation.toolset import CallAction, Toolset
 from sipagent.conversation.tts_slots import TtsSlots
+from sipagent.conversation.turns import Turn, TurnLog, TurnTimings
 from sipagent.providers.base import (
     LanguageModel,
     ProviderError,
@@ -51,20 +57,8 @@ from sipagent.providers.base import (
     ToolCall,
     WarmsUp,
 )
-from sipagent.tools.receptionist import TOOL_SCHEMAS, ReceptionistTools
 
 log = logging.getLogger("sipagent.conversation")
-
-SYSTEM_PROMPT = """You are {persona}, the receptionist of {clinic}, answering the phone.
-Speak naturally in 1-2 short sentences per reply; this is a phone call, so no lists, no
-markdown, no emojis. Help callers book appointments: collect the patient's full name, phone
-number, preferred date and time, and the reason (cleaning, checkup, emergency or
-consultation), then call book_appointment and read the booking back. Use check_availability
-before offering times. If a tool returns an error, explain it simply and offer alternatives.
-Text like "(keypad) 5551234567" is what the caller typed on the keypad. If the caller asks for
-a person, call transfer_to_human. When the caller is done, say goodbye and call end_call.
-Today is {today}. Tool arguments take dates as YYYY-MM-DD and times as 24-hour HH:MM, in the
-clinic's time zone."""
 
 APOLOGY = "Sorry, just one moment."
 LLM_FALLBACK = (
@@ -75,17 +69,36 @@ STT_LOST = (
     "I'm sorry, I can't hear you right now. You can type your phone number on the keypad, "
     "or please call us back in a few minutes."
 )
-# What an open tool_call id is answered with until its tool finishes (or if it never does).
-TOOL_INTERRUPTED = json.dumps({"ok": False, "error": "interrupted before completion"})
-# Sentences of one reply synthesised at once: the one playing and the next.
-TTS_REQUESTS_PER_REPLY = 2
+
+# Why silence is not being counted (IdlePolicy pauses).
+_REPLYING = "reply"  # we are thinking or talking
+_CALLER_MID_TURN = "caller mid-turn"  # words came, the end of the caller's turn not yet
+_ON_HOLD = "hold"  # the caller is away on purpose
+
+
+@dataclass(frozen=True, slots=True)
+class Phrases:
+    """What the engine itself says, when there is no model reply to speak."""
+
+    apology: str = APOLOGY  # an LLM failure, before the retry
+    llm_fallback: str = LLM_FALLBACK
+    stt_lost: str = STT_LOST
+    still_there: str = "Are you still there?"
+    idle_goodbye: str = "I haven't heard anything, so I'll hang up now. Goodbye!"
+    time_limit: str = (
+        "I'm sorry, we've reached the time limit for this call. "
+        "Please call back if you need anything else. Goodbye!"
+    )
+    transfer_failed: str = (
+        "I'm sorry, I couldn't reach the front desk right now. I can have someone "
+        "call you back. What's the best number to reach you?"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationSettings:
-    persona: str = "Sarah"
-    clinic: str = "Sunrise Dental"
-    greeting: str = "Thank you for calling Sunrise Dental, this is Sarah. How can I help you?"
+    greeting: str = "Hello, how can I help you?"
+    phrases: Phrases = field(default_factory=Phrases)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     vad_mode: int = 2
     min_chunk_chars: int = 20
@@ -98,47 +111,6 @@ class ConversationSettings:
     transfer_uri: str = ""
     # A 429's retry-after longer than this is not waited for: the fallback line is said instead.
     max_retry_after_seconds: float = 3.0
-    watchdog_interval: float = 0.25
-
-
-@dataclass(slots=True)
-class TurnTimings:
-    """loop.time() stamps of one exchange; None where the stage did not happen."""
-
-    caller_speech_end: float | None = None  # last voiced inbound frame
-    stt_final: float | None = None
-    llm_first_token: float | None = None
-    tts_first_byte: float | None = None
-    first_reply_packet: float | None = None  # first outbound RTP packet of the reply
-    barge_in_onset: float | None = None
-    barge_in_decision: float | None = None
-    last_voiced_packet: float | None = None  # after a barge-in: when the line went quiet
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-
-
-@dataclass(slots=True)
-class Turn:
-    role: str  # "user" | "assistant"
-    text: str
-    heard_text: str | None = None
-    interrupted: bool = False
-    timings: TurnTimings = field(default_factory=TurnTimings)
-    at: float = field(default_factory=time.time)
-
-
-class _Reply:
-    """The reply being spoken: its chunks (for heard-text) and its playout baseline."""
-
-    def __init__(self, baseline_sent_ms: float, timings: TurnTimings, message_index: int) -> None:
-        self.baseline_sent_ms = baseline_sent_ms
-        self.message_index = message_index  # where this reply's messages start in history
-        self.timings = timings
-        self.chunks: list[SpokenChunk] = []
-        self.text = ""
-        self.started_speaking = False
-        self.tts_requests = asyncio.Semaphore(TTS_REQUESTS_PER_REPLY)
 
 
 class ConversationSession:
@@ -149,12 +121,12 @@ class ConversationSession:
         stt: SpeechToText,
         llm: LanguageModel,
         tts: TextToSpeech,
-        tools: ReceptionistTools,
+        toolset: Toolset,
+        system_prompt: str,
         settings: ConversationSettings | None = None,
         fallback_tts: TextToSpeech | None = None,
         transfer: Callable[[str], Awaitable[bool]] | None = None,
         on_turn: Callable[[int, Turn], None] | None = None,
-        today: str = "",
         clock: Callable[[], float] | None = None,
         tts_slots: TtsSlots | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -162,49 +134,44 @@ class ConversationSession:
         self.call = call
         self.stt = stt
         self.llm = llm
-        self.tts = tts
-        self.fallback_tts = fallback_tts
-        self.tools = tools
+        self.toolset = toolset
         self.settings = settings or ConversationSettings()
+        self.phrases = self.settings.phrases
         self.transfer = transfer
-        self.on_turn = on_turn
         self.clock = clock or asyncio.get_running_loop().time
-        self.tts_slots = tts_slots  # process-wide TTS concurrency (None: unbounded)
         self.sleep = sleep
-        self.messages: list[dict[str, Any]] = [
-            {
-                "role": "system",
-                "content": SYSTEM_PROMPT.format(
-                    persona=self.settings.persona, clinic=self.settings.clinic, today=today
-                ),
-            }
-        ]
-        self.turns: list[Turn] = []
+        self.failures = ProviderFailures(call.call_id)
+        self.voices = Voices(tts, fallback_tts, tts_slots, self.failures)
+        self.history = ChatHistory(system_prompt)
+        self.turn_log = TurnLog(call.call_id, on_turn)
         self.barge_in = BargeInPolicy(self.settings.barge_in)
         self.barge_in_events: list[BargeInEvent] = []
-        self.provider_errors: list[str] = []
-        # Providers that failed in a way that cannot heal: not asked again during this call.
-        self.given_up: set[str] = set()
-        self.state = "listening"
-        self._vad = webrtcvad.Vad(self.settings.vad_mode)
-        self._pending_finals: list[str] = []
-        self._last_caller_voice: float | None = None
-        self._reply_task: asyncio.Task[None] | None = None
-        self._reply: _Reply | None = None
-        # Turns wait here for on_turn while a reply is being prepared: persisting one (SQL in a
-        # worker thread) holds the GIL for ~3 ms, which would land on the LLM request.
-        self._turns_to_record: list[int] = []
-        self._holding_records = False
-        # Tool rounds still running (a booking waiting on the database): a later reply waits
-        # for them so the model learns their real outcome.
-        self._tool_rounds: set[asyncio.Task[str | None]] = set()
-        self._done = asyncio.Event()
+        self.state = ConversationState.LISTENING
+        self.keypad = KeypadEntry(self.settings.dtmf_interdigit_seconds)
         self.idle = IdlePolicy(
             self.clock(),
             reprompt_after=self.settings.idle_reprompt_seconds,
             max_reprompts=self.settings.idle_max_reprompts,
             max_call=self.settings.max_call_seconds,
         )
+        self._idle_resumed = asyncio.Event()  # a pause ended: the idle deadline may be sooner
+        self._vad = webrtcvad.Vad(self.settings.vad_mode)
+        self._pending_finals: list[str] = []
+        self._last_caller_voice: float | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._reply: Reply | None = None
+        # Tool rounds still running (a booking waiting on the database): a later reply waits
+        # for them so the model learns their real outcome.
+        self._tool_rounds: set[asyncio.Task[CallAction | None]] = set()
+        self._done = asyncio.Event()
+
+    @property
+    def turns(self) -> list[Turn]:
+        return self.turn_log.turns
+
+    @property
+    def provider_errors(self) -> list[str]:
+        return self.failures.errors
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -212,11 +179,12 @@ class ConversationSession:
         try:
             await self.stt.start()
         except ProviderError as error:
-            self._provider_error("stt", error)
-            greeting = f"{greeting} {STT_LOST}"  # the caller must not talk into the void
+            self.failures.report("stt", error)
+            # The caller must not talk into the void.
+            greeting = f"{greeting} {self.phrases.stt_lost}"
         try:
             # A worker that dies takes the group down: the call ends, loudly, instead of going
-            # on deaf (no audio pump) or without its time limit (no watchdog).
+            # on deaf (no audio pump) or without its time limit (no idle watcher).
             async with asyncio.TaskGroup() as workers:
                 if isinstance(self.llm, WarmsUp):
                     # The LLM's connection opens while the greeting plays, not on the caller's
@@ -224,10 +192,10 @@ class ConversationSession:
                     workers.create_task(self.llm.warm_up(), name="llm warm-up")
                 for worker in (
                     self._pump_audio, self._consume_transcripts, self._consume_digits,
-                    self._watchdog, self._follow_hold,
+                    self._watch_idle, self._follow_hold,
                 ):  # fmt: skip
                     workers.create_task(worker(), name=worker.__name__.strip("_"))
-                self._start_reply(None, greeting=greeting)
+                self._start_reply(None, fixed_text=greeting)
                 await self._done.wait()
                 raise _CallOver
         except* _CallOver:
@@ -242,7 +210,7 @@ class ConversationSession:
         finally:
             await self._cancel_reply()
             await self._settle_tool_rounds(timeout=5.0)
-            self._release_records()
+            self.turn_log.release()
             try:
                 await asyncio.wait_for(self.stt.close(), 2.0)
             except Exception as error:
@@ -253,7 +221,7 @@ class ConversationSession:
 
     async def say_and_wait(self, text: str) -> None:
         """Interrupt whatever is going on, say `text`, and return once it has been played."""
-        self._start_reply(None, greeting=text)
+        self._start_reply(None, fixed_text=text)
         task = self._reply_task
         if task is not None:
             await asyncio.wait({task})  # its failures are logged by the reply itself
@@ -304,20 +272,22 @@ class ConversationSession:
             elif event.kind == SttEventKind.FINAL:
                 if event.text.strip():
                     self._pending_finals.append(event.text.strip())
+                    self.idle.pause(_CALLER_MID_TURN)
                     self._apply_barge_in(self.barge_in.on_transcript(event.text, now))
                 if event.speech_final:
                     self._end_of_caller_turn(now)
             elif event.kind == SttEventKind.UTTERANCE_END:
                 self._end_of_caller_turn(now)
             elif event.kind == SttEventKind.ERROR:
-                self.provider_errors.append(f"stt: {event.detail}")
+                self.failures.errors.append(f"stt: {event.detail}")
                 log.warning("[%s] STT: %s", self.call.call_id, event.detail)
                 if event.detail.startswith("gave up"):
-                    self._start_reply(None, greeting=STT_LOST)
+                    self._start_reply(None, fixed_text=self.phrases.stt_lost)
 
     def _end_of_caller_turn(self, now: float) -> None:
         text = " ".join(self._pending_finals).strip()
         self._pending_finals.clear()
+        self._resume_idle(_CALLER_MID_TURN, now)
         if not text:
             return
         speaking = self._reply_task is not None and not self._reply_task.done()
@@ -329,75 +299,78 @@ class ConversationSession:
 
     # -- keypad -----------------------------------------------------------------------------
     async def _consume_digits(self) -> None:
-        digits = ""
-        iterator = self.call.digits().__aiter__()
+        iterator = aiter(self.call.digits())
         # Never cancel a pending __anext__ (that would close the generator): wait on it instead.
         next_digit = asyncio.ensure_future(anext(iterator))
         try:
             while True:
-                timeout = self.settings.dtmf_interdigit_seconds if digits else None
+                deadline = self.keypad.deadline
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 done, _ = await asyncio.wait({next_digit}, timeout=timeout)
+                now = self.clock()
                 if not done:
-                    self._keypad_entry(digits)
-                    digits = ""
+                    self._keypad_entry(self.keypad.expire(now))
                     continue
                 try:
                     digit = next_digit.result()
                 except StopAsyncIteration:
                     return
                 next_digit = asyncio.ensure_future(anext(iterator))
-                self.idle.caller_active(self.clock())
-                if digit == "#":
-                    self._keypad_entry(digits)
-                    digits = ""
-                else:
-                    digits += digit
+                self.idle.caller_active(now)
+                self._keypad_entry(self.keypad.press(digit, now))
         finally:
             next_digit.cancel()
 
-    def _keypad_entry(self, digits: str) -> None:
-        if not digits:
+    def _keypad_entry(self, entry: str | None) -> None:
+        if entry is None:
             return
-        if digits == "0":
-            self._start_reply(None, forced_tool=ToolCall("keypad_0", "transfer_to_human", "{}"))
+        shortcut = self.toolset.keypad_shortcuts.get(entry)
+        if shortcut is not None:
+            self._start_reply(None, forced_tool=ToolCall(f"keypad_{entry}", shortcut, "{}"))
             return
-        self._start_reply(f"(keypad) {digits}", timings=TurnTimings(stt_final=self.clock()))
+        self._start_reply(f"(keypad) {entry}", timings=TurnTimings(stt_final=self.clock()))
 
     # -- idle and call length ---------------------------------------------------------------
-    async def _watchdog(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.watchdog_interval)
-            now = self.clock()
-            busy = self._reply_task is not None and not self._reply_task.done()
-            if busy or self._pending_finals or self.call.on_hold:
-                # On hold the caller is away on purpose: no "Are you still there?" meanwhile.
-                self.idle.agent_active(now)
-            action = self.idle.tick(now)
+    async def _watch_idle(self) -> None:
+        """Re-prompts and the call's time limit, each at its deadline; woken early when a pause
+        ends (silence then counts from that moment, which can bring the deadline closer)."""
+        while (deadline := self.idle.deadline) is not None:
+            self._idle_resumed.clear()
+            delay = deadline - self.clock()
+            if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+                # that ends the call's workers, leaving this one waiting for the next deadline.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._idle_resumed.wait()
+                continue
+            action = self.idle.tick(self.clock())
             if action == IdleAction.REPROMPT:
-                self._start_reply(None, greeting="Are you still there?")
+                self._start_reply(None, fixed_text=self.phrases.still_there)
             elif action == IdleAction.HANG_UP:
-                self._start_reply(
-                    None, greeting="I haven't heard anything, so I'll hang up now. Goodbye!",
-                    then_hangup=True,
-                )  # fmt: skip
-                return
+                self._start_reply(None, fixed_text=self.phrases.idle_goodbye, then_hangup=True)
             elif action == IdleAction.TIME_LIMIT:
-                self._start_reply(
-                    None,
-                    greeting="I'm sorry, we've reached the time limit for this call. "
-                    "Please call back if you need anything else. Goodbye!",
-                    then_hangup=True,
-                )
-                return
+                self._start_reply(None, fixed_text=self.phrases.time_limit, then_hangup=True)
+
+    def _resume_idle(self, reason: str, now: float) -> None:
+        self.idle.resume(reason, now)
+        self._idle_resumed.set()
 
     # -- hold -------------------------------------------------------------------------------
     async def _follow_hold(self) -> None:
+        if self.call.on_hold:
+            self.idle.pause(_ON_HOLD)
         async for held in self.call.hold_changes():
             # While held the media layer sends nothing and keeps the queue (RtpSession).
             log.info("[%s] caller %s", self.call.call_id, "put us on hold" if held else "is back")
-            if not held:
-                self.idle.caller_active(self.clock())
-                self._say_again_what_was_cut()
+            if held:
+                # The caller is away on purpose: no "Are you still there?" meanwhile.
+                self.idle.pause(_ON_HOLD)
+                continue
+            now = self.clock()
+            self.idle.caller_active(now)
+            self._resume_idle(_ON_HOLD, now)
+            self._say_again_what_was_cut()
 
     def _say_again_what_was_cut(self) -> None:
         """After a hold: the reply's audio still queued starts again from the beginning of the
@@ -424,42 +397,43 @@ class ConversationSession:
         user_text: str | None,
         *,
         timings: TurnTimings | None = None,
-        greeting: str | None = None,
+        fixed_text: str | None = None,
         forced_tool: ToolCall | None = None,
         then_hangup: bool = False,
     ) -> None:
         if user_text is not None:
-            self._holding_records = True  # until the reply speaks (see _release_records)
+            self.turn_log.hold()  # until the reply speaks
         # A new turn while we speak: stop talking first, keeping what was heard in history.
         self._interrupt_reply()
         timings = timings or TurnTimings()
         if user_text is not None:
             log.info("[%s] caller: %s", self.call.call_id, user_text)
-            self.messages.append({"role": "user", "content": user_text})
-            self._add_turn(Turn("user", user_text, timings=timings))
-        reply = _Reply(self.call.sent_audio_ms, timings, len(self.messages))
+            self.history.add_user(user_text)
+            self.turn_log.add(Turn("user", user_text, timings=timings))
+        reply = Reply(self.call.sent_audio_ms, timings, len(self.history))
         self._reply = reply
-        self.state = "thinking"
+        self.state = ConversationState.THINKING
+        self.idle.pause(_REPLYING)
         self._reply_task = asyncio.get_running_loop().create_task(
-            self._run_reply(reply, greeting, forced_tool, then_hangup)
+            self._run_reply(reply, fixed_text, forced_tool, then_hangup)
         )
 
     async def _run_reply(
         self,
-        reply: _Reply,
+        reply: Reply,
         fixed_text: str | None,
         forced_tool: ToolCall | None,
         then_hangup: bool,
     ) -> None:
-        action: str | None = None
+        action: CallAction | None = None
         try:
             if fixed_text is not None:
                 await self._speak_text(fixed_text, reply)
-                self.messages.append({"role": "assistant", "content": fixed_text})
+                self.history.add_assistant(fixed_text)
             elif forced_tool is not None:
+                # A keypad shortcut: the tool runs at once, then the model speaks from its result.
                 action = await self._run_tools((forced_tool,), "")
-                if action is not None:
-                    action = await self._respond(reply) or action
+                action = await self._respond(reply) or action
             else:
                 action = await self._respond(reply)
             await self._wait_played()
@@ -470,74 +444,53 @@ class ConversationSession:
         finally:
             if self._reply is reply:  # an interrupted reply must not touch its successor
                 self.barge_in.set_agent_speaking(False)
-                self.state = "listening"
-                self.idle.agent_active(self.clock())
-                self._release_records()
+                self.state = ConversationState.LISTENING
+                self._resume_idle(_REPLYING, self.clock())
+                self.turn_log.release()
         self._record_assistant(reply, interrupted=False)
-        if then_hangup or action == "hangup":
+        if then_hangup or action == CallAction.HANG_UP:
             await self.call.hangup("agent ended the call")
             self._end()
-        elif action == "transfer":
+        elif action == CallAction.TRANSFER:
             await self._transfer()
 
-    async def _respond(self, reply: _Reply) -> str | None:
+    async def _respond(self, reply: Reply) -> CallAction | None:
         """LLM rounds until it stops calling tools; returns a call action if any."""
-        action: str | None = None
+        action: CallAction | None = None
         await self._settle_tool_rounds()
         for _ in range(self.settings.max_tool_rounds):
             text, tool_calls = await self._stream_llm_with_retry(reply)
             if not tool_calls:
                 if text:
-                    self.messages.append({"role": "assistant", "content": text})
+                    self.history.add_assistant(text)
                 return action
             action = await self._run_tools(tool_calls, text) or action
             if action is not None:
                 # Let the model say its goodbye/transfer line from the tool result, once.
                 text, _ = await self._stream_llm_with_retry(reply)
                 if text:
-                    self.messages.append({"role": "assistant", "content": text})
+                    self.history.add_assistant(text)
                 return action
         return action
 
-    async def _run_tools(self, tool_calls: tuple[ToolCall, ...], text: str) -> str | None:
-        """Run one round of tool calls. Every id is answered in the history at once, so the
-        history is valid whenever this reply is cancelled; each answer is replaced in place by
-        the tool's result. The round runs on if the reply is cancelled (a booking is not
-        abandoned half way), and the next reply waits for it (see _settle_tool_rounds)."""
-        answers = [
-            {"role": "tool", "tool_call_id": call.id, "content": TOOL_INTERRUPTED}
-            for call in tool_calls
-        ]
-        self.messages.append(
-            {
-                "role": "assistant",
-                "content": text or None,
-                "tool_calls": [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
-                    for call in tool_calls
-                ],
-            }
-        )
-        self.messages.extend(answers)
+    async def _run_tools(self, tool_calls: tuple[ToolCall, ...], text: str) -> CallAction | None:
+        """Run one round of tool calls (each id answered in the history at once, see
+        ChatHistory.open_tool_round). The round runs on if the reply is cancelled (a booking is
+        not abandoned half way), and the next reply waits for it (see _settle_tool_rounds)."""
+        tool_round = self.history.open_tool_round(text, tool_calls)
         round_task = asyncio.get_running_loop().create_task(
-            self._execute_tools(tool_calls, answers), name="tool round"
+            self._execute_tools(tool_round), name="tool round"
         )
         self._tool_rounds.add(round_task)
         round_task.add_done_callback(self._tool_rounds.discard)
         return await asyncio.shield(round_task)
 
-    async def _execute_tools(
-        self, tool_calls: tuple[ToolCall, ...], answers: list[dict[str, Any]]
-    ) -> str | None:
+    async def _execute_tools(self, tool_round: ToolRound) -> CallAction | None:
         action = None
-        for tool_call, answer in zip(tool_calls, answers, strict=True):
-            outcome = await self.tools.execute(tool_call, self.call.call_id)
+        for index, tool_call in enumerate(tool_round.calls):
+            outcome = await self.toolset.execute(tool_call, self.call.call_id)
             log.info("[%s] tool %s -> %s", self.call.call_id, tool_call.name, outcome.content[:200])
-            answer["content"] = outcome.content
+            tool_round.answer(index, outcome.content)
             action = outcome.action or action
         return action
 
@@ -553,17 +506,17 @@ class ConversationSession:
         if pending:
             log.warning("[%s] %d tool round(s) still running", self.call.call_id, len(pending))
 
-    async def _stream_llm_with_retry(self, reply: _Reply) -> tuple[str, tuple[ToolCall, ...]]:
+    async def _stream_llm_with_retry(self, reply: Reply) -> tuple[str, tuple[ToolCall, ...]]:
         """The model's reply, or after a failure an apology and one retry; whatever fails, the
         caller hears something (the fallback line), and each failure is one log line."""
         for attempt in range(2):
-            if "llm" in self.given_up:
+            if not self.failures.usable("llm"):
                 break
             chunks_before = len(reply.chunks)
             try:
                 return await self._stream_llm(reply)
             except ProviderError as error:
-                self._provider_error("llm", error)
+                self.failures.report("llm", error)
                 wait = error.retry_after or 0.0
                 retry = (
                     attempt == 0
@@ -575,20 +528,22 @@ class ConversationSession:
                 if not retry:
                     break
                 # The apology plays while the service's retry-after runs out.
-                await asyncio.gather(self._speak_text(APOLOGY, reply), self.sleep(wait))
-        await self._speak_text(LLM_FALLBACK, reply)
+                apology = self._speak_text(self.phrases.apology, reply)
+                await asyncio.gather(apology, self.sleep(wait))
+        await self._speak_text(self.phrases.llm_fallback, reply)
         return "", ()
 
-    async def _stream_llm(self, reply: _Reply) -> tuple[str, tuple[ToolCall, ...]]:
+    async def _stream_llm(self, reply: Reply) -> tuple[str, tuple[ToolCall, ...]]:
         chunker = SentenceChunker(
             min_chars=self.settings.min_chunk_chars,
             first_min_chars=self.settings.first_chunk_min_chars,
         )
-        speaker = _Speaker(self, reply)
+        speaker = self._speaker(reply)
         text = ""
         tool_calls: tuple[ToolCall, ...] = ()
         try:
-            async with contextlib.aclosing(self.llm.stream(self.messages, TOOL_SCHEMAS)) as stream:
+            messages, schemas = self.history.messages, self.toolset.schemas
+            async with contextlib.aclosing(self.llm.stream(messages, schemas)) as stream:
                 async for chunk in stream:
                     if reply.timings.llm_first_token is None:
                         reply.timings.llm_first_token = self.clock()
@@ -603,11 +558,11 @@ class ConversationSession:
             await speaker.finish()
         finally:
             await speaker.close()
-        reply.text = f"{reply.text} {text.strip()}".strip()
+        reply.add_text(text)
         return text.strip(), tool_calls
 
-    async def _speak_text(self, text: str, reply: _Reply) -> None:
-        speaker = _Speaker(self, reply)
+    async def _speak_text(self, text: str, reply: Reply) -> None:
+        speaker = self._speaker(reply)
         chunker = SentenceChunker(min_chars=1)
         try:
             for sentence in chunker.feed(text) + chunker.flush():
@@ -615,13 +570,23 @@ class ConversationSession:
             await speaker.finish()
         finally:
             await speaker.close()
-        reply.text = f"{reply.text} {text}".strip()
+        reply.add_text(text)
 
-    def _audio_started(self, reply: _Reply) -> None:
-        if not reply.started_speaking:
-            reply.started_speaking = True
-            self.state = "speaking"
-            self.barge_in.set_agent_speaking(True)
+    def _speaker(self, reply: Reply) -> Speaker:
+        return Speaker(
+            reply,
+            self.voices,
+            play=self.call.play,
+            talkspurt_started=lambda: _session_time(self.call, "talkspurt_started_at"),
+            clock=self.clock,
+            on_audible=self._reply_audible,
+        )
+
+    def _reply_audible(self) -> None:
+        """The current reply's first audio went to the line."""
+        self.state = ConversationState.SPEAKING
+        self.barge_in.set_agent_speaking(True)
+        self.turn_log.release()
 
     async def _wait_played(self) -> None:
         while self.call.queued_ms > 0:
@@ -638,11 +603,14 @@ class ConversationSession:
         if task is None or task.done() or task is asyncio.current_task():
             return
         self.call.flush()
+        if reply is not None:
+            reply.cut = True
         task.cancel()
         self._reply_task = None
         self._reply = None
         self.barge_in.set_agent_speaking(False)
-        self.state = "listening"
+        self.state = ConversationState.LISTENING
+        self._resume_idle(_REPLYING, self.clock())
         if reply is not None:
             reply.timings.last_voiced_packet = _session_time(self.call, "last_voiced_sent_at")
             self._record_assistant(reply, interrupted=True)
@@ -655,72 +623,27 @@ class ConversationSession:
         task.cancel()
         await asyncio.wait({task})  # it logs its own failures
 
-    def _record_assistant(self, reply: _Reply, *, interrupted: bool) -> None:
-        if any(turn.timings is reply.timings for turn in self.turns if turn.role == "assistant"):
+    def _record_assistant(self, reply: Reply, *, interrupted: bool) -> None:
+        if reply.recorded:
             return
+        reply.recorded = True
         played_ms = self.call.sent_audio_ms - reply.baseline_sent_ms
-        heard = heard_text(reply.chunks, played_ms) if interrupted else reply.text.strip()
+        heard = heard_text(reply.chunks, played_ms) if interrupted else reply.text
         if interrupted:
-            self._replace_reply_history(reply, heard)
-        if reply.text.strip() or heard:
+            self.history.keep_heard_part(reply.history_start, heard)
+        if reply.text or heard:
             log.info(
                 "[%s] agent%s: %s", self.call.call_id, " (interrupted)" if interrupted else "",
-                heard if interrupted else reply.text.strip(),
+                heard if interrupted else reply.text,
             )  # fmt: skip
-            self._add_turn(Turn("assistant", reply.text.strip(), heard, interrupted, reply.timings))
-
-    def _add_turn(self, turn: Turn) -> None:
-        self.turns.append(turn)
-        self._turns_to_record.append(len(self.turns) - 1)
-        if not self._holding_records:
-            self._release_records()
-
-    def _release_records(self) -> None:
-        """Hand the turns held back so far to on_turn, in order."""
-        self._holding_records = False
-        pending, self._turns_to_record = self._turns_to_record, []
-        if self.on_turn is None:
-            return
-        for index in pending:
-            try:
-                self.on_turn(index, self.turns[index])
-            except Exception:  # persistence trouble never reaches the caller
-                log.exception("[%s] recording a turn failed", self.call.call_id)
-
-    def _replace_reply_history(self, reply: _Reply, heard: str) -> None:
-        """History keeps only what the caller heard of an interrupted reply, marked, so the
-        model does not assume the rest was said; tool calls and results stay, and the caller's
-        new words come after it."""
-        tail = self.messages[reply.message_index :]
-        tool_related = [m for m in tail if m["role"] == "tool" or m.get("tool_calls")]
-        callers = [m for m in tail if m["role"] == "user"]
-        interrupted = {
-            "role": "assistant",
-            "content": f"{heard} [interrupted by the caller]".strip(),
-        }
-        self.messages[reply.message_index :] = [*tool_related, interrupted, *callers]
+            self.turn_log.add(Turn("assistant", reply.text, heard, interrupted, reply.timings))
 
     async def _transfer(self) -> None:
         target = self.settings.transfer_uri
         if target and self.transfer is not None and await self.transfer(target):
             self._end()
             return
-        self._start_reply(
-            None,
-            greeting="I'm sorry, I couldn't reach the front desk right now. I can have someone "
-            "call you back. What's the best number to reach you?",
-        )
-
-    def _provider_error(self, stage: str, error: Exception) -> None:
-        """One concise line per failure: the service's own words, no traceback."""
-        self.provider_errors.append(f"{stage}: {error}")
-        gives_up = isinstance(error, ProviderError) and not error.heals
-        if gives_up:
-            self.given_up.add(stage)
-        log.warning(
-            "[%s] %s provider failed: %s%s", self.call.call_id, stage, error,
-            " (not used again on this call)" if gives_up else "",
-        )  # fmt: skip
+        self._start_reply(None, fixed_text=self.phrases.transfer_failed)
 
 
 class _CallOver(Exception):
@@ -730,133 +653,3 @@ class _CallOver(Exception):
 def _session_time(call: CallChannel, name: str) -> float | None:
     session = getattr(call, "session", None)
     return getattr(session, name, None) if session is not None else None
-
-
-class _Speaker:
-    """Speaks sentences in order with pipelined TTS: a sentence's synthesis starts as soon as
-    it is known and a request slot is free (two per reply: the sentence playing and the next;
-    and the process-wide TtsSlots); audio is queued for playout in sentence order, as it
-    arrives."""
-
-    def __init__(self, session: ConversationSession, reply: _Reply) -> None:
-        self.session = session
-        self.reply = reply
-        self._sentences: asyncio.Queue[tuple[SpokenChunk, asyncio.Queue[bytes | None]] | None] = (
-            asyncio.Queue()
-        )
-        self._synth_tasks: list[asyncio.Task[None]] = []
-        self._first_packet_watch: asyncio.Task[None] | None = None
-        self._player = asyncio.get_running_loop().create_task(self._play())
-
-    def say(self, sentence: str) -> None:
-        chunk = SpokenChunk(sentence)
-        self.reply.chunks.append(chunk)
-        audio: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._synth_tasks.append(
-            asyncio.get_running_loop().create_task(self._synthesize(chunk, audio))
-        )
-        self._sentences.put_nowait((chunk, audio))
-
-    async def finish(self) -> None:
-        self._sentences.put_nowait(None)
-        await self._player
-
-    async def close(self) -> None:
-        for task in (*self._synth_tasks, self._player):
-            if not task.done():
-                task.cancel()
-        tasks = (*self._synth_tasks, self._player)
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("[%s] speaking failed: %r", self.session.call.call_id, task.exception())
-
-    async def _synthesize(self, chunk: SpokenChunk, audio: asyncio.Queue[bytes | None]) -> None:
-        session, reply = self.session, self.reply
-        try:
-            async with reply.tts_requests:
-                if "tts" not in session.given_up and await self._speak_with(
-                    "tts", session.tts, chunk, audio, first_sentence=reply.chunks[0] is chunk
-                ):
-                    return
-                if session.fallback_tts is not None:
-                    await self._speak_with("fallback tts", session.fallback_tts, chunk, audio)
-        finally:
-            audio.put_nowait(None)
-
-    async def _speak_with(
-        self,
-        stage: str,
-        tts: TextToSpeech,
-        chunk: SpokenChunk,
-        audio: asyncio.Queue[bytes | None],
-        *,
-        first_sentence: bool = False,
-    ) -> bool:
-        """Synthesise `chunk` with `tts` into `audio`; False if it failed before any audio (so
-        another voice can say the sentence whole)."""
-        chunks = self.reply.chunks
-        index = next(i for i, said in enumerate(chunks) if said is chunk)
-        context = {
-            # What was said just before, and (when already known) what comes next.
-            "previous_text": " ".join(c.text for c in chunks[:index])[-500:],
-            "next_text": chunks[index + 1].text if index + 1 < len(chunks) else "",
-        }
-        slots = self.session.tts_slots if stage == "tts" else None
-        produced = failed = False
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if slots is not None:
-                    await stack.enter_async_context(slots.slot(first_sentence=first_sentence))
-                stream = tts.synthesize(chunk.text, **context)
-                async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                    async for data in stream:
-                        produced = True
-                        audio.put_nowait(data)
-        except ProviderError as error:
-            self.session._provider_error(stage, error)
-            failed = True
-        return produced or not failed
-
-    async def _play(self) -> None:
-        session, reply = self.session, self.reply
-        while (item := await self._sentences.get()) is not None:
-            chunk, audio = item
-            while (data := await audio.get()) is not None:
-                if session._reply is not reply:
-                    # Interrupted: the line was flushed before this task was cancelled, and
-                    # nothing of this reply may follow the flush (play may send it at once).
-                    return
-                if reply.timings.tts_first_byte is None:
-                    reply.timings.tts_first_byte = session.clock()
-                chunk.audio_ms += len(data) / 8  # mu-law: 8 bytes per ms
-                chunk.audio += data
-                first = not reply.started_speaking
-                before = _session_time(session.call, "talkspurt_started_at")
-                session._audio_started(reply)
-                session.call.play(data)
-                if first:
-                    self._note_first_packet(before)
-                    session._release_records()  # after play: not on the first frame's path
-
-    def _note_first_packet(self, before: float | None) -> None:
-        """Record the wire time of the reply's first RTP packet: at once if play() sent it
-        (a talkspurt on a quiet line), else when the media tick has."""
-        timings = self.reply.timings
-        sent = _session_time(self.session.call, "talkspurt_started_at")
-        if sent is not None and sent != before:
-            timings.first_reply_packet = sent
-            return
-        self._first_packet_watch = asyncio.get_running_loop().create_task(
-            self._watch_first_packet(before)
-        )
-
-    async def _watch_first_packet(self, before: float | None) -> None:
-        timings = self.reply.timings
-        for _ in range(25):
-            await asyncio.sleep(0.02)
-            sent = _session_time(self.session.call, "talkspurt_started_at")
-            if sent is not None and sent != before:
-                if timings.first_reply_packet is None:
-                    timings.first_reply_packet = sent
-                return

@@ -28,7 +28,8 @@ from sipagent.sip.call import Call, CallState
 from sipagent.sip.registration import RegistrationState
 
 if TYPE_CHECKING:
-    from sipagent.conversation.session import ConversationSession, Turn
+    from sipagent.conversation.session import ConversationSession
+    from sipagent.conversation.turns import Turn
     from sipagent.media.session import RtpSessionStats
     from sipagent.sip.endpoint import SipEndpoint
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from sipagent.sip.call import Call, CallState
 
 if TYPE_CHECKING:
-    from sipagent.conversation.session import ConversationSession, Turn, TurnTimings
+    from sipagent.conversation.session import ConversationSession
+    from sipagent.conversation.turns import Turn, TurnTimings
     from sipagent.media.session import RtpSessionStats
     from sipagent.observability.metrics import AgentMetrics
     from sipagent.sip.endpoint import SipEndpoint

@@ -1,4 +1,5 @@
-"""The receptionist's tools: JSON schemas for the LLM and their execution.
+"""The dental receptionist's toolset for the conversation engine: its system prompt, the JSON
+schemas of its tools for the LLM, and their execution.
 
 Every failure (bad JSON, missing or invalid fields, a closed or taken slot) comes back to the
 LLM as a tool result `{"ok": false, "error": ...}` it can act on; nothing raises into the call.
@@ -8,10 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from sipagent.booking.rules import (
     REASONS,
@@ -23,9 +23,27 @@ from sipagent.booking.rules import (
     resolve_start,
 )
 from sipagent.booking.store import Appointment, BookingStore, SlotTakenError
+from sipagent.conversation.toolset import CallAction, ToolOutcome
 from sipagent.providers.base import ToolCall
 
 log = logging.getLogger("sipagent.tools")
+
+SYSTEM_PROMPT = """You are {persona}, the receptionist of {clinic}, answering the phone.
+Speak naturally in 1-2 short sentences per reply; this is a phone call, so no lists, no
+markdown, no emojis. Help callers book appointments: collect the patient's full name, phone
+number, preferred date and time, and the reason (cleaning, checkup, emergency or
+consultation), then call book_appointment and read the booking back. Use check_availability
+before offering times. If a tool returns an error, explain it simply and offer alternatives.
+Text like "(keypad) 5551234567" is what the caller typed on the keypad. If the caller asks for
+a person, call transfer_to_human. When the caller is done, say goodbye and call end_call.
+Today is {today}. Tool arguments take dates as YYYY-MM-DD and times as 24-hour HH:MM, in the
+clinic's time zone."""
+
+
+def receptionist_prompt(persona: str, clinic: str, today: str) -> str:
+    """The system prompt; `today` as "Wednesday November 25, 2026, 9:30 AM EST" (the offline
+    scripted receptionist reads the date from it)."""
+    return SYSTEM_PROMPT.format(persona=persona, clinic=clinic, today=today)
 
 
 def _function(
@@ -109,12 +127,6 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ToolOutcome:
-    content: str  # JSON for the tool message
-    action: str | None = None  # "transfer" | "hangup": the session acts after speaking
-
-
 def _result(**fields: Any) -> str:
     return json.dumps(fields, default=str)
 
@@ -139,6 +151,10 @@ def _appointment_id(args: dict[str, Any]) -> int:
 
 
 class ReceptionistTools:
+    schemas: ClassVar[list[dict[str, Any]]] = TOOL_SCHEMAS
+    # A lone "0" on the keypad asks for a person, as on any phone menu.
+    keypad_shortcuts: ClassVar[Mapping[str, str]] = {"0": "transfer_to_human"}
+
     def __init__(
         self,
         store: BookingStore,
@@ -314,7 +330,7 @@ class ReceptionistTools:
         return free
 
     async def _tool_transfer_to_human(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
-        return ToolOutcome(_result(ok=True, transferring=True), action="transfer")
+        return ToolOutcome(_result(ok=True, transferring=True), action=CallAction.TRANSFER)
 
     async def _tool_end_call(self, args: dict[str, Any], call_id: str) -> ToolOutcome:
-        return ToolOutcome(_result(ok=True, hanging_up=True), action="hangup")
+        return ToolOutcome(_result(ok=True, hanging_up=True), action=CallAction.HANG_UP)

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipagent.conversation.barge_in import BargeInAction, BargeInEvent
-from sipagent.conversation.session import Turn, TurnTimings
+from sipagent.conversation.turns import Turn, TurnTimings
 from sipagent.observability import AgentMetrics, Redactor, stage_latencies, start_status_server
 from sipagent.observability.status import StatusServer
 from sipagent.sip.call import CallState

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import Appointment, SlotTakenError
-from sipagent.conversation.session import Turn, TurnTimings
+from sipagent.conversation.turns import Turn, TurnTimings
 from sipagent.providers.base import ToolCall
 from sipagent.storage import (
     AppointmentNotFoundError,

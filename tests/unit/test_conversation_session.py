@@ -1,7 +1,6 @@
-"""ConversationSession policy with in-memory stand-ins for the call and the providers.
-
-The stand-ins implement the session's own Protocols (CallChannel, SpeechToText, LanguageModel,
-TextToSpeech); every step is released by an event the test sets, so nothing depends on timing.
+"""ConversationSession policy with in-memory stand-ins for the call and the providers
+(tests/conversation_standins.py, and LLM/TTS variants here); every step is released by an event
+the test sets, so nothing depends on timing (except the idle-timer test, see there).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,106 +24,14 @@ from sipagent.conversation.session import (
     STT_LOST,
     ConversationSession,
     ConversationSettings,
-    Turn,
 )
+from sipagent.conversation.turns import Turn
 from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
 from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
-from sipagent.tools.receptionist import ReceptionistTools
+from sipagent.tools.receptionist import ReceptionistTools, receptionist_prompt
+from tests.kit.conversation_standins import InstantTts, MemoryCall, PushedStt, caller_says, wait_for
 from tests.kit.fakes.elevenlabs_server import FakeElevenLabsServer
 from tests.kit.fakes.openai_server import history_error
-
-
-class MemoryCall:
-    """Plays instantly. Like RtpSession on a quiet line, every play() puts a packet on the
-    "wire" at once and stamps `session.talkspurt_started_at`; `wire_stamps` keeps them all."""
-
-    call_id = "unit-call"
-    caller = "sip:caller@127.0.0.1"
-
-    def __init__(self) -> None:
-        self.played = bytearray()
-        self.played_at_flush: list[int] = []
-        self.session = SimpleNamespace(talkspurt_started_at=None)
-        self.wire_stamps: list[float] = []
-        self.ended = asyncio.Event()
-        self.on_hold = False
-        self.holds: asyncio.Queue[bool] = asyncio.Queue()
-
-    def set_hold(self, held: bool) -> None:
-        """The caller's re-INVITE puts the call on hold (True) or takes it off (False)."""
-        self.on_hold = held
-        self.holds.put_nowait(held)
-
-    async def hold_changes(self) -> AsyncIterator[bool]:
-        ended = asyncio.ensure_future(self.ended.wait())
-        try:
-            while True:
-                change = asyncio.ensure_future(self.holds.get())
-                await asyncio.wait({change, ended}, return_when=asyncio.FIRST_COMPLETED)
-                if not change.done():
-                    change.cancel()
-                    return
-                yield change.result()
-        finally:
-            ended.cancel()
-
-    async def frames(self) -> AsyncIterator[bytes]:
-        await self.ended.wait()
-        return
-        yield b""
-
-    async def digits(self) -> AsyncIterator[str]:
-        await self.ended.wait()
-        return
-        yield ""
-
-    def play(self, mulaw: bytes) -> None:
-        self.played += mulaw
-        stamp = asyncio.get_running_loop().time() + len(self.wire_stamps) * 1e-6  # distinct
-        self.session.talkspurt_started_at = stamp
-        self.wire_stamps.append(stamp)
-
-    def flush(self) -> int:
-        self.played_at_flush.append(len(self.played))
-        return 0
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    @property
-    def sent_audio_ms(self) -> float:
-        return len(self.played) / 8
-
-    @property
-    def queued_ms(self) -> float:
-        return 0.0
-
-    async def hangup(self, reason: str = "app hangup") -> None:
-        self.ended.set()
-
-
-class PushedStt:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[SttEvent | None] = asyncio.Queue()
-
-    async def start(self) -> None:
-        pass
-
-    def send_audio(self, mulaw: bytes) -> None:
-        pass
-
-    async def events(self) -> AsyncIterator[SttEvent]:
-        while (event := await self.queue.get()) is not None:
-            yield event
-
-    async def finalize(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        self.queue.put_nowait(None)
 
 
 class GatedLlm:
@@ -143,20 +49,6 @@ class GatedLlm:
         await self.go.wait()
         yield LlmChunk(text=self.text)
         yield LlmChunk(finish_reason="stop")
-
-
-class InstantTts:
-    """Audio at once; records what it was asked to say; fails for texts in `failing`."""
-
-    def __init__(self, failing: tuple[str, ...] = ()) -> None:
-        self.texts: list[str] = []
-        self.failing = failing
-
-    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
-        self.texts.append(text)
-        if text in self.failing:
-            raise ProviderError("TTS: HTTP 500")
-        yield b"\x10" * 160 * max(1, len(text) // 4)
 
 
 class GatedTts:
@@ -190,13 +82,6 @@ class FailingOnceLlm:
         yield LlmChunk(finish_reason="stop")
 
 
-async def wait_for(condition: Any, what: str) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0)
-    assert condition(), what
-
-
 def make_session(
     call: MemoryCall,
     stt: PushedStt,
@@ -215,14 +100,11 @@ def make_session(
         stt=stt,
         llm=llm,
         tts=tts,
-        tools=tools,
+        toolset=tools,
+        system_prompt=receptionist_prompt("Sarah", "Sunrise Dental", today=""),
         settings=settings or ConversationSettings(greeting="Hello."),
         **kwargs,
     )
-
-
-def caller_says(stt: PushedStt, text: str) -> None:
-    stt.queue.put_nowait(SttEvent(SttEventKind.FINAL, text, speech_final=True))
 
 
 async def test_turn_records_wait_until_the_reply_speaks() -> None:
@@ -429,12 +311,11 @@ async def test_every_open_tool_call_is_answered_when_the_call_ends_mid_round() -
     await wait_for(lambda: len(session.turns) == 1, "the greeting said")
     async with store._lock:
         caller_says(stt, "Book me a checkup next week at ten")
-        await wait_for(
-            lambda: any(m.get("tool_calls") for m in session.messages), "the tool round started"
-        )
-        assert history_error(session.messages) is None  # valid while the tool still runs
+        messages = session.history.messages
+        await wait_for(lambda: any(m.get("tool_calls") for m in messages), "the tool round started")
+        assert history_error(messages) is None  # valid while the tool still runs
         session._interrupt_reply()
-        assert history_error(session.messages) is None
+        assert history_error(session.history.messages) is None
     call.ended.set()
     await asyncio.wait_for(runner, 5)
 
@@ -665,28 +546,36 @@ async def test_after_a_hold_the_sentence_that_was_cut_is_said_again_from_its_sta
     await asyncio.wait_for(runner, 5)
 
 
+class TimedTts(InstantTts):
+    """InstantTts that also notes when each text was asked for (loop time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked_at: dict[str, float] = {}
+
+    async def synthesize(self, text: str, **context: str) -> AsyncIterator[bytes]:
+        self.asked_at[text] = asyncio.get_running_loop().time()
+        async for audio in super().synthesize(text, **context):
+            yield audio
+
+
 async def test_the_idle_timer_is_suspended_while_the_caller_has_us_on_hold() -> None:
-    now = [0.0]
-    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
-    settings = ConversationSettings(
-        greeting="Hello.", idle_reprompt_seconds=8.0, watchdog_interval=0.001
-    )
-    session = make_session(
-        call, stt, GatedLlm("unused"), tts, settings=settings, clock=lambda: now[0]
-    )
+    # Real time with a short timer; every check is a lower bound, so a slow machine can only
+    # make this test weaker, never fail it.
+    call, stt, tts = MemoryCall(), PushedStt(), TimedTts()
+    settings = ConversationSettings(greeting="Hello.", idle_reprompt_seconds=0.2)
+    session = make_session(call, stt, GatedLlm("unused"), tts, settings=settings)
     runner = asyncio.create_task(session.run())
     await wait_for(lambda: len(session.turns) == 1, "the greeting said")
     call.set_hold(True)
     await wait_for(lambda: call.holds.empty(), "the hold seen")
-    now[0] += 60.0  # a minute of hold music
-    await asyncio.sleep(0.05)  # many watchdog ticks
+    await asyncio.sleep(0.6)  # three re-prompt intervals of hold music
     assert "Are you still there?" not in tts.texts
+    back = asyncio.get_running_loop().time()
     call.set_hold(False)
-    await wait_for(lambda: call.holds.empty(), "the unhold seen")
-    await asyncio.sleep(0.05)
-    assert "Are you still there?" not in tts.texts  # the silence counts from the unhold
-    now[0] += 9.0
     await wait_for(lambda: "Are you still there?" in tts.texts, "re-prompted after the hold")
+    # The silence counts from the unhold, not from the greeting.
+    assert tts.asked_at["Are you still there?"] - back >= 0.2 - 1e-6
     call.ended.set()
     await asyncio.wait_for(runner, 5)
 

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 
 from sipagent.booking.rules import REASONS
 from sipagent.booking.store import Appointment
-from sipagent.conversation.session import Turn, TurnTimings
+from sipagent.conversation.turns import Turn, TurnTimings
 from sipagent.storage import (
     CallRecorder,
     SqlBookingStore,
