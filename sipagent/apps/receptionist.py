@@ -4,6 +4,7 @@ with the dental receptionist's toolset and prompt (sipagent/tools/receptionist.p
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class ReceptionistApp:
         region: str = "US",
         persona: str = "Sarah",
         clinic: str = "Sunrise Dental",
+        keep_ended: int = 100,
     ) -> None:
         self.providers = providers
         self.persona = persona
@@ -45,7 +47,11 @@ class ReceptionistApp:
         self.recorder = recorder
         self.clock = clock or (lambda: datetime.now(hours.zone))
         self.region = region
+        # Calls in progress and the last `keep_ended` finished ones (for /status, /metrics and
+        # the demo's report): a busy agent must not keep every call it ever had.
         self.sessions: dict[str, ConversationSession] = {}
+        self.keep_ended = keep_ended
+        self._ended: collections.deque[str] = collections.deque()
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> ReceptionistApp:
@@ -107,6 +113,19 @@ class ReceptionistApp:
             on_turn=on_turn,
         )
         self.sessions[call.call_id] = session
+        try:
+            await self._run(call, session)
+        finally:
+            self._retire(call.call_id)
+
+    def _retire(self, call_id: str) -> None:
+        """The call's conversation is over: keep it among the last `keep_ended` only."""
+        self._ended.append(call_id)
+        while len(self._ended) > self.keep_ended:
+            self.sessions.pop(self._ended.popleft(), None)
+
+    async def _run(self, call: CallChannel, session: ConversationSession) -> None:
+        recorder = self.recorder
         if recorder is None:
             await session.run()
             return

@@ -102,6 +102,12 @@ class ReplayBuffer:
             del self._data[: upto - self.base]
             self.base = upto
 
+    def release(self) -> None:
+        """Forget all kept audio (the stream ended); offsets stay where they were."""
+        self.base = self.end
+        self.sent = max(self.sent, self.base)
+        self._data = bytearray()
+
     def rewind(self) -> int:
         """A new connection: send everything kept again. Returns how many bytes that is."""
         self.sent = self.base
@@ -514,4 +520,7 @@ class DeepgramSpeechToText:
             if not control.done.done():
                 control.done.set_result(None)
         self._controls.clear()
+        # The stream is over: its unfinalised audio (up to 30 s, 240 KB) is no use to anyone,
+        # and the finished call's session may be kept a while for /status and /metrics.
+        self._audio.release()
         self._events.put_nowait(None)
