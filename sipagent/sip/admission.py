@@ -10,7 +10,7 @@ one address, and its calls are ACKed within a round trip, so they never pile up.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 
@@ -71,3 +71,58 @@ class InviteAdmission:
         while len(self._buckets) > limits.tracked_sources:
             self._buckets.popitem(last=False)
         return allowed
+
+
+class OverloadGuard:
+    """Refuse new calls while the process cannot keep the calls it has on time.
+
+    Fed with how late the event loop ran work that had a deadline (the media clock's passes:
+    every active call's next frame), it reports overload when, over the last `window`
+    seconds, more than `late_share` of the samples were later than `late_after` seconds;
+    once overloaded it stays so until `recover_after` seconds have passed with no such
+    sample. New INVITEs are then refused with 503 + Retry-After: beyond capacity the caller
+    gets a clean refusal (and a trunk tries another route) instead of every call degrading.
+    """
+
+    def __init__(
+        self,
+        *,
+        late_after: float = 0.010,
+        late_share: float = 0.05,
+        window: float = 2.0,
+        recover_after: float = 3.0,
+        min_samples: int = 50,
+    ) -> None:
+        self.late_after = late_after
+        self.late_share = late_share
+        self.window = window
+        self.recover_after = recover_after
+        self.min_samples = min_samples
+        self._samples: deque[tuple[float, bool]] = deque()  # (at, late)
+        self._late_in_window = 0
+        self._overloaded_until: float | None = None
+        self.episodes = 0  # times it went from fine to overloaded
+
+    def observe(self, now: float, lateness: float) -> None:
+        late = lateness > self.late_after
+        self._samples.append((now, late))
+        self._late_in_window += late
+        self._expire(now)
+        if late and self._share_late() > self.late_share:
+            if self._overloaded_until is None or now >= self._overloaded_until:
+                self.episodes += 1
+            self._overloaded_until = now + self.recover_after
+
+    def overloaded(self, now: float) -> bool:
+        return self._overloaded_until is not None and now < self._overloaded_until
+
+    def _share_late(self) -> float:
+        count = len(self._samples)
+        return self._late_in_window / count if count >= self.min_samples else 0.0
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        samples = self._samples
+        while samples and samples[0][0] < horizon:
+            _, late = samples.popleft()
+            self._late_in_window -= late

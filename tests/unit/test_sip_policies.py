@@ -172,3 +172,38 @@ async def test_a_silent_resolver_never_blocks_the_loop(monkeypatch):
     assert await resolver.resolve("127.0.0.1", 5070) == ("127.0.0.1", 5070)
     with pytest.raises(UriError, match="IPv6"):
         await resolver.resolve("[::1]", 5060)
+
+
+# -- overload guard ---------------------------------------------------------------------------
+
+
+def test_overload_guard_trips_on_a_share_of_late_passes_and_recovers_after_quiet():
+    from sipagent.sip.admission import OverloadGuard
+
+    guard = OverloadGuard(late_after=0.010, late_share=0.05, window=2.0, recover_after=3.0,
+                          min_samples=50)  # fmt: skip
+    t = 0.0
+    for _ in range(200):  # 4 s of on-time passes every 20 ms, one 30 ms hiccup among them
+        t += 0.02
+        guard.observe(t, 0.030 if abs(t - 1.0) < 0.01 else 0.001)
+        assert not guard.overloaded(t)
+    for n in range(20):  # then every other pass late: 50 % of the window's last 20
+        t += 0.02
+        guard.observe(t, 0.015 if n % 2 else 0.002)
+    assert guard.overloaded(t) and guard.episodes == 1
+    for _ in range(149):  # on time again: still refusing for 3 s after the last late pass
+        t += 0.02
+        guard.observe(t, 0.001)
+    assert guard.overloaded(t)
+    t += 0.1
+    guard.observe(t, 0.001)
+    assert not guard.overloaded(t)
+
+
+def test_overload_guard_needs_enough_samples_before_judging():
+    from sipagent.sip.admission import OverloadGuard
+
+    guard = OverloadGuard(min_samples=50)
+    for n in range(10):  # the first passes of the first call, all late (process start)
+        guard.observe(n * 0.02, 0.050)
+    assert not guard.overloaded(0.2)
