@@ -182,7 +182,7 @@ def fake_call(call_id: str, now: float) -> Any:
     return SimpleNamespace(
         call_id=call_id, caller="alice", state=CallState.CONFIRMED, started_at=now - 10,
         answered_at=now - 9, ended_at=None, media=SimpleNamespace(codec="PCMU"),
-        session=SimpleNamespace(stats=fake_stats(100, 90)),
+        rtp=SimpleNamespace(stats=fake_stats(100, 90)),
     )  # fmt: skip
 
 
