@@ -8,7 +8,8 @@ import logging
 import signal
 from collections.abc import Callable
 
-from sipagent.apps.base import build_app
+from sipagent.apps import build_app
+from sipagent.channel import drain_call_records
 from sipagent.config import AgentSettings
 from sipagent.observability.status import start_status_server
 from sipagent.sip.call import Call
@@ -79,10 +80,9 @@ async def run_agent(
     finally:
         log.info("shutting down: hanging up %d call(s)", len(endpoint.calls))
         await endpoint.stop()
-        recorder = getattr(endpoint.app, "recorder", None)
-        if recorder is not None:  # the hung-up calls' end records must reach the database
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(recorder.drain(), 10)
+        # The hung-up calls' end records must reach the database.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drain_call_records(endpoint.app), 10)
         if status is not None:  # after the endpoint: a last scrape still sees the hang-ups
             await status.stop()
         if on_stopped is not None:

@@ -22,8 +22,8 @@ from typing import Any
 
 from rich.console import Console
 
-from sipagent.apps.base import CallChannel
 from sipagent.apps.receptionist import ReceptionistApp
+from sipagent.channel import CallChannel
 from sipagent.config import AgentSettings
 from sipagent.conversation.turns import Turn
 from sipagent.demo import (

@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sipagent.apps.base import CallChannel
 from sipagent.apps.echo import EchoApp
 from sipagent.apps.receptionist import ReceptionistApp
+from sipagent.channel import CallChannel
 from sipagent.config import AgentSettings
 from sipagent.conversation.session import ConversationSession
 from sipagent.conversation.turns import Turn
@@ -131,7 +131,7 @@ class SimulatedCaller:
         deadline = loop.time() + 30
         while loop.time() < deadline:
             await asyncio.sleep(0.05)
-            if getattr(call, "state", None) == "ended":
+            if call.ended.is_set():
                 return False
             heard = self._agent_voice_at
             if heard is not None and loop.time() - heard > AGENT_SILENT_AFTER:

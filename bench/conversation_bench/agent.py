@@ -15,8 +15,11 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
     """`sipagent serve CLI_ARGS` through its own CLI, recording sessions to `dump_path`."""
     import sipagent.cli.main as cli
     from sipagent.agent import run_agent
+    from sipagent.channel import conversations_of
     from sipagent.config import AgentSettings
     from sipagent.media.jitter_buffer import JitterBuffer
+    from sipagent.sip.call import Call
+    from sipagent.sip.endpoint import SipEndpoint
 
     # Observe (only) where each inbound jitter buffer anchors: once per call, a list append.
     anchors: list[dict[str, Any]] = []
@@ -35,14 +38,13 @@ def agent_worker(dump_path: Path, cli_args: list[str]) -> int:
         # sessions' timings once the agent has stopped.
         rtp: dict[str, Any] = {}
 
-        def call_ended(call: Any) -> None:
-            session = getattr(call, "session", None)
-            if session is not None:
-                rtp[call.call_id] = dataclasses.asdict(session.stats)
+        def call_ended(call: Call) -> None:
+            if call.rtp is not None:
+                rtp[call.call_id] = dataclasses.asdict(call.rtp.stats)
 
-        def dump_sessions(endpoint: Any) -> None:
+        def dump_sessions(endpoint: SipEndpoint) -> None:
             sessions = {}
-            for call_id, session in getattr(endpoint.app, "sessions", {}).items():
+            for call_id, session in conversations_of(endpoint.app).items():
                 sessions[call_id] = {
                     "turns": [
                         {"role": t.role, "text": t.text, "heard_text": t.heard_text,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipagent.apps.base import CallChannel
+from sipagent.channel import CallChannel
 
 
 class EchoApp:

@@ -10,7 +10,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from sipagent.apps.base import CallChannel
+from sipagent.channel import CallChannel
 from sipagent.config import AgentSettings
 
 

@@ -10,9 +10,9 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sipagent.apps.base import CallChannel
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import BookingStore, InMemoryBookingStore
+from sipagent.channel import CallChannel
 from sipagent.config import AgentSettings
 from sipagent.conversation.barge_in import BargeInSettings
 from sipagent.conversation.session import ConversationSession, ConversationSettings
@@ -109,7 +109,7 @@ class ReceptionistApp:
                 self.persona, self.clinic, today=now.strftime("%A %B %-d, %Y, %-I:%M %p %Z")
             ),
             settings=self.conversation,
-            transfer=getattr(call, "transfer", None),
+            transfer=call.transfer,
             on_turn=on_turn,
         )
         self.sessions[call.call_id] = session
@@ -129,29 +129,28 @@ class ReceptionistApp:
         if recorder is None:
             await session.run()
             return
-        dialog = getattr(call, "dialog", None)
+        info = call.info
         recorder.spawn(
             recorder.record_call_start(
                 call.call_id,
-                from_uri=getattr(dialog, "remote_party", ""),
-                to_uri=getattr(dialog, "local_party", ""),
-                started_at=getattr(call, "started_at", None),
-                answered_at=getattr(call, "answered_at", None),
+                from_uri=info.from_uri,
+                to_uri=info.to_uri,
+                started_at=info.started_at,
+                answered_at=info.answered_at,
                 offline_mode=self.providers.choice.offline,
             )
         )
         try:
             await session.run()
         finally:
-            ended = getattr(call, "ended", None)
-            if ended is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.ended.wait(), 5)
+            end = call.end
             recorder.spawn(
                 recorder.record_call_end(
                     call.call_id,
-                    ended_at=getattr(call, "ended_at", None),
-                    end_reason=getattr(call, "end_reason", ""),
-                    recording_path=getattr(call, "recording_path", None),
+                    ended_at=end.ended_at,
+                    end_reason=end.end_reason,
+                    recording_path=end.recording_path,
                 )
             )

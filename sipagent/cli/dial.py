@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from sipagent.apps.base import CallApp
 from sipagent.apps.echo import EchoApp
 from sipagent.apps.player import PlayerApp
+from sipagent.channel import CallApp, drain_call_records
 from sipagent.cli.options import (
     check_startable,
     fail,
@@ -185,13 +185,12 @@ async def place_call(
         # Signal handlers stay until asyncio.run closes the loop: a second Ctrl-C must not
         # cut the BYE and the unregistration short.
         await endpoint.stop()
-        recorder = getattr(app, "recorder", None)  # the receptionist's call records
-        if recorder is not None:
-            # Its writes run in background tasks; leaving now would lose the call's end.
-            try:
-                await asyncio.wait_for(recorder.drain(), RECORDER_DRAIN_SECONDS)
-            except TimeoutError:
-                err.print("[yellow]call record not fully written: the database is slow[/]")
+        # The receptionist's call records are written in background tasks; leaving now
+        # would lose the call's end.
+        try:
+            await asyncio.wait_for(drain_call_records(app), RECORDER_DRAIN_SECONDS)
+        except TimeoutError:
+            err.print("[yellow]call record not fully written: the database is slow[/]")
 
 
 def _report_recording(record_dir: Path, call: Call) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import webrtcvad
 
-from sipagent.apps.base import CallChannel
+from sipagent.channel import CallChannel
 from sipagent.conversation.barge_in import (
     BargeInAction,
     BargeInEvent,
@@ -577,7 +577,7 @@ class ConversationSession:
             reply,
             self.voices,
             play=self.call.play,
-            talkspurt_started=lambda: _session_time(self.call, "talkspurt_started_at"),
+            talkspurt_started=lambda: self.call.media_times.talkspurt_started_at,
             clock=self.clock,
             on_audible=self._reply_audible,
         )
@@ -593,7 +593,7 @@ class ConversationSession:
             await asyncio.sleep(0.02)
         reply = self._reply
         if reply is not None and reply.timings.first_reply_packet is None:
-            reply.timings.first_reply_packet = _session_time(self.call, "talkspurt_started_at")
+            reply.timings.first_reply_packet = self.call.media_times.talkspurt_started_at
 
     # -- interruption -----------------------------------------------------------------------
     def _interrupt_reply(self) -> None:
@@ -612,7 +612,7 @@ class ConversationSession:
         self.state = ConversationState.LISTENING
         self._resume_idle(_REPLYING, self.clock())
         if reply is not None:
-            reply.timings.last_voiced_packet = _session_time(self.call, "last_voiced_sent_at")
+            reply.timings.last_voiced_packet = self.call.media_times.last_voiced_sent_at
             self._record_assistant(reply, interrupted=True)
 
     async def _cancel_reply(self) -> None:
@@ -648,8 +648,3 @@ class ConversationSession:
 
 class _CallOver(Exception):
     """Raised inside the worker group once the call is over, to stop the workers."""
-
-
-def _session_time(call: CallChannel, name: str) -> float | None:
-    session = getattr(call, "session", None)
-    return getattr(session, name, None) if session is not None else None

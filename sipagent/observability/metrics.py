@@ -220,8 +220,8 @@ class AgentMetrics:
                 if call.answered_at is not None and call.ended_at is not None:
                     self.call_duration.observe(max(0.0, call.ended_at - call.answered_at))
             final = ended and (call.ended_at is None or now - call.ended_at >= self.finish_after)
-            if call.session is not None:
-                stats = call.session.stats
+            if call.rtp is not None:
+                stats = call.rtp.stats
                 self._fold_media(stats, progress)
                 if not ended:
                     media_stats[call_id] = stats

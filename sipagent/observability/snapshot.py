@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from sipagent.channel import conversations_of
 from sipagent.sip.call import Call, CallState
 
 if TYPE_CHECKING:
@@ -62,8 +63,7 @@ def stage_latencies(timings: TurnTimings) -> dict[str, float]:
 
 def conversation_sessions(endpoint: SipEndpoint) -> Mapping[str, ConversationSession]:
     """The receptionist's sessions by call id; empty for apps without conversations (echo)."""
-    sessions = getattr(endpoint.app, "sessions", None)
-    return sessions if isinstance(sessions, Mapping) else {}
+    return conversations_of(endpoint.app)
 
 
 def provider_error_stage(entry: str) -> str:

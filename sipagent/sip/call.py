@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from sipagent.channel import CallEnd, CallInfo, MediaTimes
 from sipagent.sip.dialog import DialogState
 from sipagent.sip.sdp import NegotiatedMedia
 from sipagent.sip.transaction import ServerInviteTransaction
@@ -37,9 +38,9 @@ class Call:
     hangup_callback: Callable[[Call, str], Awaitable[None]]
     transfer_callback: Callable[[Call, str], Awaitable[bool]] | None = None
     state: CallState = CallState.RINGING
-    session: RtpSession | None = None
-    session_version: int = 1
-    session_id: int = field(default_factory=lambda: int(time.time()))
+    rtp: RtpSession | None = None  # the call's media, from the ACK on
+    sdp_session_version: int = 1  # SDP o= version, bumped per new offer
+    sdp_session_id: int = field(default_factory=lambda: int(time.time()))
     started_at: float = field(default_factory=time.time)
     answered_at: float | None = None
     answered_monotonic: float | None = None  # when our 200 OK went out (loop clock)
@@ -72,8 +73,8 @@ class Call:
         if held == self.held or self.state == CallState.ENDED:
             return
         self.held = held
-        if self.session is not None:
-            self.session.set_held(held)
+        if self.rtp is not None:
+            self.rtp.set_held(held)
         self._hold_changes.put_nowait(held)
 
     def mark_ended(self, reason: str) -> None:
@@ -88,6 +89,26 @@ class Call:
         self.ended.set()
 
     # -- the CallChannel the app sees -------------------------------------------------------
+    @property
+    def info(self) -> CallInfo:
+        return CallInfo(
+            call_id=self.call_id,
+            from_uri=self.dialog.remote_party,
+            to_uri=self.dialog.local_party,
+            started_at=self.started_at,
+            answered_at=self.answered_at,
+        )
+
+    @property
+    def end(self) -> CallEnd:
+        return CallEnd(self.ended_at, self.end_reason, self.recording_path)
+
+    @property
+    def media_times(self) -> MediaTimes:
+        if self.rtp is None:
+            return MediaTimes()
+        return MediaTimes(self.rtp.talkspurt_started_at, self.rtp.last_voiced_sent_at)
+
     async def frames(self) -> AsyncIterator[bytes]:
         while (item := await self._frames.get()) is not _END:
             yield item
@@ -105,34 +126,34 @@ class Call:
             yield item
 
     def play(self, mulaw: bytes) -> None:
-        if self.session is not None and self.state != CallState.ENDED:
-            self.session.play(mulaw)
+        if self.rtp is not None and self.state != CallState.ENDED:
+            self.rtp.play(mulaw)
 
     def flush(self) -> int:
-        if self.session is None:
+        if self.rtp is None:
             return 0
-        return self.session.flush().dropped_bytes
+        return self.rtp.flush().dropped_bytes
 
     def send_digits(self, digits: str) -> None:
         """Press keys towards the far end (RFC 4733), e.g. a simulated caller typing."""
-        if self.session is not None:
-            self.session.send_digits(digits)
+        if self.rtp is not None:
+            self.rtp.send_digits(digits)
 
     def pause(self) -> None:
-        if self.session is not None:
-            self.session.pause()
+        if self.rtp is not None:
+            self.rtp.pause()
 
     def resume(self) -> None:
-        if self.session is not None:
-            self.session.resume()
+        if self.rtp is not None:
+            self.rtp.resume()
 
     @property
     def sent_audio_ms(self) -> float:
-        return self.session.sent_audio_ms if self.session is not None else 0.0
+        return self.rtp.sent_audio_ms if self.rtp is not None else 0.0
 
     @property
     def queued_ms(self) -> float:
-        return self.session.queued_ms if self.session is not None else 0.0
+        return self.rtp.queued_ms if self.rtp is not None else 0.0
 
     async def hangup(self, reason: str = "app hangup") -> None:
         await self.hangup_callback(self, reason)

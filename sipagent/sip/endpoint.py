@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sipagent.apps.base import CallApp
+from sipagent.channel import CallApp, SaysFarewell
 from sipagent.config import AgentSettings
 from sipagent.logcontext import current_call_id
 from sipagent.media.ports import RtpPortAllocator
@@ -137,12 +137,14 @@ class SipEndpoint:
 
     async def stop(self, farewell_timeout: float = 8.0) -> None:
         # Callers hear a goodbye before the BYE when the app has one to say.
-        farewell = getattr(self.app, "farewell", None)
+        app = self.app
         confirmed = [c for c in self.calls.values() if c.state == CallState.CONFIRMED]
-        if farewell is not None and confirmed:
+        if isinstance(app, SaysFarewell) and confirmed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    asyncio.gather(*(farewell(call) for call in confirmed), return_exceptions=True),
+                    asyncio.gather(
+                        *(app.farewell(call) for call in confirmed), return_exceptions=True
+                    ),
                     farewell_timeout,
                 )
         for call in list(self.calls.values()):

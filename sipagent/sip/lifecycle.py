@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sipagent.apps.base import CallApp
+from sipagent.channel import CallApp
 from sipagent.config import AgentSettings
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.recording import TwoChannelRecorder
@@ -71,7 +71,7 @@ class CallLifecycle:
     # -- media and app ----------------------------------------------------------------------
     async def open_media(self, call: Call, sock: Any, media: NegotiatedMedia) -> None:
         """The call's RTP session on its bound socket, and its recorder when asked for."""
-        call.session = await RtpSession.open(
+        call.rtp = await RtpSession.open(
             sock=sock,
             remote=(media.remote_address, media.remote_port),
             payload_type=media.payload_type,
@@ -120,8 +120,8 @@ class CallLifecycle:
             self.spawn(self.hangup(call, f"media lost: {reason}"), call.call_id)
 
     def _start_recording(self, call: Call) -> None:
-        if self.settings.record_calls_dir and call.session is not None:
-            call.session.recorder = TwoChannelRecorder()
+        if self.settings.record_calls_dir and call.rtp is not None:
+            call.rtp.recorder = TwoChannelRecorder()
             safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", call.call_id)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(call.started_at))
             call.recording_path = str(
@@ -129,7 +129,7 @@ class CallLifecycle:
             )
 
     def _write_recording(self, call: Call) -> None:
-        recorder = call.session.recorder if call.session is not None else None
+        recorder = call.rtp.recorder if call.rtp is not None else None
         if recorder is None or call.recording_path is None:
             return
         try:
@@ -229,8 +229,8 @@ class CallLifecycle:
             _, pending = await asyncio.wait({app_task}, timeout=APP_GRACE_SECONDS)
             for task in pending:
                 task.cancel()
-        if call.session is not None:
-            await call.session.close()
+        if call.rtp is not None:
+            await call.rtp.close()
             # A long call's WAV takes hundreds of ms to write: off the loop, where every
             # other call's RTP is paced.
             await asyncio.to_thread(self._write_recording, call)

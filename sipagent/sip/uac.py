@@ -14,7 +14,7 @@ import time
 from functools import partial
 from typing import Any
 
-from sipagent.apps.base import CallApp
+from sipagent.channel import CallApp
 from sipagent.config import AgentSettings
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.sip.call import Call, CallState
@@ -174,7 +174,7 @@ class UserAgentClient:
             rtp_port=rtp_socket.getsockname()[1],
             hangup_callback=self.lifecycle.app_hangup,
             transfer_callback=self.transfer,
-            session_id=session_id,
+            sdp_session_id=session_id,
         )
         self.calls[call.call_id] = call
         if media is None:

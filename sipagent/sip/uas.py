@@ -354,8 +354,8 @@ class UserAgentServer:
             call.media,
             local_address=self.messages.advertised_ip,
             local_port=call.rtp_port,
-            session_id=call.session_id,
-            session_version=call.session_version,
+            session_id=call.sdp_session_id,
+            session_version=call.sdp_session_version,
         )
         transaction = self.transactions.server_invite(request)
         if call.invite is not None and call.invite is not transaction:
@@ -428,7 +428,7 @@ class UserAgentServer:
                 return
             self._update_media(call, media)
         # With no SDP the 200 carries our current description as an offer (RFC 3264 8).
-        call.session_version += 1
+        call.sdp_session_version += 1
         self._send_answer(call, request)
 
     def _apply_remote_sdp(self, call: Call, request: SipMessage) -> None:
@@ -440,9 +440,9 @@ class UserAgentServer:
 
     def _update_media(self, call: Call, media: NegotiatedMedia) -> None:
         call.media = media
-        if call.session is not None:
+        if call.rtp is not None:
             if not media.on_hold:  # 0.0.0.0 (RFC 2543 hold) is no address to send to
-                call.session.update_remote((media.remote_address, media.remote_port))
+                call.rtp.update_remote((media.remote_address, media.remote_port))
             # sendonly / inactive / 0.0.0.0 from the caller: hold; sendrecv again: unhold.
             if media.on_hold != call.held:
                 log.info("call %s %s", call.call_id, "on hold" if media.on_hold else "resumed")

@@ -47,7 +47,7 @@ async def test_hostile_input_during_a_call(sipp, audio_dir, tmp_path, caplog):
         assert call.state == CallState.CONFIRMED, "the call in progress was disturbed"
         (await caller.wait()).check()
         await wait_until(lambda: not agent.calls, 5, "call ended")
-        stats = call.session.stats
+        stats = call.rtp.stats
         # The call kept its audio: every frame SIPp streamed, in order, nothing injected.
         assert_same_frames(recording(record_dir), pattern)
         assert sum(stats.dropped.values()) >= 250, stats.dropped

@@ -91,18 +91,18 @@ async def test_flush_stops_the_agent_audio_on_the_wire(sipp, capture, audio, aud
             await wait_until(lambda: confirmed_call(agent) is not None, 5, "call confirmed")
             call = confirmed_call(agent)
             rtp_port = call.rtp_port
-            await wait_until(lambda: call.session.sent_audio_ms >= 1000, 3, "1 s of audio sent")
-            result = call.session.flush()
-            sent_ms = call.session.sent_audio_ms
-            queued_after = call.session.queued_ms
+            await wait_until(lambda: call.rtp.sent_audio_ms >= 1000, 3, "1 s of audio sent")
+            result = call.rtp.flush()
+            sent_ms = call.rtp.sent_audio_ms
+            queued_after = call.rtp.queued_ms
             (await caller.wait()).check()
             await wait_until(lambda: bool(agent.ended_calls), 5, "call ended")
     assert agent.ended_calls[-1].end_reason == "caller hung up"
     assert queued_after == 0
-    skipped = call.session.stats.frames_skipped  # slots given up after a stall (none, normally)
+    skipped = call.rtp.stats.frames_skipped  # slots given up after a stall (none, normally)
 
     sent = rtp_packets(cap.datagrams(), src_port=rtp_port, dst_port=caller.media_port, pt=0)
-    assert len(sent) == call.session.stats.packets_out  # the capture holds the whole stream
+    assert len(sent) == call.rtp.stats.packets_out  # the capture holds the whole stream
     voiced_at = [i for i, p in enumerate(sent) if p.payload != SILENCE]
     assert voiced_at, "the agent sent no audio"
     first, last = voiced_at[0], voiced_at[-1]
@@ -208,7 +208,7 @@ def agent_streams(packets: list[RtpPacket]) -> dict[int, list[RtpPacket]]:
 def assert_plays_file(stream: list[RtpPacket], played: bytes, call) -> None:
     """``stream`` is all ``call`` sent: steady, and ``played`` (last frame padded) after the
     silence sent before the ACK."""
-    stats = call.session.stats
+    stats = call.rtp.stats
     assert len(stream) == stats.packets_out
     assert_steady_stream(stream, stats.frames_skipped)
     first = next(i for i, p in enumerate(stream) if p.payload != SILENCE)
@@ -326,6 +326,6 @@ async def test_echo_sends_back_what_it_receives(sipp, capture, audio_dir):
     gaps = sorted(set(range(first, last + 1)) - set(voiced_at))
     assert not gaps, f"silence inside the echo at packets {gaps[:10]} ({len(gaps)} in all)"
     assert from_agent[first].marker
-    stats = agent.ended_calls[-1].session.stats
+    stats = agent.ended_calls[-1].rtp.stats
     assert len(from_agent) == stats.packets_out
     assert_steady_stream(from_agent, stats.frames_skipped)

@@ -25,7 +25,7 @@ async def test_dials_a_sipp_uas_and_hears_its_file(sipp, audio_dir, tmp_path):
         call = await agent.dial(f"sip:sipp@{uas.address}", PlayerApp(b"", record_dir))
         assert call.state == CallState.CONFIRMED and call.media.codec == "PCMU"
         await wait_until(
-            lambda: call.session.stats.jitter.delivered * 160 >= len(agent_file) - 160, 10, "file"
+            lambda: call.rtp.stats.jitter.delivered * 160 >= len(agent_file) - 160, 10, "file"
         )
         await agent.hangup(call, "done")
         (await uas.wait()).check()

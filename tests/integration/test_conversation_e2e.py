@@ -150,6 +150,17 @@ async def test_booking_call_with_read_back_and_agent_hangup(sipp, capture, audio
     assert "BYE" in result.received_requests()
     # The call and its turns are in the database, linked to the booking.
     assert stored_call.end_reason == "agent ended the call" and stored_call.ended_at
+    # Every field of the record comes from the real call through the typed channel: a rename
+    # on the telephony side must not leave it empty.
+    assert (stored_call.from_uri, stored_call.to_uri) == (
+        call.dialog.remote_party,
+        call.dialog.local_party,
+    )
+    assert stored_call.from_uri and stored_call.to_uri
+    assert stored_call.started_at.timestamp() == pytest.approx(call.started_at, abs=1e-3)
+    assert stored_call.answered_at.timestamp() == pytest.approx(call.answered_at, abs=1e-3)
+    assert stored_call.ended_at.timestamp() == pytest.approx(call.ended_at, abs=1e-3)
+    assert call.started_at < call.answered_at < call.ended_at
     assert [t.role for t in stored_turns] == [t.role for t in session.turns]
     assert stored_turns[1].text == session.turns[1].text and stored_turns[2].first_reply_packet_ms
     assert (appointment.patient_name, appointment.reason) == ("Maria Lopez", "cleaning")

@@ -25,7 +25,7 @@ async def test_a_hijack_attempt_during_a_call_is_refused_and_counted(sipp, audio
     attacker.setblocking(False)
     async with running_agent(record_dir=record_dir) as agent:
         caller, call = await sipp_pattern_call(agent, sipp, audio_dir)
-        await wait_until(lambda: call.session.stats.packets_in >= 25, 5, "the caller's stream")
+        await wait_until(lambda: call.rtp.stats.packets_in >= 25, 5, "the caller's stream")
         sent = 0
         for _ in range(5):  # bursts of a well-formed stream of its own, while the caller talks
             for _ in range(100):
@@ -35,7 +35,7 @@ async def test_a_hijack_attempt_during_a_call_is_refused_and_counted(sipp, audio
             await asyncio.sleep(0.2)
         (await caller.wait()).check()
         await wait_until(lambda: not agent.calls, 5, "call ended")
-    stats = call.session.stats
+    stats = call.rtp.stats
     assert stats.dropped["rejected_foreign_source"] == sent
     assert stats.send_address == ("127.0.0.1", caller.media_port)
     assert stats.relatches == 0

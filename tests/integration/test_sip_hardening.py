@@ -307,8 +307,8 @@ async def test_a_call_whose_media_dies_is_ended_with_a_bye():
         ok = next(m for m in uac.received if m.status_code == 200)
         uac.send(request("ACK", uac, port, cseq=1, to_tag=ok.to_tag or "", branch="z9hG4bKa",
                          call_id="dies"), agent.local_address)  # fmt: skip
-        await wait_until(lambda: agent.calls["dies"].session is not None, 2, "media up")
-        session = agent.calls["dies"].session
+        await wait_until(lambda: agent.calls["dies"].rtp is not None, 2, "media up")
+        session = agent.calls["dies"].rtp
         assert session is not None and session._transport is not None
         session._transport.sendto(b"x", ("127.0.0.1", 65536))  # asyncio closes the socket
         uac.received.clear()

@@ -182,7 +182,7 @@ def fake_call(call_id: str, now: float) -> Any:
     return SimpleNamespace(
         call_id=call_id, caller="alice", state=CallState.CONFIRMED, started_at=now - 10,
         answered_at=now - 9, ended_at=None, media=SimpleNamespace(codec="PCMU"),
-        session=SimpleNamespace(stats=fake_stats(100, 90)),
+        rtp=SimpleNamespace(stats=fake_stats(100, 90)),
     )  # fmt: skip
 
 
@@ -230,7 +230,7 @@ def test_polling_folds_each_call_turn_and_event_exactly_once():
                                 BargeInEvent(BargeInAction.PAUSE, 3.0, 2.9),
                                 BargeInEvent(BargeInAction.INTERRUPT, 3.3, 2.9)]  # fmt: skip
     session.provider_errors.append("tts: ElevenLabs 500")
-    call.session.stats = fake_stats(150, 140, lost=3)
+    call.rtp.stats = fake_stats(150, 140, lost=3)
     endpoint.dropped["bad CSeq"] += 1
     for tick in range(5):  # many polls, and the reply settles on the way
         metrics.poll(endpoint, now + 1 + tick)
@@ -245,7 +245,7 @@ def test_polling_folds_each_call_turn_and_event_exactly_once():
     interrupted = TurnTimings(barge_in_onset=5.0, barge_in_decision=5.3, last_voiced_packet=5.1)
     session.turns.append(Turn("assistant", "so", interrupted=True, timings=interrupted, at=now + 6))
     call.state, call.ended_at = CallState.ENDED, now + 6
-    call.session.stats = fake_stats(160, 150, lost=3)
+    call.rtp.stats = fake_stats(160, 150, lost=3)
     del endpoint.calls["c1"]
     endpoint.ended_calls.append(call)
     metrics.poll(endpoint, now + 6.5)
@@ -275,7 +275,7 @@ async def test_sipp_call_seen_by_status_metrics_and_monitor(sipp, audio_dir):
         await caller.start(wait_bound=False)
         await wait_until(
             lambda: any(
-                c.session is not None and c.session.stats.packets_in > 20
+                c.rtp is not None and c.rtp.stats.packets_in > 20
                 for c in agent.calls.values()
             ),
             10, "the call's media flowing",

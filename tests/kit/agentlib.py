@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from sipagent.apps.base import build_app
+from sipagent.apps import build_app
 from sipagent.config import AgentSettings
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.endpoint import SipEndpoint

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
+from sipagent.channel import CallEnd, CallInfo, MediaTimes
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 
 
 class MemoryCall:
     """Plays instantly. Like RtpSession on a quiet line, every play() puts a packet on the
-    "wire" at once and stamps `session.talkspurt_started_at`; `wire_stamps` keeps them all."""
+    "wire" at once and stamps `media_times.talkspurt_started_at`; `wire_stamps` keeps them
+    all."""
 
     call_id = "unit-call"
     caller = "sip:caller@127.0.0.1"
@@ -24,7 +25,10 @@ class MemoryCall:
     def __init__(self) -> None:
         self.played = bytearray()
         self.played_at_flush: list[int] = []
-        self.session = SimpleNamespace(talkspurt_started_at=None)
+        self.media_times = MediaTimes()
+        self.info = CallInfo(self.call_id, self.caller, "sip:agent@127.0.0.1", None, None)
+        self.transfers: list[str] = []
+        self.end_reason = ""
         self.wire_stamps: list[float] = []
         self.ended = asyncio.Event()
         self.on_hold = False
@@ -61,7 +65,7 @@ class MemoryCall:
     def play(self, mulaw: bytes) -> None:
         self.played += mulaw
         stamp = asyncio.get_running_loop().time() + len(self.wire_stamps) * 1e-6  # distinct
-        self.session.talkspurt_started_at = stamp
+        self.media_times = MediaTimes(talkspurt_started_at=stamp)
         self.wire_stamps.append(stamp)
 
     def flush(self) -> int:
@@ -82,8 +86,18 @@ class MemoryCall:
     def queued_ms(self) -> float:
         return 0.0
 
+    @property
+    def end(self) -> CallEnd:
+        return CallEnd(None, self.end_reason, None)
+
     async def hangup(self, reason: str = "app hangup") -> None:
+        self.end_reason = self.end_reason or reason
         self.ended.set()
+
+    async def transfer(self, target_uri: str) -> bool:
+        """Refused (no REFER here); the target is kept for the test to check."""
+        self.transfers.append(target_uri)
+        return False
 
 
 class PushedStt:

@@ -133,8 +133,7 @@ async def open_dialog(endpoint: SipEndpoint, sender: CorpusSender, name: str) ->
         return f"no final answer to a clean INVITE ({name})"
     if final.status != 200:
         states = Counter(
-            f"{getattr(call, 'source_ip', '?')} {call.state.name}"
-            for call in endpoint.calls.values()
+            f"{call.source_ip or '?'} {call.state.name}" for call in endpoint.calls.values()
         )
         return (
             f"a clean INVITE ({name}) answered {final.text.split(chr(13))[0]!r} "
