@@ -5,7 +5,9 @@ A timer (or task) per call costs a timer handle, a future and a task step per ca
 call late together. Here one `MediaClock` per event loop keeps all sessions' next frame
 deadlines in one heap (`MediaSchedule`, pure) and wakes once for everything due: a pass
 serves each due session once, in deadline order, and the clock sleeps until the earliest
-deadline left. Each session keeps its own deadlines (its own 20 ms phase, RTP timestamps and
+deadline left. A loop busy with many inbound packets also runs a pass from its datagram
+callbacks as soon as a deadline passes (`catch_up`), rather than after the whole batch.
+Each session keeps its own deadlines (its own 20 ms phase, RTP timestamps and
 sequence numbers, see FramePacer); the schedule only decides who is due when.
 
 Deadlines only ever move later between passes (FramePacer.send_now and give_back both do),
@@ -185,11 +187,22 @@ class MediaClock:
             self._timer.cancel()
             self._timer = None
 
+    def catch_up(self) -> None:
+        """Run a pass now if a deadline has passed. Called at the end of busy I/O callbacks
+        (every inbound RTP datagram): when the loop has hundreds of callbacks ready, the
+        timer would only run after all of them, so frames go out between them instead."""
+        if self._timer is not None and self._clock() >= self._timer_deadline:
+            # The armed timer is early now: it finds little or nothing due, and re-arms.
+            self._pass()
+
     def _run_pass(self) -> None:
         self._timer = None
+        self._pass()
+        self._arm()
+
+    def _pass(self) -> None:
         self.passes += 1
         self.served += self._schedule.run_pass(self._clock(), self._serve)
-        self._arm()
 
     @staticmethod
     def _serve(member: ClockMember, now: float) -> float:

@@ -15,7 +15,7 @@ stays intact, and the delay the stall added is shed in the next quiet stretch.**
   are dropped instead of sent, one owed slot each, so the audio behind them is back on
   time after the next pause: a live stream (echo, relayed audio) does not carry one stall's
   delay into the rest of the call, and stalls never add up. Audio without any pause keeps
-  its delay until its first pause.
+  its delay until its first pause; a flush (barge-in) forgets the lag with the audio.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ class PlayoutQueue:
         self._buffer = bytearray()
         self._in_talkspurt = False
         self.paused = False
+        self.lag_frames = 0  # the delay was in the audio dropped: the next reply starts on time
         return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
 
     @property

@@ -483,6 +483,8 @@ class RtpSession:
             self._handle_datagram(data, source)
         except Exception:
             self._log_limited("inbound_error", "inbound datagram handling failed", exc_info=True)
+        if self._media_clock is not None:
+            self._media_clock.catch_up()
 
     def _handle_datagram(self, data: bytes, source: Address) -> None:
         now = self._clock()

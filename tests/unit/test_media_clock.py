@@ -1,5 +1,6 @@
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -207,6 +208,22 @@ async def test_a_clock_other_than_the_loops_gets_its_own_media_clock() -> None:
     await asyncio.sleep(0.1)
     clock.remove(member)
     assert 3 <= len(member.sent) <= 7  # deadlines in its own clock, slept on the loop's
+
+
+async def test_catch_up_serves_what_is_due_from_inside_a_busy_callback() -> None:
+    loop = asyncio.get_running_loop()
+    clock = MediaClock.for_loop()
+    member = Member(loop.time() + 0.005)
+    clock.add(member, member.pacer.next_deadline)
+    clock.catch_up()
+    assert member.sent == []  # not due yet
+    time.sleep(0.006)  # the loop is busy with other callbacks
+    clock.catch_up()
+    assert len(member.sent) == 1  # sent now, not when the loop gets to the timer
+    await asyncio.sleep(0.05)  # the timer, armed for the old deadline, re-arms correctly
+    clock.remove(member)
+    assert 3 <= len(member.sent) <= 5
+    assert member.pacer.frames_skipped == 0
 
 
 # -- LatenessHistogram ---------------------------------------------------------------------------
