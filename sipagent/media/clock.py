@@ -115,6 +115,10 @@ class ClockMember(Protocol):
 
 
 _RETRY_AFTER: Final = 0.02  # a member whose pass raised is served again one frame later
+# How overdue the timer must be before an I/O callback runs the pass instead: an idle loop's
+# timer fires within about a millisecond (epoll's resolution), and a pass per datagram
+# would serve one or two sessions each for the same work.
+CATCH_UP_AFTER: Final = 0.001
 
 
 class MediaClock:
@@ -135,6 +139,7 @@ class MediaClock:
         self._schedule: MediaSchedule[ClockMember] = MediaSchedule()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = 0.0  # the (clock) deadline the armed timer is for
+        self._passing = False
         self.passes = 0
         self.served = 0
 
@@ -188,10 +193,16 @@ class MediaClock:
             self._timer = None
 
     def catch_up(self) -> None:
-        """Run a pass now if a deadline has passed. Called at the end of busy I/O callbacks
-        (every inbound RTP datagram): when the loop has hundreds of callbacks ready, the
-        timer would only run after all of them, so frames go out between them instead."""
-        if self._timer is not None and self._clock() >= self._timer_deadline:
+        """Run a pass now if the timer is overdue (`CATCH_UP_AFTER`). Called from work that
+        keeps the loop busy per call: every inbound RTP datagram (with hundreds of callbacks
+        ready, the timer would only run after all of them) and every read of a session's
+        stats (a status poll walks all calls in one callback). Frames then go out between
+        those pieces of work instead of after all of them. No-op inside a pass."""
+        if (
+            self._timer is not None
+            and not self._passing
+            and self._clock() >= self._timer_deadline + CATCH_UP_AFTER
+        ):
             # The armed timer is early now: it finds little or nothing due, and re-arms.
             self._pass()
 
@@ -202,7 +213,11 @@ class MediaClock:
 
     def _pass(self) -> None:
         self.passes += 1
-        self.served += self._schedule.run_pass(self._clock(), self._serve)
+        self._passing = True
+        try:
+            self.served += self._schedule.run_pass(self._clock(), self._serve)
+        finally:
+            self._passing = False
 
     @staticmethod
     def _serve(member: ClockMember, now: float) -> float:

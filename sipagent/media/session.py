@@ -328,6 +328,8 @@ class RtpSession:
 
     @property
     def stats(self) -> RtpSessionStats:
+        if self._media_clock is not None:
+            self._media_clock.catch_up()  # a poll of every call's stats is one long callback
         lateness = self._tick_lateness
         dropped = dict(self._parse_drops)
         dropped.update(self._filter.dropped)

@@ -789,3 +789,17 @@ async def test_a_stall_mid_reply_skips_slots_instead_of_bursting_and_its_delay_i
     skipped_after_pause = stats.frames_skipped - stats.frames_shed
     assert slot(words[30]) == 60 + skipped_after_pause
     assert slot(words[59]) == 89 + skipped_after_pause
+
+
+async def test_reading_stats_sends_frames_that_fell_due_meanwhile(
+    peer_factory, open_session
+) -> None:
+    # A status poll reads every call's stats in one callback: frames due meanwhile go out
+    # between the reads, not after the whole poll.
+    peer = await peer_factory()
+    harnesses = [await open_session(peer.address) for _ in range(3)]
+    await wait_until(lambda: len(peer.received) >= 9, "media")
+    sent_before = [h.session.stats.packets_out for h in harnesses]
+    time.sleep(0.05)  # the poll's own work, for the length of two frames
+    sent_during = [h.session.stats.packets_out for h in harnesses]
+    assert all(during > before for before, during in zip(sent_before, sent_during, strict=True))

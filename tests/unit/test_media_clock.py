@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from sipagent.media.clock import LatenessHistogram, MediaClock, MediaSchedule
+from sipagent.media.clock import CATCH_UP_AFTER, LatenessHistogram, MediaClock, MediaSchedule
 from sipagent.media.playout import FramePacer
 
 # -- MediaSchedule: who is due, in which order, and when the next one is ------------------------
@@ -217,13 +217,36 @@ async def test_catch_up_serves_what_is_due_from_inside_a_busy_callback() -> None
     clock.add(member, member.pacer.next_deadline)
     clock.catch_up()
     assert member.sent == []  # not due yet
-    time.sleep(0.006)  # the loop is busy with other callbacks
+    time.sleep(0.005 + CATCH_UP_AFTER)  # the loop is busy with other callbacks
     clock.catch_up()
     assert len(member.sent) == 1  # sent now, not when the loop gets to the timer
     await asyncio.sleep(0.05)  # the timer, armed for the old deadline, re-arms correctly
     clock.remove(member)
     assert 3 <= len(member.sent) <= 5
     assert member.pacer.frames_skipped == 0
+
+
+async def test_catch_up_inside_a_pass_does_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    clock = MediaClock.for_loop()
+
+    class Nested(Member):
+        def clock_pass(self, now: float) -> float:
+            clock.catch_up()  # e.g. a callback reading stats: no pass inside a pass
+            return super().clock_pass(now)
+
+    start = loop.time()
+    first, second = Nested(start), Member(start)
+    clock.add(first, first.pacer.next_deadline)
+    clock.add(second, second.pacer.next_deadline)
+    time.sleep(CATCH_UP_AFTER * 2)
+    clock.catch_up()  # a pass outside the timer: the timer is still armed
+    assert (len(first.sent), len(second.sent)) == (1, 1)
+    await asyncio.sleep(0.05)
+    clock.remove(first)
+    clock.remove(second)
+    for member in (first, second):  # every slot sent once, and both still on the schedule
+        assert len(member.sent) == member.pacer.next_index >= 3
 
 
 # -- LatenessHistogram ---------------------------------------------------------------------------
