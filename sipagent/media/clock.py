@@ -183,7 +183,11 @@ class MediaClock:
             if self._timer_deadline <= deadline:
                 return  # it wakes in time for this one too
             self._timer.cancel()
-        when = deadline if self._on_loop_time else self._loop.time() + deadline - self._clock()
+        if self._on_loop_time:
+            when = deadline
+        else:  # read our clock first: the loop time read after it makes `when` never early
+            delay = deadline - self._clock()
+            when = self._loop.time() + delay
         self._timer = self._loop.call_at(when, self._run_pass)
         self._timer_deadline = deadline
 
