@@ -188,7 +188,7 @@ class MediaClock:
         else:  # read our clock first: the loop time read after it makes `when` never early
             delay = deadline - self._clock()
             when = self._loop.time() + delay
-        self._timer = self._loop.call_at(when, self._run_pass)
+        self._timer = self._loop.call_at(when, self._on_timer)
         self._timer_deadline = deadline
 
     def _disarm(self) -> None:
@@ -210,8 +210,13 @@ class MediaClock:
             # The armed timer is early now: it finds little or nothing due, and re-arms.
             self._pass()
 
-    def _run_pass(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        # The pass runs after the callbacks already queued: an app woken by audio that came in
+        # before the deadline (an echo, a relay) has queued its frame for this slot by then.
+        self._loop.call_soon(self._run_pass)
+
+    def _run_pass(self) -> None:
         self._pass()
         self._arm()
 
