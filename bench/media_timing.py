@@ -5,16 +5,21 @@
     python bench/media_timing.py --only ours --calls 1
     python bench/media_timing.py --only pyvoip --calls 1 20 --seconds 15
     python bench/media_timing.py --only invite --invite-calls 100
+    python bench/media_timing.py --only ours --app echo --calls 1 50 100 200   # capacity
 
 Scenarios (``--only``; default all of them):
 
 ``ours``
     A real agent process (``sipagent serve --app player``, peer-to-peer, loopback) plays a
     mu-law file to N concurrent SIPp callers (``tests/peers/sipp/uac_call.xml``, which streams
-    audio to the agent, so the agent receives media as well). ``tcpdump`` on ``lo`` records the
-    agent's RTP and SIP; per stream we take the inter-arrival interval of consecutive packets
-    minus 20 ms. The agent's RTP port of each call comes from its 200 OK SDP, so other traffic
-    on ``lo`` (other agents, other tests) is never counted. INVITE-to-200 is also measured.
+    audio to the agent, so the agent receives media as well). With ``--app echo`` the agent
+    sends each caller's stream back instead (the capacity measure: every frame in is a frame
+    out, through the jitter buffer, the app and the playout queue). The agent's admission
+    limits are raised so that one SIPp may start all N calls within a second. ``tcpdump`` on
+    ``lo`` records the agent's RTP and SIP; per stream we take the inter-arrival interval of
+    consecutive packets minus 20 ms. The agent's RTP port of each call comes from its 200 OK
+    SDP, so other traffic on ``lo`` (other agents, other tests) is never counted.
+    INVITE-to-200 is also measured.
 ``pyvoip``
     Stock pyVoIP 1.6.8: N ``pyVoIP.RTP.RTPClient`` instances in a separate worker process (this
     script with ``--pyvoip-worker``), each started as pyVoIP does (own receive and transmit
@@ -30,7 +35,12 @@ Intervals across a sequence-number gap (a packet the capture lost) are left out 
 "seq gaps". Percentiles are numpy's default (linear interpolation). "drift" is how far a
 stream's wall clock got from its RTP clock over the window (elapsed capture time minus elapsed
 RTP timestamp / 8000): an absolute-deadline sender stays near 0, a sleep-relative sender
-accumulates its oversleep.
+accumulates its oversleep. "skipped slots" counts frame slots a stream's RTP timestamps jump
+over (frames never sent: the sender gave them up after a stall), as a share of all slots.
+"loop-wide stalls" counts 20 ms windows in which at least half of the streams had an interval
+more than 5 ms off: one process stalling all of its calls at once, not one stream's bad luck.
+"agent CPU" is the agent process's user + system time over the scenario's wall time (100 % =
+one core).
 
 Results: a markdown table on stdout and JSON in ``bench/results/media_timing.json``.
 Artifacts (pcaps, agent log, SIPp logs) go to a temporary directory, kept with ``--keep`` or
@@ -87,6 +97,7 @@ TARGET_INVITE_MS = 50.0
 # blocks retired at most every second: stopping it sooner after the last packet loses them.
 CAPTURE_LINGER_S = 1.5
 IDLE_CPU_BUSY_PCT = 15.0  # busier than this just before a scenario: flagged as not idle
+LATE_INTERVAL_MS = 5.0  # an interval this far off 20 ms counts as late (loop-wide stalls)
 
 
 def target_p99_ms(calls: int) -> float:
@@ -176,6 +187,9 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
     intervals: list[np.ndarray] = []
     per_stream = []
     seq_gaps = 0
+    skipped_slots = 0
+    slots = 0
+    late_windows: dict[int, set[int]] = {}  # 20 ms window index -> streams late in it
     drifts: list[float] = []
     for s in usable:
         t = np.asarray(s.times)
@@ -191,6 +205,12 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
         d = np.diff(tt)[contiguous]
         err = np.abs(d - FRAME_S) * 1000
         errors.append(err)
+        # A timestamp jump between consecutive sequence numbers: slots the sender gave up.
+        advance = (np.diff(np.asarray(s.tss)[idx]) % 2**32)[contiguous] // FRAME_BYTES
+        skipped_slots += int(np.sum(advance - 1))
+        slots += int(np.sum(advance))
+        for at in tt[1:][contiguous][err > LATE_INTERVAL_MS]:
+            late_windows.setdefault(int(at / FRAME_S), set()).add(len(per_stream))
         intervals.append(d * 1000)
         ts_first, ts_last = s.tss[idx[0]], s.tss[idx[-1]]
         rtp_elapsed = ((ts_last - ts_first) % 2**32) / RATE
@@ -217,6 +237,13 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
         "mean_interval_ms": round(float(all_int.mean()), 4) if all_int.size else None,
         "intervals_over_5ms_error": int(np.count_nonzero(all_err > 5.0)),
         "seq_gaps": seq_gaps,
+        "skipped_slots": skipped_slots,
+        "skipped_slots_pct": round(100.0 * skipped_slots / slots, 3) if slots else None,
+        "loop_wide_stalls": (
+            sum(1 for late in late_windows.values() if len(late) * 2 >= len(per_stream))
+            if len(per_stream) >= 2
+            else None
+        ),
         "drift_ms_max_abs": round(max((abs(x) for x in drifts), default=0.0), 3),
         "drift_ms_mean": round(float(np.mean(drifts)), 3) if drifts else None,
         "per_stream": per_stream,
@@ -427,6 +454,9 @@ class Bench:
     async def start_agent(self) -> None:
         player = self.workdir / "agent_play.ulaw"
         player.write_bytes(to_ulaw(tone(self.args.seconds + 2.0)))
+        app = ["--app", "echo"] if self.args.app == "echo" else ["--app", "player"]
+        if self.args.app == "player":
+            app += ["--player-file", str(player)]
         self.agent_cmd = [
             *sipagent_command(),
             "serve",
@@ -434,14 +464,16 @@ class Bench:
             f"{LOOPBACK}:{self.agent_port}",
             "--rtp-ports",
             self.args.rtp_ports,
-            "--app",
-            "player",
-            "--player-file",
-            str(player),
+            *app,
             "--max-calls",
-            "50",
+            str(max(50, *self.args.calls)),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
+        # One SIPp starts every call of a scenario within a second, from one address: the
+        # flood limits (meant for strangers) would answer most of them 503.
+        busiest = max(self.args.calls)
+        env["SIPAGENT_INVITES_PER_SECOND"] = str(max(20, 2 * busiest))
+        env["SIPAGENT_MAX_UNCONFIRMED_PER_SOURCE"] = str(max(8, busiest))
         env["COLUMNS"] = "240"  # rich: one log record per line
         self._agent_log_fh = self.agent_log.open("wb")
         self.agent_proc = await start_process(
@@ -478,6 +510,17 @@ class Bench:
         if self._agent_log_fh is not None:
             self._agent_log_fh.close()
             self._agent_log_fh = None
+
+    def agent_cpu_seconds(self) -> float | None:
+        """User + system CPU time the agent process has used so far."""
+        if self.agent_proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.agent_proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def agent_log_size(self) -> int:
         return self.agent_log.stat().st_size if self.agent_log.exists() else 0
@@ -538,12 +581,19 @@ class Bench:
         sipp = self._sipp(run_dir, calls, hold_ms, audio, concurrent)
         log_from = self.agent_log_size()
         foreign = self._note_foreign(name)
+        cpu_before, wall_before = self.agent_cpu_seconds(), time.monotonic()
         async with capture:
             try:
                 await sipp.start(wait_bound=False)
                 result = await sipp.wait()
             finally:
                 await sipp.stop()
+        cpu_after, wall = self.agent_cpu_seconds(), time.monotonic() - wall_before
+        agent_cpu_pct = (
+            round(100.0 * (cpu_after - cpu_before) / wall, 1)
+            if cpu_before is not None and cpu_after is not None and wall > 0
+            else None
+        )
         datagrams = read_udp_datagrams(capture.path)
         info = {
             "sipp_command": shlex.join(sipp.args()),
@@ -551,6 +601,7 @@ class Bench:
             "sipp_timed_out": result.timed_out,
             "tcpdump_dropped": tcpdump_drops(capture),
             "machine_before": foreign,
+            "agent_cpu_pct": agent_cpu_pct,
             "artifacts": str(run_dir),
         }
         if not result.ok:
@@ -572,7 +623,7 @@ class Bench:
         return result, datagrams, info
 
     async def scenario_ours(self, calls: int) -> dict[str, Any]:
-        name = f"ours-{calls}"
+        name = f"ours-{calls}" if self.args.app == "player" else f"ours-{self.args.app}-{calls}"
         hold_ms = int(self.args.seconds * 1000)
         _, datagrams, info = await self._run_sipp_captured(
             name, calls, calls, hold_ms, caller_audio_s=self.args.seconds
@@ -589,7 +640,8 @@ class Bench:
         p99 = stats["error_ms"]["p99"]
         return {
             "scenario": name,
-            "sender": "sipagent",
+            "sender": "sipagent" if self.args.app == "player" else f"sipagent {self.args.app}",
+            "app": self.args.app,
             "calls": calls,
             "hold_s": self.args.seconds,
             **stats,
@@ -704,7 +756,7 @@ class Bench:
             try:
                 if "ours" in only:
                     for n in self.args.calls:
-                        await attempt("media", self.scenario_ours(n), f"ours-{n}")
+                        await attempt("media", self.scenario_ours(n), f"ours-{self.args.app}-{n}")
                 if "invite" in only:
                     n = self.args.invite_calls
                     await attempt("invite", self.scenario_invite(n), f"invite-seq-{n}")
@@ -733,15 +785,16 @@ def markdown(report: dict[str, Any]) -> str:
         "### Outgoing RTP inter-packet interval error (|interval - 20 ms|, capture on lo)",
         "",
         "| scenario | sender | calls | streams | intervals | p50 ms | p99 ms | max ms "
-        "| mean interval ms | drift ms (max abs) / window s | seq gaps | target p99 | result |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| mean interval ms | drift ms (max abs) / window s | seq gaps | skipped slots "
+        "| loop-wide stalls | agent CPU | target p99 | result |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in report["results"]["media"]:
         if "error" in r:
-            out.append(f"| {r['scenario']} | ERROR: {r['error']} |" + " |" * 11)
+            out.append(f"| {r['scenario']} | ERROR: {r['error']} |" + " |" * 14)
             continue
         e = r["error_ms"]
-        is_ours = r.get("sender") == "sipagent"
+        is_ours = r.get("sender", "").startswith("sipagent")
         target = f"<= {r['target_p99_ms']:g} ms" if is_ours else "(reference)"
         verdict = ("PASS" if r["meets_target"] else "FAIL") if is_ours else "-"
         out.append(
@@ -749,6 +802,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['intervals']} | {_fmt(e['p50'])} | {_fmt(e['p99'])} | {_fmt(e['max'])} | "
             f"{_fmt(r['mean_interval_ms'])} | "
             f"{_fmt(r['drift_ms_max_abs'])} / {r['window_s']:.1f} | {r['seq_gaps']} | "
+            f"{r.get('skipped_slots', '-')} ({_fmt(r.get('skipped_slots_pct'))} %) | "
+            f"{_fmt(r.get('loop_wide_stalls'))} | {_fmt(r.get('agent_cpu_pct'))} % | "
             f"{target} | {verdict} |"
         )
     out += [
@@ -820,6 +875,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="audio per call, s (default 11: about 10 s of steady state)",
     )
     p.add_argument("--warmup", type=float, default=0.5, help="dropped from each stream, s")
+    p.add_argument(
+        "--app",
+        choices=("player", "echo"),
+        default="player",
+        help="what the agent runs for the 'ours' scenarios (default: player)",
+    )
     p.add_argument("--invite-calls", type=int, default=50, help="sequential INVITE-to-200 calls")
     p.add_argument("--rtp-ports", default="22000-22999", help="the agent's RTP port range")
     p.add_argument(
@@ -860,6 +921,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "invite_calls": args.invite_calls,
             "rtp_ports": args.rtp_ports,
             "scenarios": args.only,
+            "app": args.app,
             "pyvoip_inbound": args.pyvoip_inbound,
         },
         "targets": {

@@ -1,16 +1,38 @@
 """Outgoing audio: a frame queue that always yields a frame, and an absolute-deadline pacer.
 
-Both are pure; the session calls them once per 20 ms tick.
+Both are pure; the media clock's pass drives them once per 20 ms frame slot.
+
+After a stall (the event loop was blocked past several frame slots) the policy is: **speech
+stays intact, and the delay the stall added is shed in the next quiet stretch.**
+
+- The pacer sends at most `max_catch_up_frames` frames in one pass (the frame due now and
+  one late one, by default): frames later than that would reach the far end behind its
+  jitter buffer, and a burst of them only floods it. The other missed slots are skipped:
+  RTP time moves on, nothing is sent.
+- The queue keeps every byte of the audio it holds through a skip (a reply is never cut),
+  but remembers the skipped slots as lag (`fell_behind`). While lag is owed, quiet frames
+  at the head of the queue (pauses between words and sentences, peak below about -36 dBFS)
+  are dropped instead of sent, one owed slot each, so the audio behind them is back on
+  time after the next pause: a live stream (echo, relayed audio) does not carry one stall's
+  delay into the rest of the call, and stalls never add up. Audio without any pause keeps
+  its delay until its first pause; a flush (barge-in) forgets the lag with the audio.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Final
 
 from sipagent.media.codec import CLOCK_RATE, FRAME_BYTES, MULAW_SILENCE
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # see codec.py
+    import audioop
+
 _BYTES_PER_MS: Final = CLOCK_RATE / 1000  # G.711: one byte per sample
+QUIET_PEAK: Final = 512  # 16-bit linear peak (about -36 dBFS): a pause, not speech
+MAX_LAG_FRAMES: Final = 50  # owed slots remembered (1 s); beyond that a stall is not repaid
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,12 @@ class PlayoutQueue:
         self.sent_audio_bytes = 0
         self.frames_out = 0
         self.paused = False
+        self.lag_frames = 0  # slots skipped after stalls, not yet made up by quiet frames shed
+        self.frames_shed = 0
+
+    def fell_behind(self, frames: int) -> None:
+        """The line skipped `frames` slots after a stall: shed as many quiet frames later."""
+        self.lag_frames = min(self.lag_frames + frames, MAX_LAG_FRAMES)
 
     def enqueue(self, audio: bytes) -> None:
         self._buffer += audio
@@ -61,6 +89,11 @@ class PlayoutQueue:
         if not available or self.paused:
             self._in_talkspurt = False
             return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
+        if self.lag_frames:
+            available = self._shed_quiet_frames()
+            if not available:
+                self._in_talkspurt = False
+                return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
         if available >= size:
             payload = bytes(buffer[:size])
             del buffer[:size]
@@ -72,6 +105,23 @@ class PlayoutQueue:
         marker = not self._in_talkspurt
         self._in_talkspurt = True
         return OutgoingFrame(payload, marker=marker, voiced=True)
+
+    def _shed_quiet_frames(self) -> int:
+        """Drop quiet whole frames from the head while lag is owed; returns what is left.
+
+        Shed audio counts as sent (`sent_audio_bytes`): it is the part of the queued audio
+        whose time has passed, so positions in a reply stay right (what was heard).
+        """
+        buffer = self._buffer
+        size = self.frame_bytes
+        while self.lag_frames and len(buffer) >= size:
+            if audioop.max(audioop.ulaw2lin(buffer[:size], 2), 2) > QUIET_PEAK:
+                break
+            del buffer[:size]
+            self.sent_audio_bytes += size
+            self.lag_frames -= 1
+            self.frames_shed += 1
+        return len(buffer)
 
     def pause(self) -> None:
         """Go quiet at once but keep the queue (a possible barge-in, not yet confirmed)."""
@@ -87,6 +137,7 @@ class PlayoutQueue:
         self._buffer = bytearray()
         self._in_talkspurt = False
         self.paused = False
+        self.lag_frames = 0  # the delay was in the audio dropped: the next reply starts on time
         return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
 
     @property
@@ -113,7 +164,8 @@ class PlayoutQueue:
 
     @property
     def sent_audio_ms(self) -> float:
-        """Voiced audio handed out so far (padding excluded): what the far end got to hear."""
+        """Voiced audio handed out so far (padding excluded): what the far end got to hear,
+        plus quiet frames shed after a stall (their time passed while they waited)."""
         return self.sent_audio_bytes / _BYTES_PER_MS
 
 
@@ -129,7 +181,8 @@ class FramePacer:
     Deadlines are computed, never accumulated, so sleep overshoot does not drift.
     After a stall longer than `max_catch_up_frames`, sending every missed frame at
     once would only flood the far end's jitter buffer with late packets, so the
-    missed slots are skipped and only the current frame is sent.
+    missed slots are skipped and only the current frame is sent (the module docstring
+    says what happens to the audio that was queued for them).
 
     A talkspurt need not wait for the next deadline: `send_now` lets the next frame go
     out at once and moves the whole schedule earlier by as much (0-20 ms, on average
@@ -140,7 +193,7 @@ class FramePacer:
     play), so the RTP clock never drifts from real time over a call.
     """
 
-    def __init__(self, start: float, interval: float = 0.02, max_catch_up_frames: int = 5) -> None:
+    def __init__(self, start: float, interval: float = 0.02, max_catch_up_frames: int = 2) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         if max_catch_up_frames < 1:

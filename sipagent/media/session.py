@@ -1,23 +1,24 @@
 """One call's RTP media: the thin asyncio adapter around the sans-IO media classes.
 
-A single task runs a 20 ms tick on absolute deadlines. Each tick sends the due
-outgoing frame(s) and hands due inbound frames to `on_audio`. Inbound datagrams
-are handled as they arrive: parsed, filtered, and fed to the jitter buffer or the
-DTMF detector. No threads; every callback runs on the event loop.
+The process's one MediaClock (media/clock.py) serves every open session on its own
+absolute 20 ms deadlines: each pass sends the session's due outgoing frame(s) and hands
+due inbound frames to `on_audio`. Inbound datagrams are handled as they arrive: parsed,
+filtered, and fed to the jitter buffer or the DTMF detector. Waiting for playout state
+(`drained`, `first_packet_sent`) is done with futures the pass resolves, not by polling.
+No threads; every callback runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import socket
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from sipagent.media.clock import LatenessHistogram, MediaClock
 from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, G711Codec, codec_named, static_codec
 from sipagent.media.dtmf import DtmfDetector, DtmfSender
 from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 FRAME_INTERVAL: Final = 0.02
 _LOG_INTERVAL: Final = 5.0  # seconds between repeated log lines of one kind
-_LATENESS_SAMPLES: Final = 3000  # the last minute of ticks
 
 
 class _LogRateLimiter:
@@ -74,8 +74,9 @@ class RtpSessionStats:
     dtmf_digits: int
     frames_skipped: int  # outgoing frame slots given up after the tick stalled
     callback_errors: int
-    tick_lateness_p99_ms: float
+    tick_lateness_p99_ms: float  # over the whole call
     tick_lateness_max_ms: float
+    frames_shed: int = 0  # quiet queued frames dropped to make up for skipped slots
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -141,7 +142,9 @@ class RtpSession:
 
         self._pacer: FramePacer | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._media_clock: MediaClock | None = None
+        self._drained_waiters: list[asyncio.Future[None]] = []
+        self._talkspurt_waiters: list[asyncio.Future[float | None]] = []
         self._closed = False
         self._transport_lost = False
         self._held = False
@@ -153,7 +156,7 @@ class RtpSession:
         self._packets_in = 0
         self._parse_drops: dict[str, int] = {}
         self._callback_errors = 0
-        self._tick_lateness: deque[float] = deque(maxlen=_LATENESS_SAMPLES)
+        self._tick_lateness = LatenessHistogram()
         self._log_limiter = _LogRateLimiter(_LOG_INTERVAL)
 
     @classmethod
@@ -180,7 +183,7 @@ class RtpSession:
         is transcoded). `on_transport_lost` is called once, with a reason, if the socket
         dies under the session (the call is then silent for good: end it). `clock`
         supplies monotonic seconds for timing decisions and defaults to the loop's clock;
-        the tick still sleeps on the event loop.
+        the media clock still sleeps on the event loop.
 
         The session owns `sock` from here on: `close()` closes it, and so does a failed
         open. Releasing the port in the allocator is the caller's job.
@@ -206,7 +209,10 @@ class RtpSession:
             sock.close()
             raise
         session._transport = transport
-        session._task = loop.create_task(session._run(), name=f"rtp-tick-{call_id}")
+        # The first frame is due at once: the line has a stream from its first moment.
+        session._pacer = FramePacer(session._clock(), FRAME_INTERVAL)
+        session._media_clock = MediaClock.for_loop(loop, clock)
+        session._media_clock.add(session, session._pacer.next_deadline)
         logger.debug("[%s] RTP session open, sending to %s:%d", call_id, *session._remote)
         return session
 
@@ -237,7 +243,9 @@ class RtpSession:
         Takes effect at once: frames leave the queue only at send time, so the one
         frame possibly already handed to the kernel is all that can still go out.
         """
-        return self._queue.flush()
+        result = self._queue.flush()
+        self._resolve_drained()
+        return result
 
     def pause(self) -> None:
         """Send silence instead of the queued audio, keeping it (tentative barge-in)."""
@@ -283,6 +291,30 @@ class RtpSession:
     def is_playing(self) -> bool:
         return self._queue.is_playing
 
+    async def drained(self) -> None:
+        """Return once the outgoing queue is empty: its last frame has gone out (or was
+        flushed). At once if nothing is queued; also when the session closes. (Paused or
+        held audio is still queued: it has not drained.)"""
+        if self._closed or not self._queue.queued_bytes:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drained_waiters.append(waiter)
+        await waiter
+
+    async def first_packet_sent(self, previous: float | None = None) -> float | None:
+        """The wire time of the first packet of a talkspurt (`talkspurt_started_at`) once it
+        differs from `previous`: pass the value read before `play()` to wait for the reply's
+        first packet (at once if play() already sent it). None if the session closes first.
+        """
+        started = self.talkspurt_started_at
+        if started is not None and started != previous:
+            return started
+        if self._closed:
+            return None
+        waiter: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._talkspurt_waiters.append(waiter)
+        return await waiter
+
     @property
     def send_address(self) -> Address:
         return self._source.send_address
@@ -296,8 +328,9 @@ class RtpSession:
 
     @property
     def stats(self) -> RtpSessionStats:
-        lateness = sorted(self._tick_lateness)
-        p99 = lateness[min(len(lateness) - 1, int(len(lateness) * 0.99))] if lateness else 0.0
+        if self._media_clock is not None:
+            self._media_clock.catch_up()  # a poll of every call's stats is one long callback
+        lateness = self._tick_lateness
         dropped = dict(self._parse_drops)
         dropped.update(self._filter.dropped)
         dropped.update(self._source.rejected)
@@ -316,41 +349,44 @@ class RtpSession:
             dtmf_digits=self._dtmf.digits_detected,
             frames_skipped=self._pacer.frames_skipped if self._pacer else 0,
             callback_errors=self._callback_errors,
-            tick_lateness_p99_ms=p99 * 1000,
-            tick_lateness_max_ms=(lateness[-1] * 1000) if lateness else 0.0,
+            tick_lateness_p99_ms=lateness.percentile(0.99) * 1000,
+            tick_lateness_max_ms=lateness.max * 1000,
+            frames_shed=self._queue.frames_shed,
         )
 
     async def close(self) -> None:
-        """Stop the tick and close the socket. Idempotent."""
+        """Leave the media clock and close the socket. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._media_clock is not None:
+            self._media_clock.remove(self)
+        self._resolve_drained()
+        self._resolve_talkspurt(None)
         if self._transport is not None:
             self._transport.close()
         logger.debug("[%s] RTP session closed: %s", self.call_id, self.stats)
 
-    # ------------------------------------------------------------ media tick
+    # ------------------------------------------------------------ media clock pass
 
-    async def _run(self) -> None:
-        pacer = self._pacer = FramePacer(self._clock(), FRAME_INTERVAL)
-        while True:
-            now = self._clock()
-            try:
-                self._tick(pacer, now)
-            except Exception:
-                self._log_limited("tick_error", "media tick failed", exc_info=True)
-            # Sleep to the next absolute deadline: oversleeping once does not shift the rest.
-            await asyncio.sleep(max(0.0, pacer.next_deadline - self._clock()))
+    def clock_pass(self, now: float) -> float:
+        """Called by the MediaClock at (or after) the next deadline: send the due frame(s),
+        deliver due inbound frames, wake waiters; returns the next deadline."""
+        pacer = self._pacer
+        assert pacer is not None
+        try:
+            self._tick(pacer, now)
+        except Exception:
+            self._log_limited("tick_error", "media tick failed", exc_info=True)
+        if self._drained_waiters and not self._queue.queued_bytes:
+            self._resolve_drained()
+        return pacer.next_deadline
 
     def _tick(self, pacer: FramePacer, now: float) -> None:
         deadline = pacer.next_deadline
         tick = pacer.due_frames(now)
         if tick.send:
-            self._tick_lateness.append(now - deadline)
+            self._tick_lateness.record(now - deadline)
         if self._held:
             # On hold we must not send (our answer said recvonly/inactive); RTP time still
             # passes, so the timestamps after the unhold stay on the wall clock.
@@ -358,10 +394,23 @@ class RtpSession:
         else:
             if tick.skip:
                 self._packetizer.skip(tick.skip * FRAME_SAMPLES)
+                self._queue.fell_behind(tick.skip)
             for _ in range(tick.send):
                 self._send_next_frame()
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
+
+    def _resolve_drained(self) -> None:
+        waiters, self._drained_waiters = self._drained_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _resolve_talkspurt(self, started_at: float | None) -> None:
+        waiters, self._talkspurt_waiters = self._talkspurt_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(started_at)
 
     def send_digits(self, digits: str) -> None:
         """Press keys (RFC 4733 events); they replace the audio slots while they play."""
@@ -404,6 +453,8 @@ class RtpSession:
             self.last_voiced_sent_at = self._clock()
             if frame.marker:
                 self.talkspurt_started_at = self.last_voiced_sent_at
+                if self._talkspurt_waiters:
+                    self._resolve_talkspurt(self.talkspurt_started_at)
         elif self._pacer is not None and self._pacer.ahead:
             # Silence on the line: put the RTP clock back on the wall clock (FramePacer).
             self._pacer.give_back()
@@ -434,6 +485,8 @@ class RtpSession:
             self._handle_datagram(data, source)
         except Exception:
             self._log_limited("inbound_error", "inbound datagram handling failed", exc_info=True)
+        if self._media_clock is not None:
+            self._media_clock.catch_up()
 
     def _handle_datagram(self, data: bytes, source: Address) -> None:
         now = self._clock()

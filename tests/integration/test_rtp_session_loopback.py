@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sipagent.media.clock import MediaClock
 from sipagent.media.codec import PCMA, from_wire, to_wire
 from sipagent.media.rtp import RtpPacket, build_rtp, parse_rtp
 from sipagent.media.session import RtpSession
@@ -665,3 +667,141 @@ async def test_a_dynamic_payload_type_carries_the_codec_named_in_the_sdp(
 async def test_a_dynamic_payload_type_without_a_codec_name_is_refused(open_session) -> None:
     with pytest.raises(ValueError):
         await open_session(("127.0.0.1", 4000), payload_type=96)
+
+
+# ------------------------------------------------- the media clock and playout events (issue 13)
+
+
+async def test_drained_resolves_when_the_last_queued_frame_has_gone_out(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    await asyncio.wait_for(session.drained(), 1)  # nothing queued: at once
+    frames = [pattern_frame(i) for i in range(10)]
+    session.play(b"".join(frames))
+    assert session.queued_ms > 0
+    await asyncio.wait_for(session.drained(), LIVENESS_TIMEOUT)
+    assert session.queued_ms == 0
+    assert session.sent_audio_ms == pytest.approx(200)  # every frame handed to the socket
+    await wait_until(lambda: len(peer.voiced()) == 10, "the frames at the peer")
+    assert [p.payload for p in peer.voiced()] == frames
+
+    session.play(b"".join(frames))
+    waiter = asyncio.create_task(session.drained())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    session.flush()  # a barge-in drains the queue too
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_first_packet_sent_resolves_with_the_reply_s_first_wire_time(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    await wait_until(lambda: len(peer.received) >= 3, "silence before the reply")
+    before = session.talkspurt_started_at
+    waiter = asyncio.create_task(session.first_packet_sent(before))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # nothing played yet
+    session.play(pattern_frame(0))  # one frame: the next pass sends it
+    sent_at = await asyncio.wait_for(waiter, LIVENESS_TIMEOUT)
+    assert sent_at is not None and sent_at == session.talkspurt_started_at
+    await wait_until(lambda: bool(peer.voiced()), "the reply at the peer")
+    first = next(r for r in peer.received if r.packet.payload != SILENCE)
+    assert first.packet.marker and first.at >= sent_at
+    # Asked after the fact, it answers at once; a session that closes answers None.
+    assert await session.first_packet_sent(before) == sent_at
+    pending = asyncio.create_task(session.first_packet_sent(sent_at))
+    await asyncio.sleep(0.05)
+    await session.close()
+    assert await asyncio.wait_for(pending, 1) is None
+    await asyncio.wait_for(session.drained(), 1)
+
+
+async def test_every_session_is_served_by_the_one_media_clock(peer_factory, open_session) -> None:
+    peer = await peer_factory()
+    clock = MediaClock.for_loop()
+    before = len(clock)
+    tasks_before = len(asyncio.all_tasks())
+    harnesses = [await open_session(peer.address) for _ in range(20)]
+    assert MediaClock.for_loop() is clock and len(clock) == before + 20
+    assert len(asyncio.all_tasks()) == tasks_before  # no task per call
+    passes, served = clock.passes, clock.served
+    await asyncio.sleep(0.5)
+    for harness in harnesses:
+        await harness.session.close()
+    assert len(clock) == before
+    # About 25 frames per session; sessions due together share a wake-up.
+    assert clock.served - served >= 20 * 20
+    assert clock.passes - passes < clock.served - served
+    by_ssrc: dict[int, list[RtpPacket]] = {}
+    for received in peer.received:
+        by_ssrc.setdefault(received.packet.ssrc, []).append(received.packet)
+    assert len(by_ssrc) == 20
+    for packets in by_ssrc.values():
+        for before_packet, after in itertools.pairwise(packets):
+            assert after.sequence == (before_packet.sequence + 1) % 65536
+
+
+QUIET = bytes([0xF0, 0x70, 0xE8, 0x68]) * 40  # low noise: a pause between sentences
+
+
+async def test_a_stall_mid_reply_skips_slots_instead_of_bursting_and_its_delay_is_shed(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    words = [pattern_frame(i) for i in range(60)]
+    # Two sentences with a 0.6 s pause between them; the loop stalls 300 ms in the first.
+    session.play(b"".join(words[:30]) + QUIET * 30 + b"".join(words[30:]))
+    await wait_until(lambda: len(peer.voiced()) >= 10, "the reply under way")
+    time.sleep(0.3)  # the stall under test: nothing else runs
+    await asyncio.wait_for(session.drained(), LIVENESS_TIMEOUT)
+    await wait_until(lambda: pattern_frame(59) in [p.payload for p in peer.voiced()], "the end")
+
+    stats = session.stats
+    assert [p.payload for p in peer.voiced() if p.payload != QUIET] == words  # every word
+    packets = [r.packet for r in peer.received]
+    for before, after in itertools.pairwise(packets):
+        assert after.sequence == (before.sequence + 1) % 65536
+
+    first_word_timestamp = next(p.timestamp for p in packets if p.payload == words[0])
+
+    def slot(frame: bytes) -> int:
+        """The frame's RTP time, in frames since the reply's first word."""
+        packet = next(p for p in packets if p.payload == frame)
+        return (packet.timestamp - first_word_timestamp) % 2**32 // 160
+
+    stall_skip = max(
+        (after.timestamp - before.timestamp) % 2**32 // 160 - 1
+        for before, after in itertools.pairwise(packets)
+    )
+    # The stall's slots were given up in one timestamp jump, not sent as a burst of late
+    # frames: the rest of the first sentence is that much later...
+    assert stall_skip >= 12
+    assert slot(words[29]) == 29 + stall_skip
+    # ...and the pause was that much shorter, so the second sentence is where it would have
+    # been without the stall (give or take slots a loaded test machine skipped after it).
+    assert stats.frames_shed >= stall_skip
+    skipped_after_pause = stats.frames_skipped - stats.frames_shed
+    assert slot(words[30]) == 60 + skipped_after_pause
+    assert slot(words[59]) == 89 + skipped_after_pause
+
+
+async def test_reading_stats_sends_frames_that_fell_due_meanwhile(
+    peer_factory, open_session
+) -> None:
+    # A status poll reads every call's stats in one callback: frames due meanwhile go out
+    # between the reads, not after the whole poll.
+    peer = await peer_factory()
+    harnesses = [await open_session(peer.address) for _ in range(3)]
+    await wait_until(lambda: len(peer.received) >= 9, "media")
+    sent_before = [h.session.stats.packets_out for h in harnesses]
+    time.sleep(0.05)  # the poll's own work, for the length of two frames
+    sent_during = [h.session.stats.packets_out for h in harnesses]
+    assert all(during > before for before, during in zip(sent_before, sent_during, strict=True))

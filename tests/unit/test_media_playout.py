@@ -1,5 +1,7 @@
 import itertools
 import random
+import struct
+from dataclasses import dataclass
 
 import pytest
 
@@ -242,45 +244,85 @@ def test_send_now_right_after_give_back_never_stacks_leads() -> None:
     assert pacer.ahead == pytest.approx(0.015)
 
 
-def drive_line(
-    chunks: list[tuple[float, int]], until: float
-) -> tuple[list[tuple[float, int, float]], int]:
+@dataclass(frozen=True)
+class Sent:
+    at: float  # send time
+    slot: int  # RTP frame slot (timestamp / 160)
+    payload: bytes
+    voiced: bool
+
+
+@dataclass
+class Line:
+    sent: list[Sent]
+    queue: PlayoutQueue
+    pacer: FramePacer
+
+    @property
+    def voiced(self) -> list[Sent]:
+        return [frame for frame in self.sent if frame.voiced]
+
+
+def run_line(
+    chunks: list[tuple[float, bytes]],
+    until: float,
+    stalls: tuple[tuple[float, float], ...] = (),
+) -> Line:
     """A PlayoutQueue and FramePacer driven as RtpSession drives them, in virtual time: the
-    tick sleeps until the deadline it saw when it went to sleep; audio (`frames` at `time`)
-    may start a talkspurt at once. Returns, per voiced frame, (send time, RTP slot, the
-    earliest it could have gone out: its arrival, or 20 ms after the frame before it), and
-    the number of skipped slots."""
+    media clock's pass runs at the deadline it last saw (or when a stall, `(from, to)`,
+    lets it); skipped slots are reported to the queue; audio (`chunks`: bytes at a time)
+    may start a talkspurt at once. Audio arriving during a stall is handled when it ends,
+    after the pass (as on the event loop: the app plays it after the pass's timer ran)."""
     queue, pacer = PlayoutQueue(), FramePacer(start=0.0, interval=0.02)
-    sent: list[tuple[float, int]] = []
-    earliest: list[float] = []
+    sent: list[Sent] = []
     slot = 0
     wake = 0.0
-    pending = sorted(chunks)
+
+    def unstalled(at: float) -> float:
+        return next((end for begin, end in stalls if begin <= at < end), at)
+
+    pending = sorted((unstalled(at), index, audio) for index, (at, audio) in enumerate(chunks))
 
     def send(now: float) -> None:
         nonlocal slot
         frame = queue.next_frame()
-        if frame.voiced:
-            sent.append((now, slot))
-        elif pacer.ahead:
+        sent.append(Sent(now, slot, frame.payload, frame.voiced))
+        if not frame.voiced and pacer.ahead:
             pacer.give_back()
         slot += 1
 
     while wake < until:
         if pending and pending[0][0] < wake:
-            now, frames = pending.pop(0)
-            queue.enqueue(pattern(frames)[: frames * 160])
-            for _ in range(frames):
-                earliest.append(max(now, earliest[-1] + 0.02) if earliest else now)
+            now, _, audio = pending.pop(0)
+            queue.enqueue(audio)
             if queue.talkspurt_ready and pacer.send_now(now):
                 send(now)
             continue
         tick = pacer.due_frames(wake)
-        slot += tick.skip
+        if tick.skip:
+            slot += tick.skip
+            queue.fell_behind(tick.skip)
         for _ in range(tick.send):
             send(wake)
-        wake = max(wake, pacer.next_deadline)
-    return [(t, n, e) for (t, n), e in zip(sent, earliest, strict=True)], pacer.frames_skipped
+        wake = unstalled(max(wake, pacer.next_deadline))
+    return Line(sent, queue, pacer)
+
+
+def drive_line(
+    chunks: list[tuple[float, int]], until: float
+) -> tuple[list[tuple[float, int, float]], int]:
+    """`run_line` with `frames` of audio at each time. Returns, per voiced frame, (send time,
+    RTP slot, the earliest it could have gone out: its arrival, or 20 ms after the frame
+    before it), and the number of skipped slots."""
+    earliest: list[float] = []
+    for now, frames in sorted(chunks):
+        for _ in range(frames):
+            earliest.append(max(now, earliest[-1] + 0.02) if earliest else now)
+    line = run_line([(now, pattern(frames)) for now, frames in chunks], until)
+    voiced = [(frame.at, frame.slot) for frame in line.voiced]
+    return [(t, n, e) for (t, n), e in zip(voiced, earliest, strict=True)], (
+        line.pacer.frames_skipped
+    )
 
 
 @pytest.mark.parametrize(
@@ -300,3 +342,105 @@ def test_a_producer_near_real_time_keeps_the_rtp_clock_within_a_frame(chunk_fram
         assert sent_at <= earliest + 0.04 + 1e-9  # no frame waits more than two ticks
     for (before, _, _), (after, _, _) in itertools.pairwise(voiced):
         assert after - before >= 0.019  # never a burst
+
+
+# -- after a stall: speech intact, no burst, and the delay shed in the next pause ---------------
+
+QUIET = bytes([0xF0, 0x70, 0xE8, 0x68]) * 40  # low noise (peak 244 of 32767): a pause
+
+
+def word(index: int) -> bytes:
+    """A loud 160-byte frame that says which one it is."""
+    return struct.pack("!H", index) + bytes((index * 7 + i * 13) % 0x60 for i in range(158))
+
+
+def test_skipped_slots_are_made_up_by_shedding_quiet_frames_only() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(word(0) + QUIET + QUIET + word(1) + QUIET + word(2))
+    queue.fell_behind(2)
+    assert queue.next_frame().payload == word(0)  # speech is never shed
+    assert queue.next_frame().payload == word(1)  # the two quiet frames were
+    assert (queue.lag_frames, queue.frames_shed) == (0, 2)
+    assert queue.next_frame().payload == QUIET  # nothing owed any more: pauses play again
+    assert queue.sent_audio_ms == pytest.approx(100)  # shed audio counts as consumed
+    queue.fell_behind(1000)
+    assert queue.lag_frames == 50  # at most a second is owed
+
+
+def test_a_paused_queue_sheds_nothing_and_a_flush_forgets_the_lag() -> None:
+    queue = PlayoutQueue()
+    queue.enqueue(QUIET * 3)
+    queue.fell_behind(2)
+    queue.pause()
+    assert not queue.next_frame().voiced
+    assert queue.queued_bytes == 480 and queue.frames_shed == 0
+    queue.resume()
+    assert queue.next_frame().payload == QUIET  # two shed, the third sent
+    assert queue.frames_shed == 2
+    queue.enqueue(QUIET * 2)
+    queue.fell_behind(2)
+    queue.flush()  # the delay was in the audio that was dropped
+    queue.enqueue(QUIET)
+    assert queue.next_frame().payload == QUIET
+
+
+def reply_with_pauses(sentences: int, words: int, pause_frames: int) -> list[bytes]:
+    frames: list[bytes] = []
+    for sentence in range(sentences):
+        frames += [word(sentence * 1000 + i) for i in range(words)] + [QUIET] * pause_frames
+    return frames
+
+
+def test_a_300_ms_stall_mid_reply_keeps_every_word_and_sheds_its_delay_in_the_next_pause():
+    frames = reply_with_pauses(sentences=3, words=50, pause_frames=20)
+    chunks = [(0.11, b"".join(frames))]  # a fast producer (TTS): the whole reply at once
+    steady = run_line(chunks, until=5.0)
+    stalled = run_line(chunks, until=5.0, stalls=((0.5, 0.8),))
+
+    words = [f for f in frames if f != QUIET]
+    assert [s.payload for s in stalled.voiced if s.payload != QUIET] == words  # all, in order
+    # The reply started at 0.11 (send_now), so slots fall on 0.11 + k * 20 ms: those of 0.51
+    # to 0.79 are due when the stall ends at 0.80; one is sent, the 14 before it given up.
+    assert stalled.pacer.frames_skipped == 14
+    # No burst: one frame when the stall ends (the slot of 0.79, 10 ms late), the next on its
+    # own deadline.
+    assert [s.at for s in stalled.sent if 0.5 <= s.at < 0.85] == pytest.approx([0.8, 0.81, 0.83])
+    slot_of = {s.payload: s.slot for s in steady.voiced if s.payload != QUIET}
+    late = [s.slot - slot_of[s.payload] for s in stalled.voiced if s.payload in slot_of]
+    # The rest of the first sentence is 14 frames late; after its pause, on time again.
+    assert set(late[:20]) == {0}
+    assert set(late[20:50]) == {14}
+    assert set(late[50:]) == {0}
+    assert stalled.queue.frames_shed == 14 and stalled.queue.lag_frames == 0
+
+
+def test_an_echo_is_back_in_step_after_the_pause_following_each_stall() -> None:
+    # A live producer (the echo app): one frame every 20 ms, 5 ms after each slot, with one
+    # second of speech and half a second of pause, and two 300 ms stalls in speech.
+    pattern_of_talk = ([True] * 50 + [False] * 25) * 4
+    chunks = [
+        (0.005 + 0.02 * i, word(i) if talking else QUIET)
+        for i, talking in enumerate(pattern_of_talk)
+    ]
+    stalls = ((0.4, 0.7), (1.9, 2.2))
+    line = run_line(chunks, until=7.0, stalls=stalls)
+
+    arrival = {audio: at for at, audio in chunks if audio != QUIET}
+    delay = {
+        frame.payload: frame.at - arrival[frame.payload]
+        for frame in line.voiced
+        if frame.payload in arrival
+    }
+    assert len(delay) == 200  # every word echoed
+    for index, talking in enumerate(pattern_of_talk):
+        if not talking:
+            continue
+        due_at = 0.005 + 0.02 * index + 0.015  # its slot without a stall
+        in_speech_after_stall = any(
+            due_at >= begin and index // 75 == int(begin / 1.5)  # same talk spell (1.5 s)
+            for begin, _ in stalls
+        )
+        expected = 0.295 if in_speech_after_stall else 0.015
+        assert delay[word(index)] == pytest.approx(expected, abs=0.021), index
+    assert max(delay.values()) < 0.32  # the two stalls never add up
+    assert line.queue.lag_frames == 0
