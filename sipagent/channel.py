@@ -98,6 +98,15 @@ class CallChannel(Protocol):
     @property
     def queued_ms(self) -> float: ...
 
+    async def drained(self) -> None:
+        """Return once every queued frame has gone out (or was flushed, or the call ended)."""
+        ...
+
+    async def first_packet_sent(self, previous: float | None = None) -> float | None:
+        """The wire time of a talkspurt's first packet once it differs from `previous` (the
+        `media_times.talkspurt_started_at` read before playing); None if media ends first."""
+        ...
+
     @property
     def on_hold(self) -> bool:
         """True while the caller has the call on hold (SDP a=sendonly / a=inactive). The

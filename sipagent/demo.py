@@ -106,8 +106,7 @@ class SimulatedCaller:
                     await asyncio.sleep(0.24 * len(line))
                 else:
                     await self.say(call, line)
-                    while call.queued_ms > 0:
-                        await asyncio.sleep(0.02)
+                    await call.drained()
                 self._agent_voice_at = None
                 if line.endswith("goodbye."):
                     break

@@ -578,6 +578,7 @@ class ConversationSession:
             self.voices,
             play=self.call.play,
             talkspurt_started=lambda: self.call.media_times.talkspurt_started_at,
+            first_packet_sent=self.call.first_packet_sent,
             clock=self.clock,
             on_audible=self._reply_audible,
         )
@@ -589,8 +590,7 @@ class ConversationSession:
         self.turn_log.release()
 
     async def _wait_played(self) -> None:
-        while self.call.queued_ms > 0:
-            await asyncio.sleep(0.02)
+        await self.call.drained()
         reply = self._reply
         if reply is not None and reply.timings.first_reply_packet is None:
             reply.timings.first_reply_packet = self.call.media_times.talkspurt_started_at

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sipagent.conversation.failures import ProviderFailures
@@ -27,9 +27,10 @@ log = logging.getLogger("sipagent.conversation")
 
 # Sentences of one reply synthesised at once: the one playing and the next.
 TTS_REQUESTS_PER_REPLY = 2
-# A reply's first packet that play() did not send at once is looked for every 20 ms, this
-# many times (half a second).
-FIRST_PACKET_LOOKS = 25
+# A reply's first packet that play() did not send at once is waited for this long (the media
+# clock's event): held or paused audio may not go out for a long time, and is not "the reply's
+# first packet" then.
+FIRST_PACKET_WAIT = 0.5
 
 
 class Reply:
@@ -69,6 +70,7 @@ class Speaker:
         *,
         play: Callable[[bytes], None],
         talkspurt_started: Callable[[], float | None],
+        first_packet_sent: Callable[[float | None], Awaitable[float | None]],
         clock: Callable[[], float],
         on_audible: Callable[[], None],
     ) -> None:
@@ -76,6 +78,7 @@ class Speaker:
         self.voices = voices
         self._play = play
         self._talkspurt_started = talkspurt_started
+        self._first_packet_sent = first_packet_sent
         self._clock = clock
         self._on_audible = on_audible
         self._sentences: asyncio.Queue[tuple[SpokenChunk, asyncio.Queue[bytes | None]] | None] = (
@@ -191,10 +194,8 @@ class Speaker:
 
     async def _watch_first_packet(self, before: float | None) -> None:
         timings = self.reply.timings
-        for _ in range(FIRST_PACKET_LOOKS):
-            await asyncio.sleep(0.02)
-            sent = self._talkspurt_started()
-            if sent is not None and sent != before:
-                if timings.first_reply_packet is None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_PACKET_WAIT):
+                sent = await self._first_packet_sent(before)
+                if sent is not None and timings.first_reply_packet is None:
                     timings.first_reply_packet = sent
-                return

@@ -155,6 +155,13 @@ class Call:
     def queued_ms(self) -> float:
         return self.rtp.queued_ms if self.rtp is not None else 0.0
 
+    async def drained(self) -> None:
+        if self.rtp is not None:
+            await self.rtp.drained()
+
+    async def first_packet_sent(self, previous: float | None = None) -> float | None:
+        return await self.rtp.first_packet_sent(previous) if self.rtp is not None else None
+
     async def hangup(self, reason: str = "app hangup") -> None:
         await self.hangup_callback(self, reason)
 

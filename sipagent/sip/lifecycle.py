@@ -108,8 +108,7 @@ class CallLifecycle:
             log.exception("call %s: app failed", call.call_id)
         if call.state != CallState.ENDED:
             # Let the last queued audio play out before the BYE.
-            while call.queued_ms > 0 and call.state != CallState.ENDED:
-                await asyncio.sleep(0.02)
+            await call.drained()  # resolves when the call's media closes, too
             await self.app_hangup(call, "app finished")
 
     def _media_lost(self, call: Call, reason: str) -> None:

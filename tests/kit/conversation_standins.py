@@ -86,6 +86,12 @@ class MemoryCall:
     def queued_ms(self) -> float:
         return 0.0
 
+    async def drained(self) -> None:
+        """Nothing is ever queued: play() sends at once."""
+
+    async def first_packet_sent(self, previous: float | None = None) -> float | None:
+        return self.media_times.talkspurt_started_at
+
     @property
     def end(self) -> CallEnd:
         return CallEnd(None, self.end_reason, None)

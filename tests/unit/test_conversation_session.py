@@ -518,6 +518,10 @@ class QueueingCall(MemoryCall):
     def queued_ms(self) -> float:
         return len(self.queue) / 8
 
+    async def drained(self) -> None:
+        while self.queue and not self.ended.is_set():
+            await asyncio.sleep(0)
+
 
 class TextAudioTts:
     """Audio whose bytes say which text it is for: 100 ms per sentence."""

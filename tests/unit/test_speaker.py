@@ -31,6 +31,9 @@ class Line:
     def audible(self) -> None:
         self.events.append("audible")
 
+    async def first_packet_sent(self, previous: float | None) -> float | None:
+        return self.talkspurt
+
 
 def speaker_for(line: Line, voices: Voices, reply: Reply | None = None) -> Speaker:
     return Speaker(
@@ -38,6 +41,7 @@ def speaker_for(line: Line, voices: Voices, reply: Reply | None = None) -> Speak
         voices,
         play=line.play,
         talkspurt_started=lambda: line.talkspurt,
+        first_packet_sent=line.first_packet_sent,
         clock=lambda: line.now,
         on_audible=line.audible,
     )
