@@ -132,6 +132,12 @@ class AgentSettings(BaseSettings):
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    overload_late_ms: float = Field(
+        10.0,
+        ge=0,
+        description="refuse new calls (503) while over 5 % of media-clock passes in 2 s run "
+        "later than this; 0 = off",
+    )
     max_unconfirmed_per_source: int = Field(
         8, ge=1, description="answered-but-not-ACKed calls one address may hold; more get 503"
     )

@@ -131,6 +131,27 @@ class MediaClock:
 
     # Keyed by loop and clock; an entry lives while its clock has members.
     _running: ClassVar[dict[tuple[asyncio.AbstractEventLoop, Callable[[], float]], MediaClock]] = {}
+    # Per loop: who is told, after each pass, how late it ran (the endpoint's overload guard).
+    _lateness_observers: ClassVar[
+        dict[asyncio.AbstractEventLoop, list[Callable[[float, float], None]]]
+    ] = {}
+
+    @classmethod
+    def observe_lateness(
+        cls, loop: asyncio.AbstractEventLoop, observer: Callable[[float, float], None]
+    ) -> Callable[[], None]:
+        """Call `observer(now, lateness_s)` after every pass of `loop`'s clocks; returns the
+        function that stops it."""
+        observers = cls._lateness_observers.setdefault(loop, [])
+        observers.append(observer)
+
+        def stop() -> None:
+            if observer in observers:
+                observers.remove(observer)
+            if not observers:
+                cls._lateness_observers.pop(loop, None)
+
+        return stop
 
     def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
         self._loop = loop
@@ -223,10 +244,16 @@ class MediaClock:
     def _pass(self) -> None:
         self.passes += 1
         self._passing = True
+        now = self._clock()
         try:
-            self.served += self._schedule.run_pass(self._clock(), self._serve)
+            self.served += self._schedule.run_pass(now, self._serve)
         finally:
             self._passing = False
+        observers = self._lateness_observers.get(self._loop)
+        if observers:
+            lateness = now - self._timer_deadline
+            for observer in observers:
+                observer(now, lateness)
 
     @staticmethod
     def _serve(member: ClockMember, now: float) -> float:

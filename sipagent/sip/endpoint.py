@@ -68,6 +68,7 @@ class SipEndpoint:
         self.uas: UserAgentServer | None = None
         self.uac: UserAgentClient | None = None
         self.registration_client: RegistrationClient | None = None
+        self._stop_watching_load: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -126,6 +127,7 @@ class SipEndpoint:
             transactions=self.transactions, rtp_ports=rtp_ports, lifecycle=lifecycle,
             transfer=self.uac.transfer, spawn=self._spawn, dropped=self.dropped,
         )  # fmt: skip
+        self._stop_watching_load = self.uas.watch_load()
         log.info("SIP listening on %s:%d, advertising %s:%d", bind.host, port, advertised, port)
         if server is not None and not self.register:
             log.info("calls go through %s; not registering", server)
@@ -156,6 +158,8 @@ class SipEndpoint:
             task.cancel()
         # Cancelled tasks still run their clean-up: wait for it, or it races the shutdown.
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stop_watching_load is not None:
+            self._stop_watching_load()
         self.transactions.close()
         await self.udp.close()
 

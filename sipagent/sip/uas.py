@@ -18,9 +18,10 @@ from ipaddress import ip_address
 from typing import Any
 
 from sipagent.config import AgentSettings
+from sipagent.media.clock import MediaClock
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.source import validate_remote
-from sipagent.sip.admission import AdmissionLimits, InviteAdmission
+from sipagent.sip.admission import AdmissionLimits, InviteAdmission, OverloadGuard, Refusal
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
 from sipagent.sip.lifecycle import CallLifecycle, Spawn
@@ -131,6 +132,20 @@ class UserAgentServer:
                 invite_burst=max(1, int(settings.invites_per_second * 2)),
             )
         )
+        # Fed by the media clock (`watch_load`): late frames for the calls we have mean no
+        # room for another one.
+        self.overload = (
+            OverloadGuard(late_after=settings.overload_late_ms / 1000)
+            if settings.overload_late_ms > 0
+            else None
+        )
+
+    def watch_load(self) -> Callable[[], None]:
+        """Start feeding the overload guard from this loop's media clock; returns the stop."""
+        guard = self.overload
+        if guard is None:
+            return lambda: None
+        return MediaClock.observe_lateness(asyncio.get_running_loop(), guard.observe)
 
     def _respond(self, request: SipMessage, status_code: int, **kwargs: Any) -> bytes:
         response = self.messages.response(request, status_code, **kwargs)
@@ -233,15 +248,19 @@ class UserAgentServer:
         # D5: 100 Trying at once stops the caller's INVITE retransmissions.
         self._respond(request, 100, reason="Trying")
         source_ip = request.source[0] if request.source else ""
+        now = asyncio.get_running_loop().time()
         refusal = self.admission.decide(
             source_ip,
-            asyncio.get_running_loop().time(),
+            now,
             confirmed_calls=sum(c.state == CallState.CONFIRMED for c in self.calls.values()),
             unconfirmed_from_source=sum(
                 c.state != CallState.CONFIRMED and c.source_ip == source_ip
                 for c in self.calls.values()
             ),
         )
+        if refusal is None and self.overload is not None and self.overload.overloaded(now):
+            refusal = Refusal(503, "Service Unavailable", retry_after=5)
+            self.admission.refused[503] = self.admission.refused.get(503, 0) + 1
         if refusal is not None:
             log.warning("INVITE %s from %s refused: %d %s", request.call_id, source_ip,
                         refusal.status_code, refusal.reason)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -329,3 +330,46 @@ async def test_other_sip_versions_get_505_and_rfc2543_transactions_are_told_apar
                           call_id=call_id).replace(f";branch=z9hG4bK{call_id}", "")  # fmt: skip
             statuses = await send_and_collect(uac, agent.local_address, data, call_id)
             assert [code for code in statuses if code >= 200][:1] == [488], statuses
+
+
+async def test_a_loop_that_cannot_keep_its_calls_on_time_refuses_new_ones():
+    """Beyond capacity, refusals, not degradation: while the media clock runs late (here the
+    event loop is made to stall 30 ms at a time, as a saturated core does) a new INVITE gets
+    503 with Retry-After; once the loop keeps time again for 3 s, calls are taken again."""
+    loop = asyncio.get_running_loop()
+    async with running_agent(app="echo") as agent:
+        caller = MiniUac()
+        data = invite(caller, agent.local_address[1], SDP_PCMU, call_id="first-call")
+        assert 200 in await send_and_collect(caller, agent.local_address, data, "first-call")
+        ok = next(m for m in caller.received if m.status_code == 200)
+        caller.send(request("ACK", caller, agent.local_address[1], cseq=1, to_tag=ok.to_tag or "",
+                            branch="z9hG4bKack1", call_id="first-call"),
+                    agent.local_address)  # fmt: skip
+        await wait_until(
+            lambda: agent.calls["first-call"].state == CallState.CONFIRMED, 2, "first call up"
+        )
+        assert agent.uas.overload is not None
+        stalling = True
+
+        def stall() -> None:
+            if stalling:
+                time.sleep(0.03)
+                loop.call_later(0.01, stall)
+
+        stall()
+        await asyncio.sleep(3.0)
+        assert agent.uas.overload.overloaded(loop.time())
+        data = invite(caller, agent.local_address[1], SDP_PCMU, call_id="while-late")
+        caller.received.clear()
+        caller.send(data, agent.local_address)
+        await caller.collect(0.5)
+        refusal = next(m for m in caller.received if m.call_id == "while-late"
+                       and m.status_code >= 200)  # fmt: skip
+        assert refusal.status_code == 503
+        assert refusal.first("Retry-After") == "5"
+        assert agent.calls["first-call"].state == CallState.CONFIRMED  # the call it has goes on
+
+        stalling = False
+        await asyncio.sleep(3.5)
+        data = invite(caller, agent.local_address[1], SDP_PCMU, call_id="on-time-again")
+        assert 200 in await send_and_collect(caller, agent.local_address, data, "on-time-again")
