@@ -298,6 +298,8 @@ class RtpSession:
         if self._closed or not self._queue.queued_bytes:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Waiters given up on (a timeout around a held call) must not pile up.
+        self._drained_waiters = [w for w in self._drained_waiters if not w.done()]
         self._drained_waiters.append(waiter)
         await waiter
 
@@ -312,6 +314,7 @@ class RtpSession:
         if self._closed:
             return None
         waiter: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._talkspurt_waiters = [w for w in self._talkspurt_waiters if not w.done()]
         self._talkspurt_waiters.append(waiter)
         return await waiter
 
