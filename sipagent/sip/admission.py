@@ -49,6 +49,7 @@ class InviteAdmission:
         *,
         confirmed_calls: int,
         unconfirmed_from_source: int,
+        overloaded: bool = False,
     ) -> Refusal | None:
         limits = self.limits
         refusal: Refusal | None = None
@@ -58,6 +59,8 @@ class InviteAdmission:
             refusal = Refusal(503, "Service Unavailable", retry_after=5)
         elif confirmed_calls >= limits.max_calls:
             refusal = Refusal(486, "Busy Here")
+        elif overloaded:  # the calls we have are running late (OverloadGuard)
+            refusal = Refusal(503, "Service Unavailable", retry_after=5)
         if refusal is not None:
             self.refused[refusal.status_code] = self.refused.get(refusal.status_code, 0) + 1
         return refusal

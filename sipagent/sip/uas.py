@@ -21,7 +21,7 @@ from sipagent.config import AgentSettings
 from sipagent.media.clock import MediaClock
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.source import validate_remote
-from sipagent.sip.admission import AdmissionLimits, InviteAdmission, OverloadGuard, Refusal
+from sipagent.sip.admission import AdmissionLimits, InviteAdmission, OverloadGuard
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
 from sipagent.sip.lifecycle import CallLifecycle, Spawn
@@ -257,10 +257,8 @@ class UserAgentServer:
                 c.state != CallState.CONFIRMED and c.source_ip == source_ip
                 for c in self.calls.values()
             ),
+            overloaded=self.overload is not None and self.overload.overloaded(now),
         )
-        if refusal is None and self.overload is not None and self.overload.overloaded(now):
-            refusal = Refusal(503, "Service Unavailable", retry_after=5)
-            self.admission.refused[503] = self.admission.refused.get(503, 0) + 1
         if refusal is not None:
             log.warning("INVITE %s from %s refused: %d %s", request.call_id, source_ip,
                         refusal.status_code, refusal.reason)  # fmt: skip
