@@ -78,14 +78,14 @@ class Supervisor:
         *,
         command: Sequence[str] = WORKER_COMMAND,
         finalise: Finaliser | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        restart_policy: Callable[[], RestartPolicy] = lambda: RestartPolicy(clock=time.monotonic),
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.command = list(command)
         self.finalise = finalise
         self.stop_timeout = stop_timeout
-        self.workers = [_Worker(spec, RestartPolicy(clock=clock)) for spec in specs]
+        self.workers = [_Worker(spec, restart_policy()) for spec in specs]
         self.started_at = time.time()
         self.gave_up = False
         self._stopping = asyncio.Event()
