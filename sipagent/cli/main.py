@@ -30,7 +30,7 @@ from sipagent.cli.records import appointments_app, calls_app
 from sipagent.config import AgentSettings
 from sipagent.logcontext import CallIdFilter
 from sipagent.storage import current_revision, shown_url
-from sipagent.workers.plan import worker_count
+from sipagent.workers.plan import host_port_text, worker_count
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
 console = Console(stderr=True)
@@ -88,12 +88,21 @@ def serve(
 
 def _supervise(settings: AgentSettings, count: int, verbose: bool) -> NoReturn:
     """`serve` with several workers: this process only supervises them (see sipagent.workers)."""
-    from sipagent.workers.supervisor import WORKER_COMMAND, Finaliser, Supervisor, plan_for
+    from sipagent.workers.supervisor import (
+        WORKER_COMMAND,
+        Finaliser,
+        Supervisor,
+        plan_for,
+        unbindable_sip_port,
+    )
 
     try:
         specs = plan_for(settings, count)
     except ValueError as error:
         fail(str(error))
+    if busy := unbindable_sip_port(specs):
+        spec, error = busy
+        fail_bind(error, settings.model_copy(update={"bind": host_port_text(spec.sip)}))
     finalise: Finaliser | None = None
     if settings.app == "receptionist":  # the only app that records calls
         from sipagent.storage import finalise_calls_of_dead_worker, make_engine, worker_name

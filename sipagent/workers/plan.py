@@ -85,7 +85,7 @@ def plan_workers(
     return specs
 
 
-def _address(address: HostPort) -> str:
+def host_port_text(address: HostPort) -> str:
     """'host:port', bracketing an IPv6 host so `parse_host_port` reads it back."""
     return f"[{address.host}]:{address.port}" if ":" in address.host else str(address)
 
@@ -107,8 +107,8 @@ def worker_environment(
     env = dict(os.environ if base is None else base)
     for name in AgentSettings.model_fields:
         env[env_names(name)[0]] = _env_value(getattr(settings, name))
-    env[env_names("bind")[0]] = _address(spec.sip)
+    env[env_names("bind")[0]] = host_port_text(spec.sip)
     env[env_names("rtp_ports")[0]] = spec.rtp_ports
-    env[env_names("status_bind")[0]] = _address(spec.status) if spec.status else ""
+    env[env_names("status_bind")[0]] = host_port_text(spec.status) if spec.status else ""
     env[env_names("workers")[0]] = "1"  # a worker is one process: never a supervisor itself
     return env

@@ -55,6 +55,19 @@ def reserve_loopback_ports(count: int) -> list[int]:
             probe.close()
 
 
+def unbindable_sip_port(specs: Sequence[WorkerSpec]) -> tuple[WorkerSpec, OSError] | None:
+    """The first worker whose SIP address cannot be bound now, with why: said once at start
+    (as a single agent does) rather than found by a worker crashing again and again."""
+    for spec in specs:
+        family = socket.AF_INET6 if ":" in spec.sip.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((spec.sip.host, spec.sip.port))
+            except OSError as error:
+                return spec, error
+    return None
+
+
 @dataclass(slots=True)
 class _Worker:
     spec: WorkerSpec

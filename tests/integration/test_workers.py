@@ -121,6 +121,21 @@ async def test_a_worker_that_keeps_crashing_at_start_is_given_up_on():
 # -- the real thing ----------------------------------------------------------------------------
 
 
+async def test_a_busy_port_of_any_worker_is_named_at_start(tmp_path):
+    sip = free_sip_port_pair()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", sip + 1))  # worker 1's port
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sipagent.cli.main", "serve", "--workers", "2",
+            "--app", "echo", "--bind", f"127.0.0.1:{sip}", "--status-bind", "",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        _, errors = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2, errors.decode()
+    assert f"cannot listen for SIP: UDP 127.0.0.1:{sip + 1} is in use" in errors.decode()
+
+
 def free_sip_port_pair() -> int:
     """A UDP port p with p + 1 free too (worker 1 listens on the next port)."""
     for _ in range(50):
