@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import signal
@@ -26,6 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sipagent.config import AgentSettings, parse_host_port
+
+# The single agent's Host-header rule, shared so both status servers refuse the same requests.
+from sipagent.observability.status import _host_of, _is_loopback
 from sipagent.workers.aggregate import WorkerView, merge_metrics, merge_status
 from sipagent.workers.plan import WorkerSpec, plan_workers, worker_environment
 from sipagent.workers.restarts import RestartPolicy
@@ -320,7 +322,7 @@ class Supervisor:
         hosts = [v for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "host"]
         assert self._server is not None
         bound_host = str(self._server.sockets[0].getsockname()[0])
-        if hosts and _is_loopback(bound_host) and not _is_loopback(_host_name(hosts[0])):
+        if hosts and _is_loopback(bound_host) and not _is_loopback(_host_of(hosts[0])):
             # As a single agent's status server: no DNS-rebinding page may read callers' numbers.
             return 403, "text/plain", b"forbidden host\n"
         path = urlsplit(parts[1]).path.rstrip("/")
@@ -357,21 +359,6 @@ async def fetch(host: str, port: int, path: str, timeout: float = SCRAPE_TIMEOUT
         return await asyncio.wait_for(get(), timeout)
     except (OSError, TimeoutError):
         return None
-
-
-def _host_name(host_header: str) -> str:
-    """The host of a Host header ('[::1]:8089' -> '::1', 'localhost:80' -> 'localhost')."""
-    value = host_header.strip().lower()
-    if value.startswith("["):
-        return value[1:].partition("]")[0]
-    return value.rpartition(":")[0] if value.count(":") == 1 else value
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _describe_exit(code: int) -> str:

@@ -216,6 +216,11 @@ async def test_serve_with_two_workers(sipp, audio_dir, tmp_path: Path):
         assert sample(metrics, 'sipagent_calls_total{worker="1"}') == 1
         for caller in callers:
             (await caller.wait()).check()
+        # Like a single agent's: a page under another name (DNS rebinding) reads nothing.
+        reader, writer = await asyncio.open_connection("127.0.0.1", status_port)
+        writer.write(b"GET /status HTTP/1.1\r\nHost: evil.example:80\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 403")
+        writer.close()
 
         # SIGKILL worker 1: it comes back on the same port and answers again.
         [_, second] = status["workers"]
