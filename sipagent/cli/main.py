@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -59,6 +62,12 @@ def _setup_logging(verbose: bool) -> None:
 def serve(
     settings: AgentSettings,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            "--supervised", hidden=True, help="a worker of `serve --workers K`: stop on stdin EOF"
+        ),
+    ] = False,
 ) -> None:
     """Run the agent: register when a server is set, answer calls with the chosen app."""
     _setup_logging(verbose)
@@ -76,14 +85,29 @@ def serve(
     else:
         log.info("database: not used by the %s app", settings.app)
     count = worker_count(settings.workers, os.cpu_count())
-    if count > 1:
+    if count > 1 and not supervised:
         _supervise(settings, count, verbose)
+    if supervised:
+        _stop_when_the_supervisor_is_gone()
     try:
         asyncio.run(run_agent(settings))
     except OSError as error:  # the SIP socket: the only one whose failure stops the agent
         fail_bind(error, settings)
     except ValueError as error:  # what check_startable cannot foresee, said as plainly
         fail(f"cannot start: {error}")
+
+
+def _stop_when_the_supervisor_is_gone() -> None:
+    """A worker holds the read end of a pipe whose other end only its supervisor has: EOF means
+    the supervisor is gone (even by SIGKILL, which it cannot forward), and the worker then
+    stops itself the usual way, SIGTERM: hang up, write the call records, exit."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _supervise(settings: AgentSettings, count: int, verbose: bool) -> NoReturn:
@@ -119,7 +143,7 @@ def _supervise(settings: AgentSettings, count: int, verbose: bool) -> NoReturn:
         count, settings.bind, specs[-1].sip.port, settings.rtp_ports, count,
         specs[0].rtp_capacity,
     )  # fmt: skip
-    command = [*WORKER_COMMAND, *(["--verbose"] if verbose else [])]
+    command = [*WORKER_COMMAND, "--supervised", *(["--verbose"] if verbose else [])]
     supervisor = Supervisor(settings, specs, command=command, finalise=finalise)
     raise typer.Exit(asyncio.run(supervisor.run()))
 

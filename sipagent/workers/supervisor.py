@@ -139,7 +139,9 @@ class Supervisor:
         worker.process = await asyncio.create_subprocess_exec(
             *self.command,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            # Never written: its end closes when the supervisor dies, telling the worker (`serve
+            # --supervised` stops on EOF).
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,

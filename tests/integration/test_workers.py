@@ -176,6 +176,29 @@ def sample(text: str, name: str) -> float:
     return float(line.rpartition(" ")[2])
 
 
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
+    sip, status_port = free_sip_port_pair(), free_tcp_port()
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--workers", "2", "--app", "echo",
+        "--bind", f"127.0.0.1:{sip}", "--rtp-ports", rtp_range(),
+        "--status-bind", f"127.0.0.1:{status_port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(sip + 1, timeout=15)
+        status = await status_when(
+            status_port, lambda doc: all(w["reporting"] for w in doc["workers"]), "workers up"
+        )
+        pids = [worker["pid"] for worker in status["workers"]]
+        supervisor.kill()  # SIGKILL: nothing is forwarded; the workers notice on their own
+        await supervisor.wait()
+        await wait_until(lambda: not any(alive(pid) for pid in pids), 15, "workers gone")
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+
+
 @pytest.mark.peers
 async def test_serve_with_two_workers(sipp, audio_dir, tmp_path: Path):
     sip, status_port = free_sip_port_pair(), free_tcp_port()
@@ -214,6 +237,13 @@ async def test_serve_with_two_workers(sipp, audio_dir, tmp_path: Path):
             await asyncio.sleep(0.1)
         assert sample(metrics, 'sipagent_calls_total{worker="0"}') == 1
         assert sample(metrics, 'sipagent_calls_total{worker="1"}') == 1
+        monitor = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sipagent.cli.main", "monitor", "--once",
+            "--url", f"http://127.0.0.1:{status_port}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        shown = (await asyncio.wait_for(monitor.communicate(), 15))[0].decode()
+        assert monitor.returncode == 0 and shown.count("confirmed") == 2, shown
         for caller in callers:
             (await caller.wait()).check()
         # Like a single agent's: a page under another name (DNS rebinding) reads nothing.
