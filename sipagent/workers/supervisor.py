@@ -6,7 +6,9 @@ environment (`plan.worker_environment`), in its own session, so a terminal's Ctr
 the supervisor alone and every worker is stopped the one way: SIGTERM from here, which makes
 it hang up its calls and write their records before exiting. A worker that dies has its open
 call records ended by the supervisor (it can no longer do it itself) and is started again on
-the same ports, after the restart policy's delay.
+the same ports, after the restart policy's delay. A supervisor that dies without forwarding
+anything (SIGKILL) closes the workers' stdin pipe, and `serve --supervised` stops on that EOF,
+so no worker outlives it holding the ports.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,7 +78,7 @@ class _Worker:
     policy: RestartPolicy
     process: asyncio.subprocess.Process | None = None
     state: str = "starting"
-    output: asyncio.Task[None] | None = field(default=None)
+    output: asyncio.Task[None] | None = None  # relays its log lines
 
     @property
     def pid(self) -> int | None:
@@ -161,7 +163,13 @@ class Supervisor:
         """The worker's log lines, on the supervisor's stderr with the worker's number."""
         assert process.stdout is not None
         prefix = f"worker {worker.spec.index}: ".encode()
-        while line := await process.stdout.readline():
+        while True:
+            try:
+                line = await process.stdout.readline()
+            except ValueError:  # one line past the reader's 64 KiB limit: dropped, keep reading
+                line = b"(a log line too long to relay)\n"
+            if not line:
+                return
             sys.stderr.buffer.write(prefix + line)
             sys.stderr.buffer.flush()
 
