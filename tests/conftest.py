@@ -22,6 +22,10 @@ from tests.kit.peerlib.common import REQUIRED_BINARIES, missing_binaries
 from tests.kit.peerlib.kamailio import Kamailio
 from tests.kit.peerlib.sipp import Sipp
 
+# `sipagent serve` runs one worker per CPU core by default; the tests that start it as a process
+# expect one agent on one port, as before. Tests of --workers ask for their count explicitly.
+os.environ.setdefault("SIPAGENT_WORKERS", "1")
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}

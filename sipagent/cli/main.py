@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +33,7 @@ from sipagent.cli.records import appointments_app, calls_app
 from sipagent.config import AgentSettings
 from sipagent.logcontext import CallIdFilter
 from sipagent.storage import current_revision, shown_url
+from sipagent.workers.plan import host_port_text, worker_count
 
 app = typer.Typer(help="sipagent: an AI phone receptionist that is a real SIP/RTP endpoint.")
 console = Console(stderr=True)
@@ -57,6 +62,12 @@ def _setup_logging(verbose: bool) -> None:
 def serve(
     settings: AgentSettings,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            "--supervised", hidden=True, help="a worker of `serve --workers K`: stop on stdin EOF"
+        ),
+    ] = False,
 ) -> None:
     """Run the agent: register when a server is set, answer calls with the chosen app."""
     _setup_logging(verbose)
@@ -73,12 +84,68 @@ def serve(
         log.info("database %s (revision %s)", shown_url(settings.database_url), revision)
     else:
         log.info("database: not used by the %s app", settings.app)
+    count = worker_count(settings.workers, os.cpu_count())
+    if count > 1 and not supervised:
+        _supervise(settings, count, verbose)
+    if supervised:
+        _stop_when_the_supervisor_is_gone()
     try:
         asyncio.run(run_agent(settings))
     except OSError as error:  # the SIP socket: the only one whose failure stops the agent
         fail_bind(error, settings)
     except ValueError as error:  # what check_startable cannot foresee, said as plainly
         fail(f"cannot start: {error}")
+
+
+def _stop_when_the_supervisor_is_gone() -> None:
+    """A worker holds the read end of a pipe whose other end only its supervisor has: EOF means
+    the supervisor is gone (even by SIGKILL, which it cannot forward), and the worker then
+    stops itself the usual way, SIGTERM: hang up, write the call records, exit."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _supervise(settings: AgentSettings, count: int, verbose: bool) -> NoReturn:
+    """`serve` with several workers: this process only supervises them (see sipagent.workers)."""
+    from sipagent.workers.supervisor import (
+        WORKER_COMMAND,
+        Finaliser,
+        Supervisor,
+        plan_for,
+        unbindable_sip_port,
+    )
+
+    try:
+        specs = plan_for(settings, count)
+    except ValueError as error:
+        fail(str(error))
+    if busy := unbindable_sip_port(specs):
+        spec, error = busy
+        fail_bind(error, settings.model_copy(update={"bind": host_port_text(spec.sip)}))
+    finalise: Finaliser | None = None
+    if settings.app == "receptionist":  # the only app that records calls
+        from sipagent.storage import finalise_calls_of_dead_worker, make_engine, worker_name
+
+        engine = make_engine(settings.database_url)
+
+        async def end_open_calls(pid: int) -> int:
+            return await asyncio.to_thread(finalise_calls_of_dead_worker, engine, worker_name(pid))
+
+        finalise = end_open_calls
+
+    log.info(
+        "%d workers: SIP %s..%d, RTP %s split %d ways (%d even ports each)",
+        count, settings.bind, specs[-1].sip.port, settings.rtp_ports, count,
+        specs[0].rtp_capacity,
+    )  # fmt: skip
+    command = [*WORKER_COMMAND, "--supervised", *(["--verbose"] if verbose else [])]
+    supervisor = Supervisor(settings, specs, command=command, finalise=finalise)
+    raise typer.Exit(asyncio.run(supervisor.run()))
 
 
 @app.command()

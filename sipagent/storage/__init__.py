@@ -12,7 +12,13 @@ from sipagent.storage.bookings import (
     SqlBookingStore,
     slot_starts,
 )
-from sipagent.storage.call_records import CallRecorder, caller_number_from_uri
+from sipagent.storage.call_records import (
+    WORKER_DIED,
+    CallRecorder,
+    caller_number_from_uri,
+    finalise_calls_of_dead_worker,
+    worker_name,
+)
 from sipagent.storage.database import (
     DatabaseUnavailableError,
     configured_database_url,
@@ -25,6 +31,7 @@ from sipagent.storage.database import (
 )
 
 __all__ = [
+    "WORKER_DIED",
     "AppointmentNotFoundError",
     "CallRecorder",
     "DatabaseUnavailableError",
@@ -33,9 +40,11 @@ __all__ = [
     "configured_database_url",
     "current_revision",
     "downgrade",
+    "finalise_calls_of_dead_worker",
     "make_engine",
     "prepare_database",
     "shown_url",
     "slot_starts",
     "upgrade",
+    "worker_name",
 ]

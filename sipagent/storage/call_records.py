@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +65,32 @@ def _instant(value: datetime | float | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC)
 
 
+WORKER_DIED = "worker-died"
+
+
+def worker_name(pid: int | None = None, host: str | None = None) -> str:
+    """'host:pid' of an agent process (default: this one): what `CallRecord.worker` holds."""
+    return f"{host or socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def finalise_calls_of_dead_worker(
+    engine: Engine, worker: str, *, ended_at: datetime | None = None
+) -> int:
+    """End every call `worker` ('host:pid') left open: it died, so no BYE or record of the
+    end will ever come from it. Returns how many calls were ended ("worker-died")."""
+
+    def operation() -> int:
+        with engine.execution_options(**WRITE_OPTIONS).begin() as connection:
+            result = connection.execute(
+                update(CallRecord)
+                .where(CallRecord.worker == worker, CallRecord.ended_at.is_(None))
+                .values(ended_at=ended_at or utcnow(), end_reason=WORKER_DIED)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    return run_with_retries(operation)
+
+
 @dataclass(slots=True)
 class _CallQueue:
     lock: asyncio.Lock
@@ -77,10 +105,14 @@ class CallRecorder:
     started, even when the engine fires them as tasks without awaiting (`spawn`), so a turn
     never races ahead of its call's row. A turn whose call row is missing (its start failed
     to record) is dropped with a warning.
+
+    Every call row is stamped with `worker` (default: this process, 'host:pid'), so a
+    supervisor can end the calls of a worker that died (`finalise_calls_of_dead_worker`).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, worker: str | None = None) -> None:
         self.engine = engine
+        self.worker = worker or worker_name()
         self._write = sessionmaker(
             engine.execution_options(**WRITE_OPTIONS), expire_on_commit=False
         )
@@ -113,6 +145,7 @@ class CallRecorder:
                 "answered_at": _instant(answered_at),
                 "recording_path": recording_path,
                 "offline_mode": offline_mode,
+                "worker": self.worker,
             }
             return self._start(sip_call_id, fields)
 

@@ -84,6 +84,10 @@ class CallRecord(Base):
     end_reason: Mapped[str] = mapped_column(String(64), default="")
     recording_path: Mapped[str | None] = mapped_column(String(1024))
     offline_mode: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "host:pid" of the agent process that owned the call: when that process dies, the
+    # supervisor ends exactly the calls it left open (`finalise_calls_of_dead_worker`). The
+    # pid alone would be ambiguous when agents on several hosts share one database.
+    worker: Mapped[str | None] = mapped_column(String(128), index=True)
 
     turns: Mapped[list[TurnRecord]] = relationship(
         back_populates="call", order_by="TurnRecord.index", cascade="all, delete-orphan"

@@ -108,7 +108,7 @@ async def test_doctor_passes_a_good_config_without_showing_keys(kamailio, tmp_pa
     assert rows["STT service"]["status"] == rows["LLM service"]["status"] == "WARN"
     assert "key not verified" in rows["LLM service"]["detail"]
     assert "TTS service" not in rows  # offline: nothing to ask
-    assert "revision 0001" in rows["database"]["detail"]
+    assert "revision 0002" in rows["database"]["detail"]
     assert "app receptionist: STT deepgram (nova-3), LLM openai" in rows["app"]["detail"]
     for secret in SECRETS.values():
         assert secret not in json.dumps(report)

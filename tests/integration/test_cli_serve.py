@@ -121,6 +121,6 @@ async def test_serve_says_what_runs_and_where_the_database_is(tmp_path):
         "sipagent serve: app receptionist: STT offline (whisper), LLM openai (gpt-4o-mini "
         "at http://127.0.0.1:9/v1), TTS offline (espeak-ng)"
     ) in text
-    assert f"database sqlite:///{database} (revision 0001)" in text
+    assert f"database sqlite:///{database} (revision 0002)" in text
     assert "SIPAGENT_MAX_CALL is not a sipagent setting" in text
     assert "sk-never-logged" not in text

@@ -184,6 +184,77 @@ def test_separate_agent_processes_book_a_slot_once(db_url, engine):
     assert count(engine, "appointments") == 1
 
 
+WRITER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from datetime import datetime, timedelta
+    from sipagent.booking.store import Appointment
+    from sipagent.storage import CallRecorder, SqlBookingStore, make_engine
+
+    url, start, go_at, worker, per_worker = (
+        sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    )
+    engine = make_engine(url)
+    store, recorder = SqlBookingStore(engine, 30), CallRecorder(engine)
+
+    async def one(n):
+        call_id = f"w{worker}-c{n}"
+        started = await recorder.record_call_start(call_id, from_uri="sip:+15551230000@pbx")
+        slot = datetime.fromisoformat(start) + timedelta(days=worker, minutes=30 * n)
+        booked = await store.book(Appointment("Proc", "+15551234567", slot, 30, "checkup",
+                                              call_id=call_id))
+        ended = await recorder.record_call_end(call_id, end_reason="bye")
+        return started and ended and booked.id is not None
+
+    async def main():
+        time.sleep(max(0.0, go_at - time.time()))  # both processes start at the same instant
+        results = await asyncio.gather(*(one(n) for n in range(per_worker)),
+                                       return_exceptions=True)
+        print(json.dumps({"ok": sum(r is True for r in results),
+                          "failed": [repr(r) for r in results if r is not True]}))
+
+    asyncio.run(main())
+    engine.dispose()
+    """
+)
+
+
+def test_two_worker_processes_write_at_once_without_a_locked_error(db_url, engine):
+    """What `serve --workers 2` does to one database: both book different slots and record
+    their calls at the same moment; every write lands (waits and retries stay inside)."""
+    import time
+
+    per_worker, go_at = 8, time.time() + 4.0  # past both children's imports
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                db_url,
+                TUESDAY_10.isoformat(),
+                str(go_at),
+                str(worker),
+                str(per_worker),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for worker in range(2)
+    ]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=90)
+        assert child.returncode == 0, err
+        assert "database is locked" not in err, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert [r["failed"] for r in reports] == [[], []], reports
+    assert [r["ok"] for r in reports] == [per_worker, per_worker]
+    assert count(engine, "appointments") == 2 * per_worker
+    assert count(engine, "calls") == 2 * per_worker
+
+
 # -- overlaps, cancel, reschedule -------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ def schema_drift(url: str) -> list:
 def test_upgrade_downgrade_upgrade_round_trip(fresh_url):
     assert current_revision(fresh_url) is None
     upgrade(fresh_url)
-    assert current_revision(fresh_url) == "0001"
+    assert current_revision(fresh_url) == "0002"
     assert tables(fresh_url) == TABLES | {"alembic_version"}
 
     engine = make_engine(fresh_url)
@@ -69,7 +69,7 @@ def test_upgrade_downgrade_upgrade_round_trip(fresh_url):
     assert tables(fresh_url) <= {"alembic_version"}
 
     upgrade(fresh_url)
-    assert current_revision(fresh_url) == "0001"
+    assert current_revision(fresh_url) == "0002"
     assert tables(fresh_url) == TABLES | {"alembic_version"}
     upgrade(fresh_url)  # at head: a no-op
     assert schema_drift(fresh_url) == []
@@ -87,6 +87,30 @@ def test_migrated_schema_matches_the_models(fresh_url):
         assert "uq_appointment_slots_slot_start" in uniques
         checks = {c["name"] for c in inspector.get_check_constraints("appointments")}
         assert {"ck_appointments_reason", "ck_appointments_status"} <= checks
+    finally:
+        engine.dispose()
+
+
+def test_calls_recorded_before_the_worker_column_keep_their_rows(fresh_url):
+    upgrade(fresh_url, "0001")
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO calls (sip_call_id, from_uri, to_uri, started_at, "
+                    "end_reason, offline_mode) VALUES ('old', 'sip:a@b', '', "
+                    "CURRENT_TIMESTAMP, '', false)"
+                )
+            )
+        upgrade(fresh_url)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT from_uri, worker FROM calls")).one()
+        assert tuple(row) == ("sip:a@b", None)
+        downgrade(fresh_url, "0001")  # and back: the column goes, the row stays
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM calls")).scalar_one() == 1
+            assert "worker" not in {c["name"] for c in inspect(connection).get_columns("calls")}
     finally:
         engine.dispose()
 
@@ -114,7 +138,7 @@ def test_agents_starting_together_migrate_once(fresh_url):
     for agent in agents:
         _, err = agent.communicate(timeout=120)
         assert agent.returncode == 0, err
-    assert current_revision(fresh_url) == "0001"
+    assert current_revision(fresh_url) == "0002"
     assert schema_drift(fresh_url) == []
 
 
@@ -134,7 +158,7 @@ def test_threads_of_one_process_may_call_upgrade_together(fresh_url):
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert errors == [] and current_revision(fresh_url) == "0001"
+    assert errors == [] and current_revision(fresh_url) == "0002"
 
 
 def _alembic(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -154,13 +178,13 @@ def test_alembic_command_line_takes_the_url_from_the_settings(tmp_path):
     env.pop("DATABASE_URL", None)
     done = _alembic("upgrade", "head", env=env)
     assert done.returncode == 0, done.stderr
-    assert current_revision(env["SIPAGENT_DATABASE_URL"]) == "0001"
+    assert current_revision(env["SIPAGENT_DATABASE_URL"]) == "0002"
     shown = _alembic("current", env=env)
-    assert "0001 (head)" in shown.stdout, shown.stderr
+    assert "0002 (head)" in shown.stdout, shown.stderr
     # -x url=... wins for one-off runs
     other = f"sqlite:///{tmp_path / 'x.db'}"
     assert _alembic("-x", f"url={other}", "upgrade", "head", env=env).returncode == 0
-    assert current_revision(other) == "0001"
+    assert current_revision(other) == "0002"
 
 
 def test_offline_sql_for_postgresql_needs_no_server():

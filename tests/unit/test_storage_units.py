@@ -12,13 +12,16 @@ from sipagent.booking.rules import REASONS
 from sipagent.booking.store import Appointment
 from sipagent.conversation.turns import Turn, TurnTimings
 from sipagent.storage import (
+    WORKER_DIED,
     CallRecorder,
     SqlBookingStore,
     caller_number_from_uri,
     downgrade,
+    finalise_calls_of_dead_worker,
     make_engine,
     slot_starts,
     upgrade,
+    worker_name,
 )
 from sipagent.storage.database import configured_database_url, normalise_url
 from sipagent.storage.models import (
@@ -255,6 +258,36 @@ async def test_recorder_writes_a_call_with_its_turns(engine):
         assert greeting.barge_in_decision_ms == pytest.approx(1700.0)
         assert turns[1].stt_final_ms == pytest.approx(300.0) and turns[1].llm_first_token_ms is None
         assert turns[2].created_at == datetime.fromtimestamp(1_790_000_002.5, UTC)
+
+
+def test_worker_name_is_host_and_pid():
+    import os
+    import socket
+
+    assert worker_name() == f"{socket.gethostname()}:{os.getpid()}"
+    assert worker_name(42, "box") == "box:42"
+
+
+async def test_a_dead_workers_open_calls_are_ended_and_no_others(engine):
+    from sqlalchemy.orm import Session
+
+    dead, alive = CallRecorder(engine, worker="box:1"), CallRecorder(engine, worker="box:2")
+    assert CallRecorder(engine).worker == worker_name()
+    await dead.record_call_start("dead-open", started_at=1_790_000_000.0)
+    await dead.record_call_start("dead-closed", started_at=1_790_000_000.0)
+    await dead.record_call_end("dead-closed", ended_at=1_790_000_010.0, end_reason="bye")
+    await alive.record_call_start("alive-open", started_at=1_790_000_000.0)
+    ended_at = utc(2026, 12, 3, 12, 0)
+
+    assert finalise_calls_of_dead_worker(engine, "box:1", ended_at=ended_at) == 1
+    assert finalise_calls_of_dead_worker(engine, "box:1") == 0  # nothing left open
+
+    with Session(engine) as session:
+        rows = {c.sip_call_id: c for c in session.scalars(select(CallRecord))}
+    assert rows["dead-open"].worker == "box:1"
+    assert (rows["dead-open"].ended_at, rows["dead-open"].end_reason) == (ended_at, WORKER_DIED)
+    assert rows["dead-closed"].end_reason == "bye"
+    assert rows["alive-open"].ended_at is None and rows["alive-open"].worker == "box:2"
 
 
 async def test_spawned_records_land_in_order(engine):
