@@ -273,8 +273,7 @@ class Bench:
             "--bind", f"{LOOPBACK}:{self.base_port}", "--rtp-ports", args.rtp_ports,
             "--max-calls", str(args.max_calls or 2 * top),
         ]  # fmt: skip
-        if args.workers > 1:
-            self.agent_cmd += ["--workers", str(args.workers)]
+        self.agent_cmd += ["--workers", str(args.workers)]
         if args.loop:
             self.agent_cmd += ["--loop", args.loop]
         env = {
@@ -390,7 +389,9 @@ class Bench:
         async def sample_rss() -> None:
             nonlocal rss_peak
             while not stop_sampling.is_set():
-                rss_peak = max(rss_peak, tree_rss_mb(self.agent_pids()))
+                # Scanning /proc takes ~10 ms: not on the loop that serves the fakes.
+                rss = await asyncio.to_thread(lambda: tree_rss_mb(self.agent_pids()))
+                rss_peak = max(rss_peak, rss)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_sampling.wait(), RSS_SAMPLE_S)
 
@@ -521,7 +522,7 @@ class Bench:
         out = RESULTS / f"capacity_{self.args.app}_{calls}calls_profile.svg"
         # The worker processes when there are some (the supervisor only supervises).
         cmd = [spy, "record", "--pid", str(self.agent.pid), "--output", str(out), "--rate",
-               "100", "--idle", "--nonblocking", "--subprocesses"]  # fmt: skip
+               "100", "--nonblocking", "--subprocesses"]  # fmt: skip
         proc = await start_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return proc, out
 

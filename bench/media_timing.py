@@ -475,6 +475,7 @@ class Bench:
         env["SIPAGENT_INVITES_PER_SECOND"] = str(max(20, 2 * busiest))
         env["SIPAGENT_MAX_UNCONFIRMED_PER_SOURCE"] = str(max(8, busiest))
         env["COLUMNS"] = "240"  # rich: one log record per line
+        env["SIPAGENT_WORKERS"] = "1"  # one process measured, not a supervisor of several
         self._agent_log_fh = self.agent_log.open("wb")
         self.agent_proc = await start_process(
             self.agent_cmd,

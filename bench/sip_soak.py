@@ -93,7 +93,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
     agent = ("127.0.0.1", port)
     agent_cmd = [*sipagent_command(), "serve", "--app", "echo", "--bind", f"127.0.0.1:{port}",
-                 "--rtp-ports", args.rtp_ports, "--status-bind", ""]  # fmt: skip
+                 "--rtp-ports", args.rtp_ports, "--status-bind", "", "--workers", "1"]  # fmt: skip
     log_path = workdir / "agent.log"
     with log_path.open("wb") as log:
         process = await start_process(agent_cmd, cwd=workdir, stdout=log, stderr=log)

@@ -156,6 +156,7 @@ class Bench:
         }
         env.update({
             "COLUMNS": "240",
+            "SIPAGENT_WORKERS": "1",  # the recording agent runs in-process: never a supervisor
             "SIPAGENT_DEEPGRAM_API_KEY": run.deepgram.api_key,
             "SIPAGENT_DEEPGRAM_URL": run.deepgram.url,
             "SIPAGENT_OPENAI_API_KEY": run.openai.api_key,

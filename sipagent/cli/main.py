@@ -84,7 +84,7 @@ def serve(
         log.info("database %s (revision %s)", shown_url(settings.database_url), revision)
     else:
         log.info("database: not used by the %s app", settings.app)
-    count = worker_count(settings.workers, os.cpu_count())
+    count = worker_count(settings.workers, os.cpu_count(), registering=bool(settings.server))
     if count > 1 and not supervised:
         _supervise(settings, count, verbose)
     if supervised:

@@ -41,9 +41,15 @@ class WorkerSpec:
         return len(range(self.rtp_first + self.rtp_first % 2, self.rtp_last + 1, 2))
 
 
-def worker_count(requested: int, cpu_count: int | None) -> int:
-    """The `workers` setting -> how many agent processes: 0 means one per CPU core."""
-    return requested if requested > 0 else max(1, cpu_count or 1)
+def worker_count(requested: int, cpu_count: int | None, *, registering: bool = False) -> int:
+    """The `workers` setting -> how many agent processes: 0 means one per CPU core, except
+    when registering with a server. A registrar (Twilio SIP domain, Asterisk, Kamailio's
+    `lookup`) forks each INVITE to every registered contact at once, so K workers would all
+    answer every call (the losers get CANCEL or a BYE); spreading calls over workers needs a
+    trunk that load-balances its origination URIs (one per worker port) or a dispatcher."""
+    if requested > 0:
+        return requested
+    return 1 if registering else max(1, cpu_count or 1)
 
 
 def plan_workers(

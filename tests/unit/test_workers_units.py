@@ -57,6 +57,9 @@ def test_zero_workers_means_one_per_core():
     assert worker_count(0, 8) == 8
     assert worker_count(0, None) == 1
     assert worker_count(3, 8) == 3
+    # A registrar forks every INVITE to all contacts: one process unless asked for more.
+    assert worker_count(0, 8, registering=True) == 1
+    assert worker_count(4, 8, registering=True) == 4
 
 
 def test_a_worker_environment_carries_every_resolved_setting_and_its_own_share():
