@@ -63,7 +63,7 @@ def loop_time() -> float:
     """The clock of the endpoint's and the conversations' stamps (the event loop's)."""
     try:
         return asyncio.get_running_loop().time()
-    except RuntimeError:  # polled from outside a loop (tests): asyncio's clock is monotonic
+    except RuntimeError:  # refreshed outside a loop (tests): asyncio's clock is monotonic
         return time.monotonic()
 
 
