@@ -115,7 +115,9 @@ class EventBus:
         # Replaced, never mutated: emit() iterates without copying, and an observer that
         # (un)subscribes while being called does not change the round in progress.
         self._observers: tuple[Observer, ...] = ()
-        self._failed: set[Observer] = set()
+        # ids of the subscribed observers that raised once (an observer need not be hashable;
+        # the bus holds it, so its id is its own while it is subscribed)
+        self._failed: set[int] = set()
 
     @property
     def observed(self) -> bool:
@@ -134,16 +136,16 @@ class EventBus:
             observers.remove(observer)
             self._observers = tuple(observers)
         if observer not in observers:
-            self._failed.discard(observer)
+            self._failed.discard(id(observer))
 
     def emit(self, event: Event) -> None:
         for observer in self._observers:
             try:
                 observer(event)
             except Exception:  # observability must never break the call that emitted
-                if observer in self._failed:
+                if id(observer) in self._failed:
                     continue
-                self._failed.add(observer)
+                self._failed.add(id(observer))
                 log.exception(
                     "event observer %r failed on %s (further failures of it are not logged)",
                     observer, type(event).__name__,

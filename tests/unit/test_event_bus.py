@@ -87,3 +87,16 @@ def test_each_endpoint_has_its_own_bus():
     first = SipEndpoint(settings, app=None)  # type: ignore[arg-type]
     second = SipEndpoint(settings, app=None)  # type: ignore[arg-type]
     assert first.events is not second.events
+
+
+def test_an_unhashable_failing_observer_is_contained_too():
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, event: Event) -> None:
+            raise RuntimeError("observer bug")
+
+    bus = EventBus()
+    bus.subscribe(Unhashable())
+    bus.emit(CallStarted("c1", "alice"))
+    bus.emit(CallStarted("c2", "alice"))
