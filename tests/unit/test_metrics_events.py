@@ -9,6 +9,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+from sipagent.config import AgentSettings, parse_host_port
 from sipagent.conversation.barge_in import BargeInAction
 from sipagent.conversation.turns import Turn, TurnTimings
 from sipagent.observability.events import (
@@ -22,6 +23,7 @@ from sipagent.observability.events import (
     TurnCompleted,
 )
 from sipagent.observability.metrics import AgentMetrics
+from sipagent.observability.status import StatusServer
 from sipagent.sip.call import CallState
 from tests.kit.prometheus import metric
 
@@ -159,3 +161,13 @@ def test_detached_metrics_stop_counting():
     detach()
     bus.emit(CallStarted("c2", "alice"))
     assert metrics.totals["calls"] == 1
+
+
+async def test_the_status_server_counts_from_its_construction_until_it_stops():
+    bus = EventBus()
+    endpoint = SimpleNamespace(events=bus, settings=AgentSettings(_env_file=None))  # type: ignore[call-arg]
+    server = StatusServer(endpoint, parse_host_port("127.0.0.1:8089", 8089))  # type: ignore[arg-type]
+    bus.emit(CallStarted("c1", "alice"))  # never started: counting needs no socket
+    await server.stop()
+    bus.emit(CallStarted("c2", "alice"))
+    assert server.metrics.totals["calls"] == 1
