@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from sipagent.conversation.session import ConversationSession
+    from sipagent.observability.events import EventBus
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,12 @@ class CallChannel(Protocol):
 
     call_id: str
     caller: str
+
+    @property
+    def events(self) -> EventBus:
+        """Where the app's conversation reports turns, barge-ins and provider failures (the
+        endpoint's bus, which metrics observe)."""
+        ...
 
     @property
     def info(self) -> CallInfo: ...

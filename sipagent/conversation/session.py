@@ -48,6 +48,7 @@ from sipagent.conversation.state import ConversationState
 from sipagent.conversation.toolset import CallAction, Toolset
 from sipagent.conversation.tts_slots import TtsSlots
 from sipagent.conversation.turns import Turn, TurnLog, TurnTimings
+from sipagent.observability.events import BargeIn, ProviderStage, TurnCompleted
 from sipagent.providers.base import (
     LanguageModel,
     ProviderError,
@@ -74,6 +75,8 @@ STT_LOST = (
 _REPLYING = "reply"  # we are thinking or talking
 _CALLER_MID_TURN = "caller mid-turn"  # words came, the end of the caller's turn not yet
 _ON_HOLD = "hold"  # the caller is away on purpose
+
+RECENT_BARGE_INS_KEPT = 100  # per call, for /status and the benchmark's dump
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +143,13 @@ class ConversationSession:
         self.transfer = transfer
         self.clock = clock or asyncio.get_running_loop().time
         self.sleep = sleep
-        self.failures = ProviderFailures(call.call_id)
+        self.events = call.events
+        self.failures = ProviderFailures(call.call_id, self.events)
         self.voices = Voices(tts, fallback_tts, tts_slots, self.failures)
         self.history = ChatHistory(system_prompt)
         self.turn_log = TurnLog(call.call_id, on_turn)
         self.barge_in = BargeInPolicy(self.settings.barge_in)
-        self.barge_in_events: list[BargeInEvent] = []
+        self.barge_in_events: list[BargeInEvent] = []  # the last RECENT_BARGE_INS_KEPT
         self.state = ConversationState.LISTENING
         self.keypad = KeypadEntry(self.settings.dtmf_interdigit_seconds)
         self.idle = IdlePolicy(
@@ -171,6 +175,8 @@ class ConversationSession:
 
     @property
     def provider_errors(self) -> list[str]:
+        """Recent provider failures as "stage: message" lines (for people; the typed ones
+        are `failures.recent`, and every one went out as a ProviderFailure event)."""
         return self.failures.errors
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -179,7 +185,7 @@ class ConversationSession:
         try:
             await self.stt.start()
         except ProviderError as error:
-            self.failures.report("stt", error)
+            self.failures.report(ProviderStage.STT, error)
             # The caller must not talk into the void.
             greeting = f"{greeting} {self.phrases.stt_lost}"
         try:
@@ -251,6 +257,8 @@ class ConversationSession:
         if event.action == BargeInAction.NONE:
             return
         self.barge_in_events.append(event)
+        del self.barge_in_events[:-RECENT_BARGE_INS_KEPT]
+        self.events.emit(BargeIn(self.call.call_id, event.action, event.at, event.caller_onset))
         if event.action == BargeInAction.PAUSE:
             self.call.pause()
         elif event.action == BargeInAction.RESUME:
@@ -279,7 +287,7 @@ class ConversationSession:
             elif event.kind == SttEventKind.UTTERANCE_END:
                 self._end_of_caller_turn(now)
             elif event.kind == SttEventKind.ERROR:
-                self.failures.errors.append(f"stt: {event.detail}")
+                self.failures.note(ProviderStage.STT, event.detail)
                 log.warning("[%s] STT: %s", self.call.call_id, event.detail)
                 if event.detail.startswith("gave up"):
                     self._start_reply(None, fixed_text=self.phrases.stt_lost)
@@ -409,7 +417,9 @@ class ConversationSession:
         if user_text is not None:
             log.info("[%s] caller: %s", self.call.call_id, user_text)
             self.history.add_user(user_text)
-            self.turn_log.add(Turn("user", user_text, timings=timings))
+            turn = Turn("user", user_text, timings=timings)
+            # The caller's part of the timings (speech end, final transcript) is complete.
+            self._completed(self.turn_log.add(turn), turn)
         reply = Reply(self.call.sent_audio_ms, timings, len(self.history))
         self._reply = reply
         self.state = ConversationState.THINKING
@@ -510,13 +520,13 @@ class ConversationSession:
         """The model's reply, or after a failure an apology and one retry; whatever fails, the
         caller hears something (the fallback line), and each failure is one log line."""
         for attempt in range(2):
-            if not self.failures.usable("llm"):
+            if not self.failures.usable(ProviderStage.LLM):
                 break
             chunks_before = len(reply.chunks)
             try:
                 return await self._stream_llm(reply)
             except ProviderError as error:
-                self.failures.report("llm", error)
+                self.failures.report(ProviderStage.LLM, error)
                 wait = error.retry_after or 0.0
                 retry = (
                     attempt == 0
@@ -636,7 +646,13 @@ class ConversationSession:
                 "[%s] agent%s: %s", self.call.call_id, " (interrupted)" if interrupted else "",
                 heard if interrupted else reply.text,
             )  # fmt: skip
-            self.turn_log.add(Turn("assistant", reply.text, heard, interrupted, reply.timings))
+            turn = Turn("assistant", reply.text, heard, interrupted, reply.timings)
+            index = self.turn_log.add(turn)
+            # The first packet's wire stamp may still be on its way (Speaker): wait for it.
+            reply.when_timings_final(lambda: self._completed(index, turn))
+
+    def _completed(self, index: int, turn: Turn) -> None:
+        self.events.emit(TurnCompleted(self.call.call_id, index, turn))
 
     async def _transfer(self) -> None:
         target = self.settings.transfer_uri

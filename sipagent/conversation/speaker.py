@@ -21,6 +21,7 @@ from sipagent.conversation.failures import ProviderFailures
 from sipagent.conversation.heard import SpokenChunk
 from sipagent.conversation.tts_slots import TtsSlots
 from sipagent.conversation.turns import TurnTimings
+from sipagent.observability.events import ProviderStage
 from sipagent.providers.base import ProviderError, TextToSpeech
 
 log = logging.getLogger("sipagent.conversation")
@@ -47,6 +48,28 @@ class Reply:
         self.cut = False
         self.recorded = False  # its assistant turn is in the turn log
         self.tts_requests = asyncio.Semaphore(TTS_REQUESTS_PER_REPLY)
+        # Stamps still on their way (the first packet's wire time), and who waits for them.
+        self._stamps_pending: set[asyncio.Task[None]] = set()
+        self._on_timings_final: Callable[[], None] | None = None
+
+    def stamp_pending(self, task: asyncio.Task[None]) -> None:
+        """`task` will still write into `timings`; they are final once it is done."""
+        self._stamps_pending.add(task)
+        task.add_done_callback(self._stamp_done)
+
+    def when_timings_final(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once no stamp is pending any more: now, or when the last one lands."""
+        if self._stamps_pending:
+            self._on_timings_final = callback
+        else:
+            callback()
+
+    def _stamp_done(self, task: asyncio.Task[None]) -> None:
+        self._stamps_pending.discard(task)
+        callback = self._on_timings_final
+        if callback is not None and not self._stamps_pending:
+            self._on_timings_final = None
+            callback()
 
     def add_text(self, text: str) -> None:
         self.text = f"{self.text} {text.strip()}".strip()
@@ -85,7 +108,6 @@ class Speaker:
             asyncio.Queue()
         )
         self._synth_tasks: list[asyncio.Task[None]] = []
-        self._first_packet_watch: asyncio.Task[None] | None = None
         self._player = asyncio.get_running_loop().create_task(self._play_in_order())
 
     def say(self, sentence: str) -> None:
@@ -117,18 +139,21 @@ class Speaker:
         voices, reply = self.voices, self.reply
         try:
             async with reply.tts_requests:
-                if voices.failures.usable("tts") and await self._speak_with(
-                    "tts", voices.tts, chunk, audio, first_sentence=reply.chunks[0] is chunk
+                first_sentence = reply.chunks[0] is chunk
+                if voices.failures.usable(ProviderStage.TTS) and await self._speak_with(
+                    ProviderStage.TTS, voices.tts, chunk, audio, first_sentence=first_sentence
                 ):
                     return
                 if voices.fallback is not None:
-                    await self._speak_with("fallback tts", voices.fallback, chunk, audio)
+                    await self._speak_with(
+                        ProviderStage.FALLBACK_TTS, voices.fallback, chunk, audio
+                    )
         finally:
             audio.put_nowait(None)
 
     async def _speak_with(
         self,
-        stage: str,
+        stage: ProviderStage,
         tts: TextToSpeech,
         chunk: SpokenChunk,
         audio: asyncio.Queue[bytes | None],
@@ -144,7 +169,7 @@ class Speaker:
             "previous_text": " ".join(c.text for c in chunks[:index])[-500:],
             "next_text": chunks[index + 1].text if index + 1 < len(chunks) else "",
         }
-        slots = self.voices.slots if stage == "tts" else None
+        slots = self.voices.slots if stage == ProviderStage.TTS else None
         produced = failed = False
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -188,9 +213,9 @@ class Speaker:
         if sent is not None and sent != before:
             self.reply.timings.first_reply_packet = sent
             return
-        self._first_packet_watch = asyncio.get_running_loop().create_task(
-            self._watch_first_packet(before)
-        )
+        # The reply keeps the task (referenced until done) and knows its timings wait for it.
+        watch = asyncio.get_running_loop().create_task(self._watch_first_packet(before))
+        self.reply.stamp_pending(watch)
 
     async def _watch_first_packet(self, before: float | None) -> None:
         timings = self.reply.timings

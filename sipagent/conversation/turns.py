@@ -53,11 +53,14 @@ class TurnLog:
         self._waiting: list[int] = []
         self._holding = False
 
-    def add(self, turn: Turn) -> None:
+    def add(self, turn: Turn) -> int:
+        """Append `turn`; returns its index in the call's turns."""
         self.turns.append(turn)
-        self._waiting.append(len(self.turns) - 1)
+        index = len(self.turns) - 1
+        self._waiting.append(index)
         if not self._holding:
             self.release()
+        return index
 
     def hold(self) -> None:
         """Keep new turns back until release()."""

@@ -1,9 +1,9 @@
-"""Prometheus metrics of one agent, folded in by polling its public state.
+"""Prometheus metrics of one agent, folded from its events and read live at scrape time.
 
-The endpoint keeps only the last 100 ended calls and its RTP/jitter counters are per call, so
-Prometheus counters cannot be computed at scrape time from what is still there: every poll
-adds what changed since the previous one (per-call deltas), and every turn, barge-in event and
-provider error is folded exactly once, tracked by call id and list index. Each agent gets its
+Counters and histograms fold the endpoint's events (events.py) as they are emitted, each
+exactly once: a call's RTP counters when it ends (its final stats), a turn when its timings
+are final. What only exists while it lasts (active calls, conversation states, the RTP of
+calls still in progress, registration) is read when scraped (`refresh`). Each agent gets its
 own CollectorRegistry so two agents in one process (tests) never share or clash on series.
 """
 
@@ -12,23 +12,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from sipagent.observability.snapshot import (
-    STAGE_NAMES,
-    conversation_sessions,
-    provider_error_stage,
-    stage_latencies,
+from sipagent.conversation.barge_in import BargeInAction
+from sipagent.observability.events import (
+    BargeIn,
+    CallAnswered,
+    CallEnded,
+    CallStarted,
+    Event,
+    EventBus,
+    ProviderFailure,
+    ProviderStage,
+    TurnCompleted,
 )
-from sipagent.sip.call import Call, CallState
+from sipagent.observability.snapshot import STAGE_NAMES, conversation_sessions, stage_latencies
+from sipagent.sip.call import CallState
 from sipagent.sip.registration import RegistrationState
 
 if TYPE_CHECKING:
-    from sipagent.conversation.session import ConversationSession
     from sipagent.conversation.turns import Turn
     from sipagent.media.session import RtpSessionStats
     from sipagent.sip.endpoint import SipEndpoint
@@ -39,33 +46,24 @@ ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
 REGISTRATION_STATES = (*(str(state) for state in RegistrationState), "peer-to-peer")
 CONVERSATION_STATES = ("listening", "thinking", "speaking")
-PROVIDER_STAGES = ("stt", "llm", "tts", "fallback_tts")
-
-SETTLE_SECONDS = 2.0  # an assistant turn's first-packet stamp may still arrive this long after
-FINISH_AFTER_SECONDS = 10.0  # after hang-up: app grace (2 s) and media close are long over
 
 
 @dataclass(slots=True)
-class _CallProgress:
-    """What has already been folded in for one call."""
+class _MediaFolded:
+    """A call's RTP counts already added to the counters (read live while it lasts)."""
 
     packets_in: int = 0
     packets_out: int = 0
     lost: int = 0
     late: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    turns: int = 0  # turns[:turns] are in the histograms
-    barge_in_events: int = 0
-    provider_errors: int = 0
-    ended_seen: bool = False
-    finished: bool = False  # everything folded; the call is no longer looked at
 
 
 def loop_time() -> float:
     """The clock of the endpoint's and the conversations' stamps (the event loop's)."""
     try:
         return asyncio.get_running_loop().time()
-    except RuntimeError:  # polled from outside a loop (tests): asyncio's clock is monotonic
+    except RuntimeError:  # refreshed outside a loop (tests): asyncio's clock is monotonic
         return time.monotonic()
 
 
@@ -75,17 +73,11 @@ def _delta(new: int, old: int) -> int:
 
 
 class AgentMetrics:
-    """Prometheus series for one agent. Call `poll(endpoint)` regularly (and before scrapes)."""
+    """Prometheus series for one agent: `observe` its endpoint's events (see `attach`), and
+    `refresh(endpoint)` before each scrape for the live figures."""
 
-    def __init__(
-        self,
-        *,
-        settle_seconds: float = SETTLE_SECONDS,
-        finish_after: float = FINISH_AFTER_SECONDS,
-    ) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.settle_seconds = settle_seconds
-        self.finish_after = finish_after
         r = self.registry
         self.calls_active = Gauge(
             "sipagent_calls_active", "Calls in progress (ringing or answered)", registry=r
@@ -160,7 +152,7 @@ class AgentMetrics:
             self.turn_latency.labels(stage)
         for direction in ("in", "out"):
             self.rtp_packets.labels(direction)
-        for stage in PROVIDER_STAGES:
+        for stage in ProviderStage:
             self.provider_errors.labels(stage)
         for role in ("user", "assistant"):
             self.turns.labels(role)
@@ -175,13 +167,12 @@ class AgentMetrics:
             0,
         )  # fmt: skip
         self.rtp_dropped_totals: Tally[str] = Tally()
-        # RTP stats of the active calls from the last poll: computing them sorts a minute of
-        # tick samples per call, so /status reuses these instead of asking again.
+        # RTP stats of the active calls from the last refresh: computing them sorts a minute
+        # of tick samples per call, so /status reuses these instead of asking again.
         self.media_stats: dict[str, RtpSessionStats] = {}
-        self.last_poll: float | None = None
-        self._calls: dict[str, _CallProgress] = {}
+        self.last_refresh: float | None = None
+        self._live_media: dict[str, _MediaFolded] = {}  # calls whose CallEnded is to come
         self._sip_malformed_seen: dict[str, int] = {}
-        self._answers_seen = 0
         self._registration_failures_seen = 0
 
     @property
@@ -197,115 +188,36 @@ class AgentMetrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
-    # -- polling ----------------------------------------------------------------------------
-    def poll(self, endpoint: SipEndpoint, now: float | None = None) -> None:
-        """Fold in everything that changed since the last poll. Idempotent when nothing did."""
-        now = time.time() if now is None else now
-        sessions = conversation_sessions(endpoint)
-        # Ended calls first so that a live entry wins should an id be in both for a moment.
-        live: dict[str, Call] = {call.call_id: call for call in endpoint.ended_calls}
-        live.update(endpoint.calls)
-        media_stats: dict[str, RtpSessionStats] = {}
-        for call_id, call in live.items():
-            progress = self._calls.get(call_id)
-            if progress is None:
-                progress = self._calls[call_id] = _CallProgress()
+    # -- events -----------------------------------------------------------------------------
+    def attach(self, events: EventBus) -> Callable[[], None]:
+        """Observe an endpoint's events from now on; returns the function that stops it."""
+        return events.subscribe(self.observe)
+
+    def observe(self, event: Event) -> None:
+        """Fold one event (each is emitted once, when final: nothing is counted twice)."""
+        match event:
+            case CallStarted():
                 self.calls_total.inc()
                 self.totals["calls"] += 1
-            if progress.finished:
-                continue
-            ended = call.state == CallState.ENDED
-            if ended and not progress.ended_seen:
-                progress.ended_seen = True
-                if call.answered_at is not None and call.ended_at is not None:
-                    self.call_duration.observe(max(0.0, call.ended_at - call.answered_at))
-            final = ended and (call.ended_at is None or now - call.ended_at >= self.finish_after)
-            if call.rtp is not None:
-                stats = call.rtp.stats
-                self._fold_media(stats, progress)
-                if not ended:
-                    media_stats[call_id] = stats
-            session = sessions.get(call_id)
-            if session is not None:
-                self._fold_conversation(session, progress, now, final=final)
-            progress.finished = final
-        # Forget calls the endpoint no longer lists: they can never come back, and this keeps
-        # the bookkeeping as small as the endpoint's own history.
-        for call_id in self._calls.keys() - live.keys():
-            del self._calls[call_id]
-        self.media_stats = media_stats
-
-        active = [call for call in endpoint.calls.values() if call.state != CallState.ENDED]
-        self.calls_active.set(len(active))
-        states = Tally(sessions[c.call_id].state for c in active if c.call_id in sessions)
-        for state in CONVERSATION_STATES:
-            self.conversations.labels(state).set(states.get(state, 0))
-        self.jitter_worst.set(
-            max((s.jitter.jitter_ms / 1000 for s in media_stats.values()), default=0.0)
-        )
-        self._fold_registration(endpoint)
-        self._fold_endpoint_counters(endpoint)
-        self.last_poll = now
-
-    def poll_if_stale(self, endpoint: SipEndpoint, max_age: float = 0.2) -> None:
-        """Poll unless a poll just happened (a dashboard and a scraper may ask at once)."""
-        now = time.time()
-        if self.last_poll is None or now - self.last_poll >= max_age or now < self.last_poll:
-            self.poll(endpoint, now)
-
-    # -- folding ----------------------------------------------------------------------------
-    def _fold_media(self, stats: RtpSessionStats, progress: _CallProgress) -> None:
-        jitter = stats.jitter
-        for direction, new, old in (
-            ("in", stats.packets_in, progress.packets_in),
-            ("out", stats.packets_out, progress.packets_out),
-        ):
-            if added := _delta(new, old):
-                self.rtp_packets.labels(direction).inc(added)
-                self.totals[f"rtp_packets_{direction}"] += added
-        if added := _delta(jitter.lost, progress.lost):
-            self.jitter_lost.inc(added)
-            self.totals["jitter_lost"] += added
-        if added := _delta(jitter.late, progress.late):
-            self.jitter_late.inc(added)
-            self.totals["jitter_late"] += added
-        for reason, count in stats.dropped.items():
-            if added := _delta(count, progress.dropped.get(reason, 0)):
-                self.rtp_dropped.labels(reason).inc(added)
-                self.rtp_dropped_totals[reason] += added
-        progress.packets_in, progress.packets_out = stats.packets_in, stats.packets_out
-        progress.lost, progress.late = jitter.lost, jitter.late
-        progress.dropped = dict(stats.dropped)
-
-    def _fold_conversation(
-        self, session: ConversationSession, progress: _CallProgress, now: float, *, final: bool
-    ) -> None:
-        turns = session.turns
-        # In order, and stop at the first unsettled turn: "turns[:progress.turns] are folded"
-        # is then all the state needed to never fold one twice.
-        while progress.turns < len(turns):
-            turn = turns[progress.turns]
-            if turn.role == "assistant" and not final and now - turn.at < self.settle_seconds:
-                break
-            self._observe_turn(turn)
-            progress.turns += 1
-
-        events = session.barge_in_events
-        for event in events[progress.barge_in_events :]:
-            action = str(event.action)
-            if action == "interrupt":
+            case CallAnswered(answer_seconds=seconds):
+                self.answer_time.observe(seconds)
+            case CallEnded(call_id=call_id, duration=duration, media=media):
+                if duration is not None:
+                    self.call_duration.observe(duration)
+                folded = self._live_media.pop(call_id, None)
+                if media is not None:
+                    self._fold_media(media, folded or _MediaFolded())
+            case TurnCompleted(turn=turn):
+                self._observe_turn(turn)
+            case BargeIn(action=BargeInAction.INTERRUPT):
                 self.barge_ins.inc()
                 self.totals["barge_ins"] += 1
-            elif action == "resume":
+            case BargeIn(action=BargeInAction.RESUME):
                 self.barge_in_false_alarms.inc()
                 self.totals["barge_in_false_alarms"] += 1
-        progress.barge_in_events = len(events)
-
-        errors = session.provider_errors
-        for entry in errors[progress.provider_errors :]:
-            self.provider_errors.labels(provider_error_stage(entry)).inc()
-            self.totals["provider_errors"] += 1
-        progress.provider_errors = len(errors)
+            case ProviderFailure(stage=stage):
+                self.provider_errors.labels(stage).inc()
+                self.totals["provider_errors"] += 1
 
     def _observe_turn(self, turn: Turn) -> None:
         # The caller's turn and the reply to it share one TurnTimings object: the caller's turn
@@ -321,6 +233,63 @@ class AgentMetrics:
         role = turn.role if turn.role in ("user", "assistant") else "other"
         self.turns.labels(role).inc()
         self.totals["turns"] += 1
+
+    # -- live figures, read when scraped ----------------------------------------------------
+    def refresh(self, endpoint: SipEndpoint, now: float | None = None) -> None:
+        """Read what exists only while it lasts: calls and conversations in progress, their
+        RTP so far, registration, and the endpoint's own counters. Idempotent."""
+        now = time.time() if now is None else now
+        sessions = conversation_sessions(endpoint)
+        active = [call for call in endpoint.calls.values() if call.state != CallState.ENDED]
+        media_stats: dict[str, RtpSessionStats] = {}
+        for call in active:
+            if call.rtp is not None:
+                stats = media_stats[call.call_id] = call.rtp.stats
+                folded = self._live_media.setdefault(call.call_id, _MediaFolded())
+                self._fold_media(stats, folded)
+        self.media_stats = media_stats
+
+        self.calls_active.set(len(active))
+        states = Tally(sessions[c.call_id].state for c in active if c.call_id in sessions)
+        for state in CONVERSATION_STATES:
+            self.conversations.labels(state).set(states.get(state, 0))
+        self.jitter_worst.set(
+            max((s.jitter.jitter_ms / 1000 for s in media_stats.values()), default=0.0)
+        )
+        self._fold_registration(endpoint)
+        self._fold_sip_malformed(endpoint)
+        self.last_refresh = now
+
+    def refresh_if_stale(self, endpoint: SipEndpoint, max_age: float = 0.2) -> None:
+        """Refresh unless one just happened (a dashboard and a scraper may ask at once)."""
+        now = time.time()
+        last = self.last_refresh
+        if last is None or now - last >= max_age or now < last:
+            self.refresh(endpoint, now)
+
+    def _fold_media(self, stats: RtpSessionStats, folded: _MediaFolded) -> None:
+        """Add what `stats` counts beyond `folded`, and move `folded` up to it."""
+        jitter = stats.jitter
+        for direction, new, old in (
+            ("in", stats.packets_in, folded.packets_in),
+            ("out", stats.packets_out, folded.packets_out),
+        ):
+            if added := _delta(new, old):
+                self.rtp_packets.labels(direction).inc(added)
+                self.totals[f"rtp_packets_{direction}"] += added
+        if added := _delta(jitter.lost, folded.lost):
+            self.jitter_lost.inc(added)
+            self.totals["jitter_lost"] += added
+        if added := _delta(jitter.late, folded.late):
+            self.jitter_late.inc(added)
+            self.totals["jitter_late"] += added
+        for reason, count in stats.dropped.items():
+            if added := _delta(count, folded.dropped.get(reason, 0)):
+                self.rtp_dropped.labels(reason).inc(added)
+                self.rtp_dropped_totals[reason] += added
+        folded.packets_in, folded.packets_out = stats.packets_in, stats.packets_out
+        folded.lost, folded.late = jitter.lost, jitter.late
+        folded.dropped = dict(stats.dropped)
 
     def _fold_registration(self, endpoint: SipEndpoint) -> None:
         policy = endpoint.registration
@@ -341,15 +310,9 @@ class AgentMetrics:
             self.totals["registration_failures"] += added
         self._registration_failures_seen = status.failures
 
-    def _fold_endpoint_counters(self, endpoint: SipEndpoint) -> None:
+    def _fold_sip_malformed(self, endpoint: SipEndpoint) -> None:
         for kind, count in endpoint.dropped.items():
             if added := _delta(count, self._sip_malformed_seen.get(kind, 0)):
                 self.sip_malformed.labels(kind).inc(added)
                 self.totals["sip_malformed"] += added
             self._sip_malformed_seen[kind] = count
-        answers = endpoint.answer_times
-        # The list only grows today; were it ever trimmed, skipping beats counting twice.
-        self._answers_seen = min(self._answers_seen, len(answers))
-        for seconds in answers[self._answers_seen :]:
-            self.answer_time.observe(seconds)
-        self._answers_seen = len(answers)

@@ -66,13 +66,6 @@ def conversation_sessions(endpoint: SipEndpoint) -> Mapping[str, ConversationSes
     return conversations_of(endpoint.app)
 
 
-def provider_error_stage(entry: str) -> str:
-    """The stage of a provider error entry ("tts: ..." -> "tts"), usable as a label value."""
-    stage, sep, _ = entry.partition(":")
-    stage = stage.strip().lower().replace(" ", "_") if sep else ""
-    return stage if re.fullmatch(r"[a-z_]{1,24}", stage) else "unknown"
-
-
 class Redactor:
     """Removes secrets from free text (error messages) before it leaves the process."""
 
@@ -164,7 +157,7 @@ def _conversation(session: ConversationSession) -> dict[str, Any]:
         "state": session.state,
         "turns": len(session.turns),
         "barge_ins": sum(1 for e in session.barge_in_events if str(e.action) == "interrupt"),
-        "provider_errors": len(session.provider_errors),
+        "provider_errors": len(session.failures.recent),
         "last_voice_to_voice_ms": last_v2v,
         "recent_turns": [_turn_summary(i, t) for i, t in assistant[-TURNS_PER_CALL:]],
     }
@@ -207,7 +200,7 @@ def build_status(
 ) -> dict[str, Any]:
     """The `/status` document. `now` is wall time, `loop_now` the loop clock of the stamps.
 
-    Call `metrics.poll(endpoint)` first: media figures come from that poll's RTP stats.
+    Call `metrics.refresh(endpoint)` first: media figures come from that refresh's RTP stats.
     """
     now = time.time() if now is None else now
     loop_now = time.monotonic() if loop_now is None else loop_now
@@ -238,13 +231,13 @@ def build_status(
             recent_turns.append(
                 {"call_id": call.call_id, "caller": call.caller, **_turn_summary(index, turn)}
             )
-        for entry in session.provider_errors[-RECENT_ERRORS:]:
+        for failure in list(session.failures.recent)[-RECENT_ERRORS:]:
             provider_errors.append(
                 {
                     "call_id": call.call_id,
                     "caller": call.caller,
-                    "stage": provider_error_stage(entry),
-                    "message": redact(entry),
+                    "stage": str(failure.stage),
+                    "message": redact(str(failure)),
                 }
             )
         for event in session.barge_in_events:

@@ -2,7 +2,9 @@
 
 Plain asyncio rather than a web framework: two read-only GET routes do not justify a runtime
 dependency, and it runs on the agent's own event loop, so reading the endpoint's state needs
-no locks (every snapshot is taken between two event-loop steps, never mid-update).
+no locks (every snapshot is taken between two event-loop steps, never mid-update). The metrics
+fold the endpoint's events as they happen; the live figures are read per request, so an idle
+dashboard costs the agent nothing.
 
 It has no authentication, so it binds to 127.0.0.1 by default; when bound to loopback it also
 refuses requests whose Host header names anything else (a web page cannot then read caller
@@ -17,6 +19,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipagent.status")
 
 DEFAULT_STATUS_PORT = 8089
-POLL_INTERVAL = 0.5
 REQUEST_TIMEOUT = 5.0  # a client that has not sent its request head by then is dropped
 MAX_REQUEST_HEAD = 16 * 1024
 _REASONS = {
@@ -62,24 +64,19 @@ def _host_of(host_header: str) -> str:
 
 
 class StatusServer:
-    """Serves one endpoint's status and metrics; polls it every `poll_interval` seconds."""
+    """Serves one endpoint's status and metrics; its metrics observe the endpoint's events
+    from construction on (before start(): no call is missed while the socket opens)."""
 
     def __init__(
-        self,
-        endpoint: SipEndpoint,
-        bind: HostPort,
-        *,
-        poll_interval: float = POLL_INTERVAL,
-        metrics: AgentMetrics | None = None,
+        self, endpoint: SipEndpoint, bind: HostPort, *, metrics: AgentMetrics | None = None
     ) -> None:
         self.endpoint = endpoint
         self.bind = bind
-        self.poll_interval = poll_interval
         self.metrics = metrics or AgentMetrics()
+        self._detach_metrics: Callable[[], None] | None = self.metrics.attach(endpoint.events)
         self.redact = Redactor.for_endpoint(endpoint)
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
-        self._poller: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -97,7 +94,6 @@ class StatusServer:
         self._server = await asyncio.start_server(
             self._handle, self.bind.host, self.bind.port, limit=MAX_REQUEST_HEAD
         )
-        self._poller = asyncio.create_task(self._poll_loop(), name="status-poll")
         if not _is_loopback(self.bind.host):
             log.warning(
                 "status server on %s is reachable from the network and has no authentication: "
@@ -107,11 +103,9 @@ class StatusServer:
         log.info("status on %s/status, metrics on %s/metrics", self.url, self.url)
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        if self._detach_metrics is not None:
+            self._detach_metrics()
+            self._detach_metrics = None
         if self._server is not None:
             self._server.close()
             # Requests still being answered are short; do not let a stuck client hold shutdown.
@@ -127,11 +121,11 @@ class StatusServer:
         await self.stop()
 
     # -- content ----------------------------------------------------------------------------
-    def poll(self) -> None:
-        self.metrics.poll_if_stale(self.endpoint)
+    def refresh(self) -> None:
+        self.metrics.refresh_if_stale(self.endpoint)
 
     def status(self) -> dict[str, Any]:
-        self.poll()
+        self.refresh()
         return build_status(
             self.endpoint,
             self.metrics,
@@ -142,18 +136,8 @@ class StatusServer:
 
     def metrics_text(self, accept: str = "") -> tuple[bytes, str]:
         """(body, content type) for a scrape with this Accept header."""
-        self.poll()
+        self.refresh()
         return self.metrics.exposition(accept)
-
-    async def _poll_loop(self) -> None:
-        # Between scrapes too: the endpoint keeps only the last 100 ended calls, and counters
-        # must not miss a call that came and went between two scrapes.
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                self.metrics.poll(self.endpoint)
-            except Exception:  # observability must never take the agent down
-                log.exception("status poll failed")
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -225,5 +209,6 @@ async def start_status_server(endpoint: SipEndpoint, bind: str) -> StatusServer 
         await server.start()
     except OSError as error:
         log.error("status server not started on %s: %s", bind, error)
+        await server.stop()  # its metrics stop observing the endpoint
         return None
     return server

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from sipagent.channel import CallEnd, CallInfo, MediaTimes
+from sipagent.observability.events import EventBus
 from sipagent.sip.dialog import DialogState
 from sipagent.sip.sdp import NegotiatedMedia
 from sipagent.sip.transaction import ServerInviteTransaction
@@ -57,6 +58,8 @@ class Call:
     _hold_changes: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     held: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # The endpoint's bus (a call made outside an endpoint, in tests, gets its own).
+    events: EventBus = field(default_factory=EventBus)
 
     # -- fed by the media session -----------------------------------------------------------
     def deliver_audio(self, frame: bytes) -> None:

@@ -22,6 +22,7 @@ from sipagent.channel import CallApp, SaysFarewell
 from sipagent.config import AgentSettings
 from sipagent.logcontext import current_call_id
 from sipagent.media.ports import RtpPortAllocator
+from sipagent.observability.events import EventBus
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.factory import MessageFactory
 from sipagent.sip.lifecycle import CallLifecycle
@@ -57,7 +58,8 @@ class SipEndpoint:
         self.register = register
         self.calls: dict[str, Call] = {}
         self.ended_calls: list[Call] = []
-        self.answer_times: list[float] = []  # INVITE received -> 200 OK sent, seconds
+        # Calls, turns, barge-ins and provider failures as they happen (metrics observe).
+        self.events = EventBus()
         self.dropped: Counter[str] = Counter()
         self.udp = UdpTransport(self._on_datagram, dropped=self.dropped)
         self.transactions = TransactionLayer(self.udp)
@@ -116,6 +118,7 @@ class SipEndpoint:
             self.settings, self.app, calls=self.calls, ended_calls=self.ended_calls,
             messages=messages, transactions=self.transactions, rtp_ports=rtp_ports,
             send_request=self.request, spawn=self._spawn, on_call_ended=self.on_call_ended,
+            events=self.events,
         )  # fmt: skip
         self.uac = UserAgentClient(
             self.settings, calls=self.calls, messages=messages, transactions=self.transactions,
@@ -123,9 +126,9 @@ class SipEndpoint:
             send_request=self.request,
         )  # fmt: skip
         self.uas = UserAgentServer(
-            self.settings, calls=self.calls, answer_times=self.answer_times, messages=messages,
-            transactions=self.transactions, rtp_ports=rtp_ports, lifecycle=lifecycle,
-            transfer=self.uac.transfer, spawn=self._spawn, dropped=self.dropped,
+            self.settings, calls=self.calls, messages=messages, transactions=self.transactions,
+            rtp_ports=rtp_ports, lifecycle=lifecycle, transfer=self.uac.transfer,
+            spawn=self._spawn, dropped=self.dropped,
         )  # fmt: skip
         self._stop_watching_load = self.uas.watch_load()
         log.info("SIP listening on %s:%d, advertising %s:%d", bind.host, port, advertised, port)

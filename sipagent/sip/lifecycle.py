@@ -20,6 +20,7 @@ from sipagent.config import AgentSettings
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.recording import TwoChannelRecorder
 from sipagent.media.session import RtpSession
+from sipagent.observability.events import CallEnded, CallStarted, EventBus
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.factory import MessageFactory
 from sipagent.sip.message import OutgoingRequest, SipMessage
@@ -54,6 +55,7 @@ class CallLifecycle:
         send_request: SendRequest,
         spawn: Spawn,
         on_call_ended: Callable[[Call], None] | None,
+        events: EventBus,
     ) -> None:
         self.settings = settings
         self.app = app
@@ -65,8 +67,14 @@ class CallLifecycle:
         self.send_request = send_request
         self.spawn = spawn
         self.on_call_ended = on_call_ended
+        self.events = events
         # Per-call state kept elsewhere (the UAC's ACKs) is dropped through these.
         self.on_forget: list[Callable[[Call], None]] = []
+
+    def admit(self, call: Call) -> None:
+        """A new dialog, either direction: it is now one of the calls in progress."""
+        self.calls[call.call_id] = call
+        self.events.emit(CallStarted(call.call_id, call.caller))
 
     # -- media and app ----------------------------------------------------------------------
     async def open_media(self, call: Call, sock: Any, media: NegotiatedMedia) -> None:
@@ -171,6 +179,7 @@ class CallLifecycle:
             call.rtp_socket = None
         self.rtp_ports.release(call.rtp_port)
         self._record_ended(call)
+        self._report_ended(call)
         if self.on_call_ended is not None:
             self.on_call_ended(call)
 
@@ -230,6 +239,8 @@ class CallLifecycle:
                 task.cancel()
         if call.rtp is not None:
             await call.rtp.close()
+        self._report_ended(call)  # media closed: its figures are final
+        if call.rtp is not None:
             # A long call's WAV takes hundreds of ms to write: off the loop, where every
             # other call's RTP is paced.
             await asyncio.to_thread(self._write_recording, call)
@@ -239,6 +250,15 @@ class CallLifecycle:
         self.rtp_ports.release(call.rtp_port)
         if self.on_call_ended is not None:
             self.on_call_ended(call)
+
+    def _report_ended(self, call: Call) -> None:
+        """Emit the call's end once it is torn down (its media closed, if it had any)."""
+        if self.events.observed:  # the final RTP stats cost a sort of the call's tick samples
+            duration = None
+            if call.answered_at is not None and call.ended_at is not None:
+                duration = max(0.0, call.ended_at - call.answered_at)
+            media = call.rtp.stats if call.rtp is not None else None
+            self.events.emit(CallEnded(call.call_id, call.end_reason, duration, media))
 
     def _record_ended(self, call: Call) -> None:
         self.ended_calls.append(call)

@@ -175,8 +175,9 @@ class UserAgentClient:
             hangup_callback=self.lifecycle.app_hangup,
             transfer_callback=self.transfer,
             sdp_session_id=session_id,
+            events=self.lifecycle.events,
         )
-        self.calls[call.call_id] = call
+        self.lifecycle.admit(call)
         if media is None:
             await self.lifecycle.hangup(call, "no usable media in the answer")
             raise DialError(488, "answer had no codec we offered")

@@ -21,6 +21,7 @@ from sipagent.config import AgentSettings
 from sipagent.media.clock import MediaClock
 from sipagent.media.ports import RtpPortAllocator
 from sipagent.media.source import validate_remote
+from sipagent.observability.events import CallAnswered
 from sipagent.sip.admission import AdmissionLimits, InviteAdmission, OverloadGuard
 from sipagent.sip.call import Call, CallState
 from sipagent.sip.factory import ALLOWED_METHODS, MessageFactory
@@ -105,7 +106,6 @@ class UserAgentServer:
         settings: AgentSettings,
         *,
         calls: dict[str, Call],
-        answer_times: list[float],
         messages: MessageFactory,
         transactions: TransactionLayer,
         rtp_ports: RtpPortAllocator,
@@ -123,7 +123,6 @@ class UserAgentServer:
         self.transfer = transfer
         self.spawn = spawn
         self.dropped = dropped
-        self.answer_times = answer_times  # INVITE received -> 200 OK sent, seconds
         self.admission = InviteAdmission(
             AdmissionLimits(
                 max_calls=settings.max_calls,
@@ -313,8 +312,9 @@ class UserAgentServer:
             transfer_callback=self.transfer,
             rtp_socket=rtp_socket,
             source_ip=request.source[0] if request.source else "",
+            events=self.lifecycle.events,
         )
-        self.calls[call.call_id] = call
+        self.lifecycle.admit(call)
         log.info(
             "call %s from %s: %s, media to %s:%d",
             call.call_id,
@@ -358,7 +358,8 @@ class UserAgentServer:
             if call.state != CallState.RINGING:
                 return
             self._send_answer(call, call.invite.request)
-            self.answer_times.append(time.perf_counter() - received_at)
+            answered = CallAnswered(call.call_id, time.perf_counter() - received_at)
+            self.lifecycle.events.emit(answered)
             call.state = CallState.ANSWERED
             call.answered_at = time.time()
             call.answered_monotonic = asyncio.get_running_loop().time()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from sipagent.conversation.chunker import SentenceChunker
 from sipagent.conversation.session import APOLOGY, LLM_FALLBACK, ConversationSettings
+from sipagent.observability.events import ProviderStage
 from sipagent.sip.call import CallState
 from sipagent.storage.models import AppointmentRecord, CallRecord
 from tests.kit.agentlib import running_agent, wait_until
@@ -248,9 +249,9 @@ async def test_llm_failure_is_spoken_around_and_tts_falls_back(sipp, capture, au
     heard = agent_stream(cap, runner.media_port)
     first, *rest = spoken_audio(agent.app.conversation.greeting)
     assert first not in heard and all(audio in heard for audio in rest)
-    assert any("tts" in error for error in session.provider_errors)
+    assert any(f.stage == ProviderStage.TTS for f in session.failures.recent)
     assert len(heard) > 8000  # its first sentence was spoken by the offline voice instead
-    assert any("llm" in error for error in session.provider_errors)
+    assert any(f.stage == ProviderStage.LLM for f in session.failures.recent)
     assert heard_all("Sorry, just one moment.", heard)
     assert heard_all("Sure, what day works for you?", heard)
     assert len(openai.requests) == 2  # one failure, one retry
@@ -386,4 +387,4 @@ async def test_two_llm_failures_in_a_row_end_in_the_spoken_fallback(sipp, captur
     heard = agent_stream(cap, runner.media_port)
     assert heard_all(APOLOGY, heard) and heard_all(LLM_FALLBACK, heard)
     assert [r.status for r in openai.requests] == [500, 500]
-    assert [e.split(":")[0] for e in session.provider_errors] == ["llm", "llm"]
+    assert [f.stage for f in session.failures.recent] == [ProviderStage.LLM, ProviderStage.LLM]

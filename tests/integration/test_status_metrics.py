@@ -14,22 +14,17 @@ import os
 import socket
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from sipagent.conversation.barge_in import BargeInAction, BargeInEvent
-from sipagent.conversation.turns import Turn, TurnTimings
-from sipagent.observability import AgentMetrics, Redactor, stage_latencies, start_status_server
+from sipagent.observability import Redactor, stage_latencies, start_status_server
 from sipagent.observability.status import StatusServer
-from sipagent.sip.call import CallState
 from sipagent.sip.endpoint import SipEndpoint
 from tests.kit.agentlib import running_agent, wait_until
+from tests.kit.prometheus import metric
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -69,15 +64,6 @@ async def get_metrics(server: StatusServer) -> str:
     code, headers, body = await http_get(f"{server.url}/metrics")
     assert code == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     return body.decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text (sample name as exposed, e.g. ..._total)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise KeyError(f"{name}{labels or ''} not in the exposition")
 
 
 @contextlib.asynccontextmanager
@@ -168,100 +154,6 @@ def test_redactor_hides_configured_and_well_known_secrets():
     assert text.startswith("tts: 401 for key [redacted]")
 
 
-# -- folding exactly once (fake endpoint state, real data classes) ---------------------------
-
-
-def fake_stats(packets_in: int, packets_out: int, lost: int = 0, late: int = 0) -> Any:
-    jitter = SimpleNamespace(lost=lost, late=late, jitter_ms=4.0, expected=packets_in + lost)
-    return SimpleNamespace(
-        packets_in=packets_in, packets_out=packets_out, dropped={"bad version": 1}, jitter=jitter
-    )
-
-
-def fake_call(call_id: str, now: float) -> Any:
-    return SimpleNamespace(
-        call_id=call_id, caller="alice", state=CallState.CONFIRMED, started_at=now - 10,
-        answered_at=now - 9, ended_at=None, media=SimpleNamespace(codec="PCMU"),
-        rtp=SimpleNamespace(stats=fake_stats(100, 90)),
-    )  # fmt: skip
-
-
-def counts(metrics: AgentMetrics) -> dict[str, float]:
-    text = metrics.exposition()[0].decode()
-    stages = ("stt_final", "llm_first_token", "voice_to_voice", "barge_in_onset_to_silence")
-    values = {
-        stage: metric(text, "sipagent_turn_latency_seconds_count", stage=stage) for stage in stages
-    }
-    values["calls"] = metric(text, "sipagent_calls_total")
-    values["active"] = metric(text, "sipagent_calls_active")
-    values["rtp_in"] = metric(text, "sipagent_rtp_packets_total", direction="in")
-    values["lost"] = metric(text, "sipagent_jitter_buffer_lost_total")
-    values["barge_ins"] = metric(text, "sipagent_barge_ins_total")
-    values["false_alarms"] = metric(text, "sipagent_barge_in_false_alarms_total")
-    values["tts_errors"] = metric(text, "sipagent_provider_errors_total", stage="tts")
-    values["malformed"] = metric(text, "sipagent_sip_malformed_total", kind="bad CSeq")
-    values["rtp_dropped"] = metric(text, "sipagent_rtp_dropped_total", reason="bad version")
-    return values
-
-
-def test_polling_folds_each_call_turn_and_event_exactly_once():
-    now = 1_000.0
-    call = fake_call("c1", now)
-    session = SimpleNamespace(state="speaking", turns=[], barge_in_events=[], provider_errors=[])
-    endpoint = SimpleNamespace(
-        calls={"c1": call}, ended_calls=[], dropped=Counter({"bad CSeq": 2}), registration=None,
-        answer_times=[0.01], app=SimpleNamespace(sessions={"c1": session}),
-    )  # fmt: skip
-    metrics = AgentMetrics(settle_seconds=2.0, finish_after=10.0)
-
-    exchange = TurnTimings(caller_speech_end=1.0, stt_final=1.3, llm_first_token=1.7,
-                           tts_first_byte=1.8, first_reply_packet=1.85)  # fmt: skip
-    session.turns.append(Turn("user", "hello", timings=exchange, at=now))
-    session.turns.append(Turn("assistant", "hi there", timings=exchange, at=now))
-    metrics.poll(endpoint, now)
-    first = counts(metrics)
-    # the caller's turn is folded at once; the reply waits to settle (its first-packet stamp
-    # may still be on its way)
-    assert first["stt_final"] == 1 and first["voice_to_voice"] == 0
-    assert (first["calls"], first["active"], first["rtp_in"], first["malformed"]) == (1, 1, 100, 2)
-
-    session.barge_in_events += [BargeInEvent(BargeInAction.PAUSE, 2.0, 1.9),
-                                BargeInEvent(BargeInAction.RESUME, 2.9),
-                                BargeInEvent(BargeInAction.PAUSE, 3.0, 2.9),
-                                BargeInEvent(BargeInAction.INTERRUPT, 3.3, 2.9)]  # fmt: skip
-    session.provider_errors.append("tts: ElevenLabs 500")
-    call.rtp.stats = fake_stats(150, 140, lost=3)
-    endpoint.dropped["bad CSeq"] += 1
-    for tick in range(5):  # many polls, and the reply settles on the way
-        metrics.poll(endpoint, now + 1 + tick)
-    second = counts(metrics)
-    assert second["stt_final"] == 1 and second["voice_to_voice"] == 1
-    assert second["llm_first_token"] == 1
-    assert (second["barge_ins"], second["false_alarms"], second["tts_errors"]) == (1, 1, 1)
-    assert (second["rtp_in"], second["lost"], second["malformed"]) == (150, 3, 3)
-    assert second["rtp_dropped"] == 1 and second["calls"] == 1
-
-    # the call ends; a last interrupted reply lands and is folded when the call is finished
-    interrupted = TurnTimings(barge_in_onset=5.0, barge_in_decision=5.3, last_voiced_packet=5.1)
-    session.turns.append(Turn("assistant", "so", interrupted=True, timings=interrupted, at=now + 6))
-    call.state, call.ended_at = CallState.ENDED, now + 6
-    call.rtp.stats = fake_stats(160, 150, lost=3)
-    del endpoint.calls["c1"]
-    endpoint.ended_calls.append(call)
-    metrics.poll(endpoint, now + 6.5)
-    assert counts(metrics)["barge_in_onset_to_silence"] == 0  # not settled yet
-    for tick in range(5):
-        metrics.poll(endpoint, now + 20 + tick)
-    third = counts(metrics)
-    assert third["barge_in_onset_to_silence"] == 1 and third["voice_to_voice"] == 1
-    assert (third["calls"], third["active"], third["rtp_in"]) == (1, 0, 160)
-    assert metrics.totals["turns"] == 3
-    # once the endpoint forgets the call, so does the bookkeeping, and nothing changes
-    endpoint.ended_calls.clear()
-    metrics.poll(endpoint, now + 30)
-    assert counts(metrics) == third and not metrics._calls
-
-
 # -- real calls --------------------------------------------------------------------------------
 
 
@@ -331,11 +223,11 @@ async def test_receptionist_turn_latencies_are_folded_once(sipp, tmp_path):
         await wait_until(lambda: bool(agent.ended_calls), 10, "call end")
         ended = agent.ended_calls[0]
         session = agent.app.sessions[ended.call_id]
-        # the server's own poller has been folding all along; now make the call "finished"
-        # (as 10 s after hang-up) and poll again and again: nothing may be counted twice
+        # the metrics have folded the call's events as they came; refreshing the live figures
+        # again and again (and scraping) must not count anything twice
         metrics = server.metrics
         for _ in range(3):
-            metrics.poll(agent, time.time() + 60)
+            metrics.refresh(agent, time.time() + 60)
         text = await get_metrics(server)
 
         replies = [t for t in session.turns if t.role == "assistant"]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sipagent.channel import CallEnd, CallInfo, MediaTimes
+from sipagent.observability.events import Event, EventBus
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 
 
@@ -33,6 +34,9 @@ class MemoryCall:
         self.ended = asyncio.Event()
         self.on_hold = False
         self.holds: asyncio.Queue[bool] = asyncio.Queue()
+        self.events = EventBus()
+        self.emitted: list[Event] = []  # everything the conversation reported, in order
+        self.events.subscribe(self.emitted.append)
 
     def set_hold(self, held: bool) -> None:
         """The caller's re-INVITE puts the call on hold (True) or takes it off (False)."""

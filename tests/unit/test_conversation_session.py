@@ -17,6 +17,7 @@ import pytest
 
 from sipagent.booking.rules import ClinicHours
 from sipagent.booking.store import InMemoryBookingStore
+from sipagent.conversation.barge_in import BargeInAction
 from sipagent.conversation.chunker import SentenceChunker
 from sipagent.conversation.session import (
     APOLOGY,
@@ -25,7 +26,9 @@ from sipagent.conversation.session import (
     ConversationSession,
     ConversationSettings,
 )
-from sipagent.conversation.turns import Turn
+from sipagent.conversation.speaker import Reply
+from sipagent.conversation.turns import Turn, TurnTimings
+from sipagent.observability.events import BargeIn, ProviderFailure, ProviderStage, TurnCompleted
 from sipagent.providers.base import LlmChunk, ProviderError, SttEvent, SttEventKind, ToolCall
 from sipagent.providers.elevenlabs_tts import ElevenLabsTextToSpeech
 from sipagent.tools.receptionist import ReceptionistTools, receptionist_prompt
@@ -669,3 +672,102 @@ async def test_a_long_reply_stays_within_a_two_request_plan_of_the_real_tts() ->
             await tts.aclose()
     assert [r.status for r in server.requests] == [200] * 5  # the greeting and 4 sentences
     assert fallback.texts == [] and session.provider_errors == []
+
+
+# -- events on the call's bus -------------------------------------------------------------
+
+
+async def test_turns_are_reported_once_their_timings_are_final() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    llm = GatedLlm("Tuesday works.")
+    llm.go.set()
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "Is Tuesday free?")
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+    completed = [e for e in call.emitted if isinstance(e, TurnCompleted)]
+    assert [(e.index, e.role) for e in completed] == [
+        (0, "assistant"),
+        (1, "user"),
+        (2, "assistant"),
+    ]
+    assert all(e.turn is session.turns[e.index] and e.call_id == call.call_id for e in completed)
+    # the reply's first packet went out before it was reported: its voice-to-voice is known
+    assert completed[2].turn.timings.first_reply_packet is not None
+
+
+async def test_provider_failures_are_reported_with_a_typed_stage() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    session = make_session(call, stt, FailingOnceLlm("Tuesday works."), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "Is Tuesday free?")
+    await wait_for(lambda: "Tuesday works." in tts.texts, "the retried reply spoken")
+    stt.queue.put_nowait(SttEvent(SttEventKind.ERROR, detail="reconnecting: connection lost"))
+    await wait_for(lambda: len(session.failures.recent) == 2, "the STT error noted")
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+    failures = [e for e in call.emitted if isinstance(e, ProviderFailure)]
+    assert [(f.stage, f.message, f.gave_up) for f in failures] == [
+        (ProviderStage.LLM, "OpenAI: HTTP 500", False),
+        (ProviderStage.STT, "reconnecting: connection lost", False),
+    ]
+    assert list(session.failures.recent) == failures
+
+
+async def test_barge_ins_are_reported() -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), GatedTts()
+    session = make_session(call, stt, GatedLlm("unused"), tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: session.state == "speaking", "the greeting audible")
+    stt.queue.put_nowait(SttEvent(SttEventKind.PARTIAL, "wait, I need Thursday instead"))
+    await wait_for(lambda: session.state != "speaking", "the greeting interrupted")
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+    [barge_in] = [e for e in call.emitted if isinstance(e, BargeIn)]
+    assert barge_in.action == BargeInAction.INTERRUPT and barge_in.call_id == call.call_id
+    assert session.barge_in_events[-1].action == BargeInAction.INTERRUPT
+
+
+async def test_an_observer_that_raises_never_reaches_the_call(caplog) -> None:
+    call, stt, tts = MemoryCall(), PushedStt(), InstantTts()
+    llm = GatedLlm("Tuesday works.")
+    llm.go.set()
+
+    def broken(event: object) -> None:
+        raise RuntimeError("observer bug")
+
+    call.events.subscribe(broken)
+    session = make_session(call, stt, llm, tts)
+    runner = asyncio.create_task(session.run())
+    await wait_for(lambda: len(session.turns) == 1, "the greeting said")
+    caller_says(stt, "Is Tuesday free?")
+    await wait_for(lambda: len(session.turns) == 3, "the reply recorded")
+    assert tts.texts == ["Hello.", "Tuesday works."]
+    call.ended.set()
+    await asyncio.wait_for(runner, 5)
+    assert sum("observer" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_reply_waits_for_its_pending_stamps_before_its_timings_are_final() -> None:
+    reply = Reply(0.0, TurnTimings(), 0)
+    landed = asyncio.Event()
+
+    async def first_packet() -> None:
+        await landed.wait()
+        reply.timings.first_reply_packet = 1.5
+
+    reply.stamp_pending(asyncio.create_task(first_packet()))
+    final: list[float | None] = []
+    reply.when_timings_final(lambda: final.append(reply.timings.first_reply_packet))
+    await asyncio.sleep(0)
+    assert final == []
+    landed.set()
+    await wait_for(lambda: bool(final), "the stamp landed")
+    assert final == [1.5]
+    # nothing pending: at once
+    Reply(0.0, TurnTimings(), 0).when_timings_final(lambda: final.append(None))
+    assert final == [1.5, None]

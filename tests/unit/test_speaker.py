@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from sipagent.conversation.failures import ProviderFailures
 from sipagent.conversation.speaker import Reply, Speaker, Voices
 from sipagent.conversation.turns import TurnTimings
+from sipagent.observability.events import EventBus
 from sipagent.providers.base import ProviderError, TextToSpeech
 from tests.kit.conversation_standins import InstantTts
 
@@ -48,7 +49,7 @@ def speaker_for(line: Line, voices: Voices, reply: Reply | None = None) -> Speak
 
 
 def voices(tts: TextToSpeech, fallback: TextToSpeech | None = None) -> Voices:
-    return Voices(tts, fallback, None, ProviderFailures("c1"))
+    return Voices(tts, fallback, None, ProviderFailures("c1", EventBus()))
 
 
 class SlowFirstTts:
