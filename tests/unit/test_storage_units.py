@@ -1,6 +1,7 @@
 """Storage pieces that need no server: slot grid, time handling, URL and engine set-up, the
 call recorder's ordering and error containment (on SQLite files in tmp_path)."""
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -381,3 +382,36 @@ async def test_an_in_memory_database_can_be_migrated_through_its_engine():
             == 0
         )
     engine.dispose()
+
+
+async def test_turns_of_many_calls_are_written_in_one_transaction(engine):
+    # The frequent write is batched: one transaction for every call's turns of the window (a
+    # transaction per turn cost a busy worker thread, and the GIL with it, at 50 calls). A turn
+    # of an unrecorded call in the same batch is dropped alone.
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    recorder = CallRecorder(engine)
+    call_ids = [f"call{i}@10.0.0.1" for i in range(5)]
+    for call_id in call_ids:
+        assert await recorder.record_call_start(call_id, from_uri="sip:+15551234567@pbx")
+    commits: list[object] = []
+
+    def on_commit(connection: object) -> None:
+        commits.append(connection)
+
+    event.listen(engine, "commit", on_commit)
+    turns = _turns()
+    results = await asyncio.gather(
+        *(recorder.record_turn(c, i, t) for c in call_ids for i, t in enumerate(turns[:2])),
+        recorder.record_turn("never-started@10.0.0.1", 0, turns[0]),
+    )
+    event.remove(engine, "commit", on_commit)
+    # Two turns per call: the second of each call waits for the first (call order), so two
+    # batches, not eleven transactions.
+    assert results == [True] * 10 + [False]
+    assert len(commits) == 2
+    with Session(engine) as session:
+        rows = session.scalars(select(TurnRecord)).all()
+        assert len(rows) == 10
+        assert sorted({r.index for r in rows}) == [0, 1]
