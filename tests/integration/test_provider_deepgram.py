@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sipagent.conversation.stt_feed import SttFeed
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 from sipagent.providers.deepgram_stt import DeepgramSpeechToText
 from tests.kit.fakes.deepgram_server import FakeDeepgramServer, frame_is_speech
@@ -418,3 +419,80 @@ async def test_calls_share_one_sdk_client_each_with_its_own_websocket() -> None:
             await log.stop()
         assert len(server.connections) == 2
         assert sorted(f.text for f in finals) == ["Good morning.", "Hello there."]
+
+
+# ---------------------------------------------------------------------------------------------
+# batching (conversation/stt_feed.py)
+
+
+async def stream_batched(stt: DeepgramSpeechToText, audio: bytes) -> tuple[list[float], SttFeed]:
+    """`stream`, but through the conversation's SttFeed with the fake's own VAD deciding what is
+    voiced (as webrtcvad does in the conversation)."""
+    loop = asyncio.get_running_loop()
+    feed = SttFeed(stt, loop.time)
+    start = loop.time()
+    sent_at: list[float] = []
+    for index, offset in enumerate(range(0, len(audio), FRAME)):
+        delay = start + index * 0.02 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = audio[offset : offset + FRAME]
+        feed.push(frame, frame_is_speech(frame))
+        sent_at.append(loop.time())
+    return sent_at, feed
+
+
+async def test_batched_audio_is_fewer_messages_with_the_same_transcript_and_endpoint() -> None:
+    sent = silence(1.0) + tone(0.8) + silence(1.5)
+    results = {}
+    for batch_ms in (0, 80):
+        async with FakeDeepgramServer(["Hello there."], final_latency=0.3) as server:
+            async with running(server, audio_batch_ms=batch_ms) as (stt, log):
+                feed = None
+                if batch_ms:
+                    sent_at, feed = await stream_batched(stt, sent)
+                else:
+                    sent_at = await stream(stt, sent)
+                final = await log.wait_kind(SttEventKind.FINAL)
+                await log.wait_kind(SttEventKind.UTTERANCE_END)
+                if feed is not None:
+                    feed.close()  # as the conversation does before closing the STT
+            conn = server.connections[0]
+            if feed is not None:
+                # The sender may join batches that queue up while it is busy, never split one.
+                assert len(conn.audio_messages) <= feed.messages
+        results[batch_ms] = (final, final.received_at - sent_at[last_speech_frame(sent)], conn)
+
+    (plain, plain_latency, plain_conn), (batched, batched_latency, batched_conn) = (
+        results[0],
+        results[80],
+    )
+    assert bytes(batched_conn.audio) == bytes(plain_conn.audio) == sent
+    assert plain_conn.audio_messages == [FRAME] * (len(sent) // FRAME)
+    # Silence away from speech and the tone went out 80 ms at a time, the tail after the tone
+    # (endpointing 300 ms + 200 ms, 25 frames) frame by frame (the sender may join a few when
+    # it falls behind).
+    assert len(batched_conn.audio_messages) < len(plain_conn.audio_messages) / 2
+    assert max(batched_conn.audio_messages) == 640
+    assert batched_conn.audio_messages.count(FRAME) >= 20
+    assert batched.text == plain.text == "Hello there." and batched.speech_final
+    # The end of the turn: the last voiced frames go out with the first silent one (one frame,
+    # 20 ms, later than unbatched: only that frame says the speech ended), the endpointing
+    # window's silence as it happens.
+    assert 0.25 <= batched_latency <= 0.8, batched_latency
+    assert batched_latency - plain_latency < 0.1, (batched_latency, plain_latency)
+    assert batched_conn.controls == ["CloseStream"]
+
+
+async def test_close_sends_the_partial_batch_before_close_stream() -> None:
+    async with FakeDeepgramServer(["Hello."]) as server:
+        async with running(server) as (stt, _log):
+            loop = asyncio.get_running_loop()
+            feed = SttFeed(stt, loop.time)
+            for _ in range(3):  # 60 ms: less than a batch, nothing sent yet
+                feed.push(silence(0.02), False)
+            assert feed.messages == 0
+            feed.close()
+        conn = server.connections[0]
+    assert conn.audio_messages == [480]
+    assert conn.controls == ["CloseStream"] and conn.control_offsets == [480]
