@@ -88,6 +88,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "llm": ("auto", "openai", "offline"),
     "tts": ("auto", "elevenlabs", "offline"),
     "barge_in_sensitivity": ("low", "medium", "high"),
+    "event_loop": ("asyncio", "auto", "uvloop"),
 }
 
 
@@ -132,6 +133,11 @@ class AgentSettings(BaseSettings):
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
     max_calls: int = Field(50, ge=1, description="concurrent calls; more get 486 Busy Here")
+    event_loop: str = Field(
+        "asyncio",
+        description="event loop: asyncio | uvloop | auto (uvloop if installed: pip install "
+        "'sipagent[uvloop]')",
+    )
     overload_late_ms: float = Field(
         10.0,
         ge=0,
@@ -256,7 +262,7 @@ class AgentSettings(BaseSettings):
     player_file: str = Field("", description="player app: raw mu-law file to play")
     record_dir: str = Field("", description="player app: where to write what the caller sent")
 
-    @field_validator("app", "stt", "llm", "tts", "barge_in_sensitivity")
+    @field_validator("app", "stt", "llm", "tts", "barge_in_sensitivity", "event_loop")
     @classmethod
     def _check_choice(cls, value: str, info: ValidationInfo) -> str:
         allowed = CHOICES[str(info.field_name)]

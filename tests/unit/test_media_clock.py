@@ -4,7 +4,13 @@ import time
 
 import pytest
 
-from sipagent.media.clock import CATCH_UP_AFTER, LatenessHistogram, MediaClock, MediaSchedule
+from sipagent.media.clock import (
+    CATCH_UP_AFTER,
+    TIMER_RESOLUTION,
+    LatenessHistogram,
+    MediaClock,
+    MediaSchedule,
+)
 from sipagent.media.playout import FramePacer
 
 # -- MediaSchedule: who is due, in which order, and when the next one is ------------------------
@@ -218,7 +224,9 @@ async def test_catch_up_serves_what_is_due_from_inside_a_busy_callback() -> None
     clock.add(member, member.pacer.next_deadline)
     clock.catch_up()
     assert member.sent == []  # not due yet
-    time.sleep(0.005 + CATCH_UP_AFTER)  # the loop is busy with other callbacks
+    # The loop is busy with other callbacks (one more millisecond: uvloop's clock reads whole
+    # milliseconds, so exactly CATCH_UP_AFTER late may read as a float hair short of it).
+    time.sleep(0.005 + CATCH_UP_AFTER + TIMER_RESOLUTION)
     clock.catch_up()
     assert len(member.sent) == 1  # sent now, not when the loop gets to the timer
     await asyncio.sleep(0.05)  # the timer, armed for the old deadline, re-arms correctly
@@ -270,3 +278,16 @@ def test_lateness_percentiles_from_bins() -> None:
     assert histogram.percentile(1.0) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         LatenessHistogram(bin_width=0)
+
+
+async def test_a_timer_that_fires_within_the_clock_resolution_serves_what_is_due() -> None:
+    # uvloop's timers fire on whole milliseconds of a clock that reads whole milliseconds:
+    # loop.time() can read short of the deadline the timer was for (TIMER_RESOLUTION).
+    clock = MediaClock(asyncio.get_running_loop(), lambda: 100.0195)  # 0.5 ms short
+    member = Member(100.020)
+    clock.add(member, member.pacer.next_deadline)
+    clock._on_timer()  # the (early) timer: the pass runs next
+    await asyncio.sleep(0)
+    clock.remove(member)
+    assert member.sent == [100.0205]  # served, at the latest the true time can be
+    assert clock.passes == 1
