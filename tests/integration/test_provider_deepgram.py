@@ -470,11 +470,11 @@ async def test_batched_audio_is_fewer_messages_with_the_same_transcript_and_endp
     assert bytes(batched_conn.audio) == bytes(plain_conn.audio) == sent
     assert plain_conn.audio_messages == [FRAME] * (len(sent) // FRAME)
     # Silence away from speech and the tone went out 80 ms at a time, the tail after the tone
-    # (endpointing 300 ms + 200 ms, 25 frames) frame by frame (the sender may join a few when
-    # it falls behind).
+    # (endpointing 300 ms + 200 ms: the first silent frame with the last voiced ones, then 24
+    # frames) frame by frame; a sender that falls behind under load joins a few of those.
     assert len(batched_conn.audio_messages) < len(plain_conn.audio_messages) / 2
     assert max(batched_conn.audio_messages) == 640
-    assert batched_conn.audio_messages.count(FRAME) >= 20
+    assert batched_conn.audio_messages.count(FRAME) >= 12
     assert batched.text == plain.text == "Hello there." and batched.speech_final
     # The end of the turn: the last voiced frames go out with the first silent one (one frame,
     # 20 ms, later than unbatched: only that frame says the speech ended), the endpointing

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
 from tests.kit.fakes.loopback import LoopbackServer
@@ -207,12 +208,20 @@ class TranscriptScript:
         return text
 
 
+# |linear sample| of each mu-law byte: the VAD's mean is a table lookup and a sum in numpy
+# instead of a Python loop over 160 samples (80 us a frame, which at 50 calls took a fifth of
+# a core from the benchmark process the agent shares the machine with).
+_ABS_LINEAR = np.abs(
+    np.frombuffer(audioop.ulaw2lin(bytes(range(256)), 2), dtype=np.int16).astype(np.int64)
+)
+
+
 def frame_is_speech(frame: bytes, threshold: int = 200) -> bool:
     """The fake's VAD: mean |sample| of the decoded 16-bit audio above `threshold`."""
     if not frame:
         return False
-    pcm = audioop.ulaw2lin(frame, 2)
-    return sum(abs(s) for s in memoryview(pcm).cast("h")) / (len(pcm) // 2) > threshold
+    total = int(_ABS_LINEAR[np.frombuffer(frame, dtype=np.uint8)].sum())
+    return total / len(frame) > threshold
 
 
 def _tokens(text: str) -> list[str]:
