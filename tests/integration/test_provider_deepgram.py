@@ -10,17 +10,19 @@ the rest use tones, which the fake's energy VAD hears as speech just the same.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sipagent.conversation.stt_feed import SttFeed
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 from sipagent.providers.deepgram_stt import DeepgramSpeechToText
-from tests.kit.fakes.deepgram_server import FakeDeepgramServer, frame_is_speech
+from tests.kit.fakes.deepgram_server import EMPTY_AUDIO, FakeDeepgramServer, frame_is_speech
 from tests.kit.peerlib.audio import CALLER_TEXT, AudioLibrary, pcm16_to_ulaw, tone_pcm16
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
@@ -496,3 +498,19 @@ async def test_close_sends_the_partial_batch_before_close_stream() -> None:
         conn = server.connections[0]
     assert conn.audio_messages == [480]
     assert conn.controls == ["CloseStream"] and conn.control_offsets == [480]
+
+
+async def test_the_fake_ends_the_stream_on_an_empty_audio_message_as_deepgram_does() -> None:
+    # So a client that sent one (a batcher flushing nothing) would fail the tests above.
+    async with FakeDeepgramServer(["Hello."]) as server, aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Token {server.api_key}"}
+        query = "encoding=mulaw&sample_rate=8000&interim_results=true&endpointing=300"
+        query += "&vad_events=true&utterance_end_ms=1000&smart_format=true"
+        async with session.ws_connect(f"{server.url}/v1/listen?{query}", headers=headers) as ws:
+            await ws.send_bytes(silence(0.1))
+            await ws.send_bytes(b"")
+            types = [json.loads(msg.data)["type"] async for msg in ws]
+        conn = server.connections[0]
+    assert types[-1] == "Metadata" and ws.close_code == 1000
+    assert conn.controls == [EMPTY_AUDIO] and conn.control_offsets == [800]
+    assert conn.closed_by == "close_stream"
