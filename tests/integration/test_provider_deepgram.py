@@ -427,7 +427,9 @@ async def test_calls_share_one_sdk_client_each_with_its_own_websocket() -> None:
 # batching (conversation/stt_feed.py)
 
 
-async def stream_batched(stt: DeepgramSpeechToText, audio: bytes) -> tuple[list[float], SttFeed]:
+async def stream_batched(
+    stt: DeepgramSpeechToText, audio: bytes, *, speed: float = 1.0
+) -> tuple[list[float], SttFeed]:
     """`stream`, but through the conversation's SttFeed with the fake's own VAD deciding what is
     voiced (as webrtcvad does in the conversation)."""
     loop = asyncio.get_running_loop()
@@ -435,7 +437,7 @@ async def stream_batched(stt: DeepgramSpeechToText, audio: bytes) -> tuple[list[
     start = loop.time()
     sent_at: list[float] = []
     for index, offset in enumerate(range(0, len(audio), FRAME)):
-        delay = start + index * 0.02 - loop.time()
+        delay = start + index * 0.02 / speed - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         frame = audio[offset : offset + FRAME]
@@ -514,3 +516,24 @@ async def test_the_fake_ends_the_stream_on_an_empty_audio_message_as_deepgram_do
     assert types[-1] == "Metadata" and ws.close_code == 1000
     assert conn.controls == [EMPTY_AUDIO] and conn.control_offsets == [800]
     assert conn.closed_by == "close_stream"
+
+
+async def test_batched_audio_is_replayed_on_reconnect_from_the_last_final() -> None:
+    first, second = "Book me in.", "Tuesday please."
+    sent = silence(0.3) + tone(0.8) + silence(1.5) + tone(1.2, 620.0) + silence(1.5)
+    async with FakeDeepgramServer([first, second], drop_after_audio_seconds=3.2) as server:
+        async with running(server) as (stt, log):
+            _, feed = await stream_batched(stt, sent, speed=2.0)
+            await log.wait_kind(SttEventKind.FINAL, text=second)
+            feed.close()
+        conn1, conn2 = server.connections
+
+    finals = log.of(SttEventKind.FINAL)
+    assert [(f.text, f.speech_final) for f in finals] == [(first, True), (second, True)]
+    assert server.finalized == [first, second]  # A was not heard twice
+    assert conn1.closed_by == "drop" and bytes(conn1.audio) == sent[: len(conn1.audio)]
+    assert max(conn1.audio_messages) == 640  # it was batched
+    (final_a,) = [m for m in conn1.sent_of_type("Results") if m["is_final"]]
+    committed = round((final_a["start"] + final_a["duration"]) * RATE)
+    assert 0 < committed < int(2.6 * RATE)
+    assert bytes(conn2.audio) == sent[committed:]  # from A's final on, nothing lost or doubled
