@@ -182,7 +182,8 @@ class AgentSettings(BaseSettings):
         80,
         ge=0,
         le=200,
-        description="caller audio per Deepgram message, ms (0: every 20 ms frame on its own)",
+        description="caller audio per Deepgram nova message, ms (0: each 20 ms frame alone); "
+        "Flux always sends 80 ms",
     )
     offline_stt: str = Field("whisper", description="offline recogniser: whisper | pocketsphinx")
     whisper_model_dir: str = Field(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from sipagent.media.clock import TIMER_RESOLUTION
 from sipagent.providers.base import BatchesAudio, SpeechToText
 
 SAMPLE_RATE = 8000  # mu-law: one byte per sample
@@ -127,7 +128,8 @@ class SttFeed:
     def _on_deadline(self) -> None:
         self._timer = None
         now = self.clock()
-        message = self.batcher.due(now)
+        # uvloop's timers may fire up to a millisecond early (see media.clock).
+        message = self.batcher.due(now + TIMER_RESOLUTION)
         if message is not None:
             self._send(message)
         elif self.batcher.deadline is not None:
