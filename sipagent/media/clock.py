@@ -122,7 +122,7 @@ CATCH_UP_AFTER: Final = 0.001
 # uvloop (libuv) runs timers in whole milliseconds, so a timer can fire up to about a
 # millisecond before its deadline. Such a pass serves what is due within that millisecond:
 # taking the reading literally, it would find nothing due and re-arm at once, over and over
-# until the deadline (41,000 passes for 2,500 frames in test_media_clock under uvloop).
+# until the deadline (38,000 passes for 2,500 frames in test_media_clock under uvloop).
 # On asyncio's loop a timer never fires early.
 TIMER_RESOLUTION: Final = 0.001
 

@@ -4,13 +4,7 @@ import time
 
 import pytest
 
-from sipagent.media.clock import (
-    CATCH_UP_AFTER,
-    TIMER_RESOLUTION,
-    LatenessHistogram,
-    MediaClock,
-    MediaSchedule,
-)
+from sipagent.media.clock import CATCH_UP_AFTER, LatenessHistogram, MediaClock, MediaSchedule
 from sipagent.media.playout import FramePacer
 
 # -- MediaSchedule: who is due, in which order, and when the next one is ------------------------
@@ -224,9 +218,7 @@ async def test_catch_up_serves_what_is_due_from_inside_a_busy_callback() -> None
     clock.add(member, member.pacer.next_deadline)
     clock.catch_up()
     assert member.sent == []  # not due yet
-    # The loop is busy with other callbacks (one more millisecond: uvloop's clock reads whole
-    # milliseconds, so exactly CATCH_UP_AFTER late may read as a float hair short of it).
-    time.sleep(0.005 + CATCH_UP_AFTER + TIMER_RESOLUTION)
+    time.sleep(0.005 + CATCH_UP_AFTER)  # the loop is busy with other callbacks
     clock.catch_up()
     assert len(member.sent) == 1  # sent now, not when the loop gets to the timer
     await asyncio.sleep(0.05)  # the timer, armed for the old deadline, re-arms correctly
@@ -281,8 +273,8 @@ def test_lateness_percentiles_from_bins() -> None:
 
 
 async def test_a_timer_that_fires_within_the_clock_resolution_serves_what_is_due() -> None:
-    # uvloop's timers fire on whole milliseconds of a clock that reads whole milliseconds:
-    # loop.time() can read short of the deadline the timer was for (TIMER_RESOLUTION).
+    # uvloop runs timers in whole milliseconds: one can fire while loop.time() still reads
+    # short of the deadline it was for (TIMER_RESOLUTION).
     clock = MediaClock(asyncio.get_running_loop(), lambda: 100.0195)  # 0.5 ms short
     member = Member(100.020)
     clock.add(member, member.pacer.next_deadline)
