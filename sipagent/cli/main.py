@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from sipagent.agent import run_agent
+from sipagent.agent import run_agent, run_on_loop
 from sipagent.cli.dial import call_command
 from sipagent.cli.doctor import doctor
 from sipagent.cli.monitor import monitor
@@ -90,7 +90,7 @@ def serve(
     if supervised:
         _stop_when_the_supervisor_is_gone()
     try:
-        asyncio.run(run_agent(settings))
+        run_on_loop(settings.event_loop, lambda: run_agent(settings))
     except OSError as error:  # the SIP socket: the only one whose failure stops the agent
         fail_bind(error, settings)
     except ValueError as error:  # what check_startable cannot foresee, said as plainly

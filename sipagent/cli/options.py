@@ -33,6 +33,8 @@ EXIT_USER_ERROR = 2
 # soft_wrap: a long message stays one line, whatever the terminal width.
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
+# Settings whose flag also has a shorter spelling.
+_SHORT_FLAGS = {"event_loop": ("--loop",)}
 _METAVARS = {int: "INTEGER", float: "SECONDS", SecretStr: "TEXT", str: "TEXT"}
 
 
@@ -126,6 +128,7 @@ def _option_parameter(field_name: str) -> inspect.Parameter:
     # message whether it came from a flag or from the environment.
     option = typer.Option(
         flag_name(field_name),
+        *_SHORT_FLAGS.get(field_name, ()),
         help=field.description or "",
         show_default=False,
         metavar=metavar,

@@ -45,6 +45,7 @@ from sipagent.conversation.idle import IdleAction, IdlePolicy
 from sipagent.conversation.keypad import KeypadEntry
 from sipagent.conversation.speaker import Reply, Speaker, Voices
 from sipagent.conversation.state import ConversationState
+from sipagent.conversation.stt_feed import SttFeed
 from sipagent.conversation.toolset import CallAction, Toolset
 from sipagent.conversation.tts_slots import TtsSlots
 from sipagent.conversation.turns import Turn, TurnLog, TurnTimings
@@ -160,6 +161,7 @@ class ConversationSession:
         )
         self._idle_resumed = asyncio.Event()  # a pause ended: the idle deadline may be sooner
         self._vad = webrtcvad.Vad(self.settings.vad_mode)
+        self._stt_feed = SttFeed(stt, self.clock)
         self._pending_finals: list[str] = []
         self._last_caller_voice: float | None = None
         self._reply_task: asyncio.Task[None] | None = None
@@ -218,6 +220,7 @@ class ConversationSession:
             await self._settle_tool_rounds(timeout=5.0)
             self.turn_log.release()
             try:
+                self._stt_feed.close()  # CloseStream must come after the last audio
                 await asyncio.wait_for(self.stt.close(), 2.0)
             except Exception as error:
                 log.warning("[%s] closing the STT failed: %r", self.call.call_id, error)
@@ -247,7 +250,7 @@ class ConversationSession:
                 self._last_caller_voice = now
                 self.idle.caller_active(now)
             try:
-                self.stt.send_audio(frame)
+                self._stt_feed.push(frame, voiced)
                 self._apply_barge_in(self.barge_in.on_frame(voiced, now))
             except Exception:  # one bad frame must not stop the caller being heard
                 log.exception("[%s] caller audio handling failed", self.call.call_id)
@@ -324,6 +327,7 @@ class ConversationSession:
                 except StopAsyncIteration:
                     return
                 next_digit = asyncio.ensure_future(anext(iterator))
+                self._stt_feed.flush()  # a key press is a turn boundary: no audio left waiting
                 self.idle.caller_active(now)
                 self._keypad_entry(self.keypad.press(digit, now))
         finally:

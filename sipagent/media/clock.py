@@ -119,6 +119,12 @@ _RETRY_AFTER: Final = 0.02  # a member whose pass raised is served again one fra
 # timer fires within about a millisecond (epoll's resolution), and a pass per datagram
 # would serve one or two sessions each for the same work.
 CATCH_UP_AFTER: Final = 0.001
+# uvloop (libuv) runs timers in whole milliseconds, so a timer can fire up to about a
+# millisecond before its deadline. Such a pass serves what is due within that millisecond:
+# taking the reading literally, it would find nothing due and re-arm at once, over and over
+# until the deadline (38,000 passes for 2,500 frames in test_media_clock under uvloop).
+# On asyncio's loop a timer never fires early.
+TIMER_RESOLUTION: Final = 0.001
 
 
 class MediaClock:
@@ -238,13 +244,15 @@ class MediaClock:
         self._loop.call_soon(self._run_pass)
 
     def _run_pass(self) -> None:
-        self._pass()
+        self._pass(self._timer_deadline)
         self._arm()
 
-    def _pass(self) -> None:
+    def _pass(self, timer_deadline: float | None = None) -> None:
         self.passes += 1
         self._passing = True
         now = self._clock()
+        if timer_deadline is not None and 0 < timer_deadline - now <= TIMER_RESOLUTION:
+            now += TIMER_RESOLUTION  # a coarse clock's early timer (see TIMER_RESOLUTION)
         try:
             self.served += self._schedule.run_pass(now, self._serve)
         finally:

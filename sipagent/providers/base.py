@@ -67,6 +67,15 @@ class SpeechToText(Protocol):
         """Finish and release the stream; events() then ends."""
 
 
+@runtime_checkable
+class BatchesAudio(Protocol):
+    """A streaming STT that pays per message (a websocket send): the conversation sends it the
+    caller's audio in batches (conversation/stt_feed.py) instead of one 20 ms frame each."""
+
+    audio_batch_ms: int  # audio per message; 0: every frame on its own
+    speech_tail_ms: int  # after voice, this much silence goes out frame by frame (endpointing)
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     id: str

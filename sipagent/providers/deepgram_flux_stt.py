@@ -96,6 +96,8 @@ class DeepgramFluxSpeechToText(DeepgramSpeechToText):
         **options: Any,
     ) -> None:
         super().__init__(api_key, model=model, **options)
+        # Already 80 ms per message (message_bytes): batching above that would only delay.
+        self.audio_batch_ms = 0
         self._turn_open = False  # a StartOfTurn without its EndOfTurn yet
         self.eot_threshold = eot_threshold
         self.eager_eot_threshold = eager_eot_threshold

@@ -129,6 +129,7 @@ def build_providers(settings: AgentSettings, clinic_name: str = "Sunrise Dental"
                 stream = DeepgramSpeechToText(
                     settings.deepgram_api_key.get_secret_value(),
                     endpointing_ms=settings.endpointing_ms,
+                    audio_batch_ms=settings.stt_batch_ms,
                     **options,
                 )
             if not shared:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 
@@ -124,3 +125,48 @@ async def test_serve_says_what_runs_and_where_the_database_is(tmp_path):
     assert f"database sqlite:///{database} (revision 0002)" in text
     assert "SIPAGENT_MAX_CALL is not a sipagent setting" in text
     assert "sk-never-logged" not in text
+
+
+def test_loop_uvloop_without_uvloop_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    result = CliRunner().invoke(app, ["serve", "--app", "echo", "--loop", "uvloop"])
+    assert result.exit_code == 2
+    assert "uvloop is not installed" in result.output
+    assert "pip install 'sipagent[uvloop]'" in result.output
+
+
+def test_unknown_event_loop_is_refused():
+    result = CliRunner().invoke(app, ["serve", "--loop", "trio"])
+    assert result.exit_code == 2
+    assert "--event-loop 'trio': 'trio' is not one of asyncio | auto | uvloop" in result.output
+
+
+@pytest.mark.peers
+async def test_serve_on_uvloop_answers_a_call(sipp, audio_dir):
+    pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
+    port = free_sip_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo", "--loop", "uvloop",
+        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
+        "--verbose", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=10)
+        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 2000})  # fmt: skip
+        (await caller.run()).check()
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "event loop: uvloop" in text
+    assert " ended: caller hung up" in text
+    # The echo went both ways: the session's closing stats (--verbose) count packets each way.
+    packets_in = int(re.search(r"packets_in=(\d+)", text).group(1))  # type: ignore[union-attr]
+    packets_out = int(re.search(r"packets_out=(\d+)", text).group(1))  # type: ignore[union-attr]
+    assert packets_in >= 50 and packets_out >= 50, (packets_in, packets_out)

@@ -10,16 +10,19 @@ the rest use tones, which the fake's energy VAD hears as speech just the same.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 
+from sipagent.conversation.stt_feed import SttFeed
 from sipagent.providers.base import ProviderError, SttEvent, SttEventKind
 from sipagent.providers.deepgram_stt import DeepgramSpeechToText
-from tests.kit.fakes.deepgram_server import FakeDeepgramServer, frame_is_speech
+from tests.kit.fakes.deepgram_server import EMPTY_AUDIO, FakeDeepgramServer, frame_is_speech
 from tests.kit.peerlib.audio import CALLER_TEXT, AudioLibrary, pcm16_to_ulaw, tone_pcm16
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
@@ -418,3 +421,119 @@ async def test_calls_share_one_sdk_client_each_with_its_own_websocket() -> None:
             await log.stop()
         assert len(server.connections) == 2
         assert sorted(f.text for f in finals) == ["Good morning.", "Hello there."]
+
+
+# ---------------------------------------------------------------------------------------------
+# batching (conversation/stt_feed.py)
+
+
+async def stream_batched(
+    stt: DeepgramSpeechToText, audio: bytes, *, speed: float = 1.0
+) -> tuple[list[float], SttFeed]:
+    """`stream`, but through the conversation's SttFeed with the fake's own VAD deciding what is
+    voiced (as webrtcvad does in the conversation)."""
+    loop = asyncio.get_running_loop()
+    feed = SttFeed(stt, loop.time)
+    start = loop.time()
+    sent_at: list[float] = []
+    for index, offset in enumerate(range(0, len(audio), FRAME)):
+        delay = start + index * 0.02 / speed - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = audio[offset : offset + FRAME]
+        feed.push(frame, frame_is_speech(frame))
+        sent_at.append(loop.time())
+    return sent_at, feed
+
+
+async def test_batched_audio_is_fewer_messages_with_the_same_transcript_and_endpoint() -> None:
+    sent = silence(1.0) + tone(0.8) + silence(1.5)
+    results = {}
+    for batch_ms in (0, 80):
+        async with FakeDeepgramServer(["Hello there."], final_latency=0.3) as server:
+            async with running(server, audio_batch_ms=batch_ms) as (stt, log):
+                feed = None
+                if batch_ms:
+                    sent_at, feed = await stream_batched(stt, sent)
+                else:
+                    sent_at = await stream(stt, sent)
+                final = await log.wait_kind(SttEventKind.FINAL)
+                await log.wait_kind(SttEventKind.UTTERANCE_END)
+                if feed is not None:
+                    feed.close()  # as the conversation does before closing the STT
+            conn = server.connections[0]
+            if feed is not None:
+                # The sender may join batches that queue up while it is busy, never split one.
+                assert len(conn.audio_messages) <= feed.messages
+        results[batch_ms] = (final, final.received_at - sent_at[last_speech_frame(sent)], conn)
+
+    (plain, plain_latency, plain_conn), (batched, batched_latency, batched_conn) = (
+        results[0],
+        results[80],
+    )
+    assert bytes(batched_conn.audio) == bytes(plain_conn.audio) == sent
+    assert plain_conn.audio_messages == [FRAME] * (len(sent) // FRAME)
+    # Silence away from speech and the tone went out 80 ms at a time, the tail after the tone
+    # (endpointing 300 ms + 200 ms: the first silent frame with the last voiced ones, then 24
+    # frames) frame by frame; a sender that falls behind under load joins a few of those.
+    assert len(batched_conn.audio_messages) < len(plain_conn.audio_messages) / 2
+    assert max(batched_conn.audio_messages) == 640
+    assert batched_conn.audio_messages.count(FRAME) >= 12
+    assert batched.text == plain.text == "Hello there." and batched.speech_final
+    # The end of the turn: the last voiced frames go out with the first silent one (one frame,
+    # 20 ms, later than unbatched: only that frame says the speech ended), the endpointing
+    # window's silence as it happens.
+    assert 0.25 <= batched_latency <= 0.8, batched_latency
+    assert batched_latency - plain_latency < 0.1, (batched_latency, plain_latency)
+    assert batched_conn.controls == ["CloseStream"]
+
+
+async def test_close_sends_the_partial_batch_before_close_stream() -> None:
+    async with FakeDeepgramServer(["Hello."]) as server:
+        async with running(server) as (stt, _log):
+            loop = asyncio.get_running_loop()
+            feed = SttFeed(stt, loop.time)
+            for _ in range(3):  # 60 ms: less than a batch, nothing sent yet
+                feed.push(silence(0.02), False)
+            assert feed.messages == 0
+            feed.close()
+        conn = server.connections[0]
+    assert conn.audio_messages == [480]
+    assert conn.controls == ["CloseStream"] and conn.control_offsets == [480]
+
+
+async def test_the_fake_ends_the_stream_on_an_empty_audio_message_as_deepgram_does() -> None:
+    # So a client that sent one (a batcher flushing nothing) would fail the tests above.
+    async with FakeDeepgramServer(["Hello."]) as server, aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Token {server.api_key}"}
+        query = "encoding=mulaw&sample_rate=8000&interim_results=true&endpointing=300"
+        query += "&vad_events=true&utterance_end_ms=1000&smart_format=true"
+        async with session.ws_connect(f"{server.url}/v1/listen?{query}", headers=headers) as ws:
+            await ws.send_bytes(silence(0.1))
+            await ws.send_bytes(b"")
+            types = [json.loads(msg.data)["type"] async for msg in ws]
+        conn = server.connections[0]
+    assert types[-1] == "Metadata" and ws.close_code == 1000
+    assert conn.controls == [EMPTY_AUDIO] and conn.control_offsets == [800]
+    assert conn.closed_by == "close_stream"
+
+
+async def test_batched_audio_is_replayed_on_reconnect_from_the_last_final() -> None:
+    first, second = "Book me in.", "Tuesday please."
+    sent = silence(0.3) + tone(0.8) + silence(1.5) + tone(1.2, 620.0) + silence(1.5)
+    async with FakeDeepgramServer([first, second], drop_after_audio_seconds=3.2) as server:
+        async with running(server) as (stt, log):
+            _, feed = await stream_batched(stt, sent, speed=2.0)
+            await log.wait_kind(SttEventKind.FINAL, text=second)
+            feed.close()
+        conn1, conn2 = server.connections
+
+    finals = log.of(SttEventKind.FINAL)
+    assert [(f.text, f.speech_final) for f in finals] == [(first, True), (second, True)]
+    assert server.finalized == [first, second]  # A was not heard twice
+    assert conn1.closed_by == "drop" and bytes(conn1.audio) == sent[: len(conn1.audio)]
+    assert max(conn1.audio_messages) == 640  # it was batched
+    (final_a,) = [m for m in conn1.sent_of_type("Results") if m["is_final"]]
+    committed = round((final_a["start"] + final_a["duration"]) * RATE)
+    assert 0 < committed < int(2.6 * RATE)
+    assert bytes(conn2.audio) == sent[committed:]  # from A's final on, nothing lost or doubled

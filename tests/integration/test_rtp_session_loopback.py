@@ -581,6 +581,9 @@ class BreakableSocket(socket.socket):
 
 
 async def test_a_lost_transport_is_reported_exactly_once(peer_factory, open_session) -> None:
+    if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        # uvloop sends with libuv on the file descriptor, never through the socket object.
+        pytest.skip("the broken socket only breaks asyncio's own datagram transport")
     peer = await peer_factory()
     lost: list[str] = []
     sock = udp_socket(sock_class=BreakableSocket)
