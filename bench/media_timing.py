@@ -140,6 +140,7 @@ class Stream:
     times: list[float] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     tss: list[int] = field(default_factory=list)
+    markers: list[bool] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -163,6 +164,7 @@ def rtp_streams(
         stream.times.append(d.time)
         stream.seqs.append(pkt.seq)
         stream.tss.append(pkt.ts)
+        stream.markers.append(bool(pkt.marker))
     return list(streams.values())
 
 
@@ -187,6 +189,7 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
     intervals: list[np.ndarray] = []
     per_stream = []
     seq_gaps = 0
+    talkspurt_starts = 0
     skipped_slots = 0
     slots = 0
     late_windows: dict[int, set[int]] = {}  # 20 ms window index -> streams late in it
@@ -202,6 +205,12 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
         # (or the socket) lost: the interval across it says nothing about pacing.
         contiguous = (np.diff(np.asarray(s.seqs)[idx]) % 65536) == 1
         seq_gaps += int(np.count_nonzero(~contiguous))
+        # A packet with the marker bit starts a talkspurt (RFC 3550 5.1, RFC 3551 4.1): the
+        # sender may send it early (a reply's first frame goes out at once) and the receiver
+        # re-syncs its playout there, so that interval is not a pacing error.
+        talkspurt = np.asarray(s.markers, dtype=bool)[idx][1:]
+        talkspurt_starts += int(np.count_nonzero(talkspurt & contiguous))
+        contiguous &= ~talkspurt
         d = np.diff(tt)[contiguous]
         err = np.abs(d - FRAME_S) * 1000
         errors.append(err)
@@ -237,6 +246,7 @@ def interval_stats(streams: list[Stream], warmup: float) -> dict[str, Any]:
         "mean_interval_ms": round(float(all_int.mean()), 4) if all_int.size else None,
         "intervals_over_5ms_error": int(np.count_nonzero(all_err > 5.0)),
         "seq_gaps": seq_gaps,
+        "talkspurt_starts": talkspurt_starts,
         "skipped_slots": skipped_slots,
         "skipped_slots_pct": round(100.0 * skipped_slots / slots, 3) if slots else None,
         "loop_wide_stalls": (

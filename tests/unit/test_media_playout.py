@@ -210,27 +210,34 @@ def test_send_now_leaves_a_slot_that_is_due_anyway_to_the_tick() -> None:
 
 def test_give_back_puts_the_rtp_clock_back_on_the_wall_clock() -> None:
     # Frame n carries RTP time n * 20 ms; after any number of early talkspurts and their give
-    # back, frame n is due at exactly start + n * 20 ms again: no drift over a long call.
+    # back, frame n is due at exactly start + n * 20 ms again: no drift over a long call. The
+    # lead goes back 1 ms per silent frame, so no interval on the wire is over 21 ms (given
+    # back at once, the interval was 20 ms + the lead: up to 39 ms at every reply's end).
     rng = random.Random(3)
     pacer = FramePacer(start=0.0, interval=0.02)
     now = 0.0
     for _ in range(200):  # 200 replies
         for _ in range(rng.randint(1, 30)):  # silence between them
-            now = pacer.next_deadline
+            previous, now = now, pacer.next_deadline
             pacer.due_frames(now)
-        assert pacer.send_now(now + rng.uniform(0.002, 0.019))
-        assert 0 < pacer.ahead < 0.02
+            pacer.give_back()
+            assert now - previous <= 0.021 + 1e-9
+        pacer.send_now(now + rng.uniform(0.002, 0.019))
+        assert 0 <= pacer.ahead <= 0.02
         for _ in range(rng.randint(5, 200)):  # the reply
             now = pacer.next_deadline
             pacer.due_frames(now)
-        pacer.give_back()  # the first silent frame after it
-        assert pacer.ahead == 0
-        assert pacer.next_deadline == pytest.approx(pacer.next_index * 0.02)
+    for _ in range(20):  # enough silence to give back a whole frame
+        now = pacer.next_deadline
+        pacer.due_frames(now)
+        pacer.give_back()
+    assert pacer.ahead == 0
+    assert pacer.next_deadline == pytest.approx(pacer.next_index * 0.02)
     assert pacer.frames_skipped == 0
 
 
 def test_send_now_right_after_give_back_never_stacks_leads() -> None:
-    pacer = FramePacer(start=0.0, interval=0.02)
+    pacer = FramePacer(start=0.0, interval=0.02, give_back_step=0.02)
     pacer.due_frames(0.0)
     assert pacer.send_now(0.005)  # 15 ms early
     pacer.due_frames(pacer.next_deadline)  # the talkspurt's second frame
@@ -242,6 +249,20 @@ def test_send_now_right_after_give_back_never_stacks_leads() -> None:
     assert not pacer.send_now(0.046)
     assert pacer.send_now(0.065)  # 15 ms early: fine
     assert pacer.ahead == pytest.approx(0.015)
+
+
+def test_a_lead_not_yet_given_back_bounds_the_next_one() -> None:
+    pacer = FramePacer(start=0.0, interval=0.02)  # 1 ms back per silent frame
+    pacer.due_frames(0.0)
+    assert pacer.send_now(0.004)  # 16 ms ahead
+    for _ in range(3):  # three silent frames give 3 ms back
+        pacer.due_frames(pacer.next_deadline)
+        pacer.give_back()
+    assert pacer.ahead == pytest.approx(0.013)
+    deadline = pacer.next_deadline
+    assert not pacer.send_now(deadline - 0.010)  # 13 + 10 ms would be over a frame ahead
+    assert pacer.send_now(deadline - 0.005)  # 13 + 5 ms is not
+    assert pacer.ahead == pytest.approx(0.018)
 
 
 @dataclass(frozen=True)
