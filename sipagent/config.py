@@ -147,7 +147,7 @@ class AgentSettings(BaseSettings):
         "'sipagent[uvloop]')",
     )
     overload_late_ms: float = Field(
-        10.0,
+        20.0,
         ge=0,
         description="refuse new calls (503) while over 5 % of media-clock passes in 2 s run "
         "later than this; 0 = off",

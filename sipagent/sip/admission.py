@@ -90,7 +90,7 @@ class OverloadGuard:
     def __init__(
         self,
         *,
-        late_after: float = 0.010,
+        late_after: float = 0.020,
         late_share: float = 0.05,
         window: float = 2.0,
         recover_after: float = 3.0,
