@@ -32,21 +32,22 @@ def test_silence_goes_out_in_full_batches() -> None:
     assert batcher.pending_bytes == 0 and batcher.deadline is None
 
 
-def test_voice_is_batched_and_speech_end_sends_the_partial_batch_at_once() -> None:
+def test_voice_goes_out_at_once_and_the_silence_after_it_frame_by_frame() -> None:
     batcher = AudioBatcher(batch_bytes=640, tail_bytes=320, max_delay=0.16)
-    out = frames(batcher, "vvvvvv" + "....")
-    # Four voiced frames fill a batch; the first silent frame after voice takes the two voiced
-    # frames still waiting with it, and the tail (320 bytes) goes frame by frame.
-    assert sizes(out) == [0, 0, 0, 640, 0, 0, 480, 160, 0, 0]
-    assert out[6] == VOICE * 2 + SILENT
+    out = frames(batcher, "..vvv" + "....")
+    # Silence waiting when the caller starts speaking goes out with the first voiced frame;
+    # voiced frames are never held (the turn's last words reach the recogniser at once), and
+    # the tail (320 bytes) goes frame by frame.
+    assert sizes(out) == [0, 0, 480, 160, 160, 160, 160, 0, 0]
+    assert out[2] == SILENT * 2 + VOICE
     # Past the tail, silence is batched again.
     assert sizes(frames(batcher, "..")) == [0, 640]
 
 
-def test_voice_after_a_tail_restarts_batching_and_a_new_tail() -> None:
+def test_voice_after_a_tail_starts_a_new_tail() -> None:
     batcher = AudioBatcher(batch_bytes=640, tail_bytes=160, max_delay=0.16)
-    out = frames(batcher, "v." + "vvvv" + ".")
-    assert sizes(out) == [0, 320, 0, 0, 0, 640, 160]
+    out = frames(batcher, "v." + "vvvv" + ".." + "....")
+    assert sizes(out) == [160, 160, 160, 160, 160, 160, 160, 0, 0, 0, 640, 0]
 
 
 def test_every_byte_comes_out_once_in_order() -> None:
