@@ -33,13 +33,20 @@ from typing import Any
 from deepgram import AsyncDeepgramClient
 
 from sipagent.providers.base import SttEvent, SttEventKind
-from sipagent.providers.deepgram_stt import SAMPLE_RATE, DeepgramSpeechToText
+from sipagent.providers.deepgram_stt import (
+    SAMPLE_RATE,
+    DeepgramSpeechToText,
+    connect_without_compression,
+)
 
 with warnings.catch_warnings():
     # The same import-time deprecation warnings as the v1 socket client (see deepgram_stt).
     warnings.simplefilter("ignore", DeprecationWarning)
-    import deepgram.listen.v2.raw_client  # noqa: F401  (the connect() the client delegates to)
+    import deepgram.listen.v2.client
+    import deepgram.listen.v2.raw_client
     from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo, ListenV2Warning
+
+connect_without_compression(deepgram.listen.v2.client, deepgram.listen.v2.raw_client)
 
 DEFAULT_FLUX_MODEL = "flux-general-en"
 # Between turns (no StartOfTurn open), a new connection gets only this much of the audio sent

@@ -42,7 +42,7 @@ with warnings.catch_warnings():
     # runs working). Only DeprecationWarnings raised while these modules load are affected.
     warnings.simplefilter("ignore", DeprecationWarning)
     import deepgram.listen.v1.client
-    import deepgram.listen.v1.raw_client  # noqa: F401  (the connect() the client delegates to)
+    import deepgram.listen.v1.raw_client
     from deepgram.listen.v1.socket_client import AsyncV1SocketClient
     from deepgram.listen.v1.types import (
         ListenV1Error,
@@ -52,6 +52,32 @@ with warnings.catch_warnings():
     )
 
 _log = logging.getLogger(__name__)
+
+
+def connect_without_compression(*sdk_modules: Any) -> None:
+    """Make the SDK's websocket connect offer no permessage-deflate (RFC 7692).
+
+    The SDK calls websockets' `connect` with its defaults, which offer compression; a server
+    that accepts it makes every audio message go through zlib both ways. Mu-law does not
+    compress, and at 50 calls the deflate of our audio messages was 4 % of the agent's CPU
+    samples (bench/results/capacity_receptionist_50calls_profile.svg). Not offering an
+    extension is always valid (RFC 6455 9.1), so any server accepts the connection. The SDK's
+    client and raw client each look the name up in their own module at every connect, so
+    replacing it there is enough; the SDK-surface test fails should a new SDK rename it."""
+    for module in sdk_modules:
+        sdk_connect = module.websockets_client_connect
+        if getattr(sdk_connect, "without_compression", False):
+            continue
+
+        def connect(*args: Any, _sdk_connect: Any = sdk_connect, **kwargs: Any) -> Any:
+            kwargs.setdefault("compression", None)
+            return _sdk_connect(*args, **kwargs)
+
+        connect.without_compression = True  # type: ignore[attr-defined]
+        module.websockets_client_connect = connect
+
+
+connect_without_compression(deepgram.listen.v1.client, deepgram.listen.v1.raw_client)
 
 SAMPLE_RATE = 8000  # mu-law: one byte per sample, so audio seconds = bytes / 8000
 _CHUNK_BYTES = 1600  # at most 200 ms per websocket message (matters when replaying)

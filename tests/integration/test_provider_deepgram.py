@@ -172,6 +172,8 @@ async def test_speech_gives_speech_started_partials_final_and_utterance_end(
         "smart_format": "true",
     }
     assert conn.headers["Authorization"] == f"Token {server.api_key}"
+    # No permessage-deflate offered: zlib over mu-law audio was 4 % of the agent's CPU.
+    assert "Sec-WebSocket-Extensions" not in conn.headers, conn.headers
     assert bytes(conn.audio) == sent
     assert conn.controls == ["CloseStream"]
     assert conn.sent[-1]["type"] == "Metadata"
@@ -473,16 +475,14 @@ async def test_batched_audio_is_fewer_messages_with_the_same_transcript_and_endp
     )
     assert bytes(batched_conn.audio) == bytes(plain_conn.audio) == sent
     assert plain_conn.audio_messages == [FRAME] * (len(sent) // FRAME)
-    # Silence away from speech and the tone went out 80 ms at a time, the tail after the tone
-    # (endpointing 300 ms + 200 ms: the first silent frame with the last voiced ones, then 24
-    # frames) frame by frame; a sender that falls behind under load joins a few of those.
-    assert len(batched_conn.audio_messages) < len(plain_conn.audio_messages) / 2
+    # Silence away from speech went out 80 ms at a time; the tone (40 voiced frames) and the
+    # tail after it (endpointing 300 ms + 200 ms: 25 frames) frame by frame, as they came; a
+    # sender that falls behind under load joins a few of those.
+    assert len(batched_conn.audio_messages) < 0.6 * len(plain_conn.audio_messages)
     assert max(batched_conn.audio_messages) == 640
-    assert batched_conn.audio_messages.count(FRAME) >= 12
+    assert batched_conn.audio_messages.count(FRAME) >= 50
     assert batched.text == plain.text == "Hello there." and batched.speech_final
-    # The end of the turn: the last voiced frames go out with the first silent one (one frame,
-    # 20 ms, later than unbatched: only that frame says the speech ended), the endpointing
-    # window's silence as it happens.
+    # The end of the turn is not delayed: the last voiced frame went out when it came.
     assert 0.25 <= batched_latency <= 0.8, batched_latency
     assert batched_latency - plain_latency < 0.1, (batched_latency, plain_latency)
     assert batched_conn.controls == ["CloseStream"]

@@ -63,6 +63,11 @@ USED_ATTRIBUTES = [
     ("deepgram.listen.v2.socket_client", "AsyncV2SocketClient.send_close_stream"),
     ("deepgram.listen.v1.raw_client", "AsyncRawV1Client.connect"),
     ("deepgram.listen.v2.raw_client", "AsyncRawV2Client.connect"),
+    # connect_without_compression replaces this module-level name, looked up at each connect.
+    ("deepgram.listen.v1.client", "websockets_client_connect"),
+    ("deepgram.listen.v1.raw_client", "websockets_client_connect"),
+    ("deepgram.listen.v2.client", "websockets_client_connect"),
+    ("deepgram.listen.v2.raw_client", "websockets_client_connect"),
 ]
 
 
