@@ -123,11 +123,12 @@ async def run_agent(
     endpoint = SipEndpoint(settings, build_app(settings.app, settings), on_call_ended=on_call_ended)
     await endpoint.start()
     status = await start_status_server(endpoint, settings.status_bind)
-    freeze_startup_objects()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    # After the handlers: a SIGTERM during the collection (~150 ms) killed the process.
+    freeze_startup_objects()
     if ready is not None:
         ready.set()
     try:
