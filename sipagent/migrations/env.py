@@ -54,6 +54,12 @@ def _configure(connection: Connection) -> None:
         # operations there; on PostgreSQL they run as plain ALTERs.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # Alembic treats SQLite's DDL as not transactional, so without this each migration
+        # commits on its own and a second process can take the write lock between two of
+        # them, read the older revision and run the newer migration again ("duplicate
+        # column name: worker" when four agents started together). SQLite's DDL is
+        # transactional: one BEGIN IMMEDIATE around the whole upgrade serialises them.
+        transactional_ddl=True,
     )
 
 
