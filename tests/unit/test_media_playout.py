@@ -214,7 +214,7 @@ def test_give_back_puts_the_rtp_clock_back_on_the_wall_clock() -> None:
     # lead goes back 1 ms per silent frame, so no interval on the wire is over 21 ms (given
     # back at once, the interval was 20 ms + the lead: up to 39 ms at every reply's end).
     rng = random.Random(3)
-    pacer = FramePacer(start=0.0, interval=0.02)
+    pacer = FramePacer(start=0.0, interval=0.02, give_back_step=0.001)
     now = 0.0
     for _ in range(200):  # 200 replies
         for _ in range(rng.randint(1, 30)):  # silence between them
@@ -252,7 +252,7 @@ def test_send_now_right_after_give_back_never_stacks_leads() -> None:
 
 
 def test_a_lead_not_yet_given_back_bounds_the_next_one() -> None:
-    pacer = FramePacer(start=0.0, interval=0.02)  # 1 ms back per silent frame
+    pacer = FramePacer(start=0.0, interval=0.02, give_back_step=0.001)
     pacer.due_frames(0.0)
     assert pacer.send_now(0.004)  # 16 ms ahead
     for _ in range(3):  # three silent frames give 3 ms back
