@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -61,6 +62,42 @@ def _host_of(host_header: str) -> str:
     if value.startswith("["):
         return value[1:].partition("]")[0]
     return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+Response = tuple[int, str, bytes, bool]  # status, content type, body, HEAD request
+
+
+async def answer_one_request(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    respond: Callable[[bytes], Response | Awaitable[Response]],
+) -> None:
+    """Read one request head, answer it with `respond(head)` and close the connection (the
+    status server's and the workers' supervisor's one request per connection)."""
+    try:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            return
+        answer = respond(head)
+        status, content_type, body, head_only = (
+            await answer if inspect.isawaitable(answer) else answer
+        )
+        headers = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(headers.encode("ascii") + (b"" if head_only else body))
+        await writer.drain()
+    except ConnectionError:
+        pass  # the client went away; nothing to answer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
 class StatusServer:
@@ -141,28 +178,7 @@ class StatusServer:
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                return
-            status, content_type, body, head_only = self._respond(head)
-            reason = _REASONS.get(status, "")
-            headers = (
-                f"HTTP/1.1 {status} {reason}\r\n"
-                f"Content-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(headers.encode("ascii") + (b"" if head_only else body))
-            await writer.drain()
-        except ConnectionError:
-            pass  # the client went away; nothing to answer
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        await answer_one_request(reader, writer, self._respond)
 
     def _respond(self, head: bytes) -> tuple[int, str, bytes, bool]:
         """(status, content type, body, HEAD request) for one request head."""

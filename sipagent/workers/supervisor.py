@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from sipagent.config import AgentSettings, parse_host_port
 
 # The single agent's Host-header rule, shared so both status servers refuse the same requests.
-from sipagent.observability.status import _host_of, _is_loopback
+from sipagent.observability.status import Response, _host_of, _is_loopback, answer_one_request
 from sipagent.workers.aggregate import WorkerView, merge_metrics, merge_status
 from sipagent.workers.plan import WorkerSpec, plan_workers, worker_environment
 from sipagent.workers.restarts import RestartPolicy
@@ -39,7 +39,6 @@ log = logging.getLogger("sipagent.workers")
 WORKER_COMMAND = (sys.executable, "-m", "sipagent.cli.main", "serve")
 STOP_TIMEOUT = 30.0  # a worker's drain: hang-ups, then up to 10 s of record writes
 SCRAPE_TIMEOUT = 2.0  # one worker's /status or /metrics; a stuck worker must not stall the rest
-REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_HEAD = 16 * 1024
 
 # Called with a dead worker's pid: ends the call records it left open; returns how many.
@@ -304,49 +303,31 @@ class Supervisor:
         )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                return
-            code, content_type, body = await self._respond(head)
-            writer.write(
-                f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode("ascii")
-                + body
-            )
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        await answer_one_request(reader, writer, self._respond)
 
-    async def _respond(self, head: bytes) -> tuple[int, str, bytes]:
+    async def _respond(self, head: bytes) -> Response:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split()
         if len(parts) != 3 or parts[0] != "GET":
-            return 405, "text/plain", b"only GET /status and /metrics\n"
+            return 405, "text/plain", b"only GET /status and /metrics\n", False
         hosts = [v for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "host"]
         assert self._server is not None
         bound_host = str(self._server.sockets[0].getsockname()[0])
         if hosts and _is_loopback(bound_host) and not _is_loopback(_host_of(hosts[0])):
             # As a single agent's status server: no DNS-rebinding page may read callers' numbers.
-            return 403, "text/plain", b"forbidden host\n"
+            return 403, "text/plain", b"forbidden host\n", False
         path = urlsplit(parts[1]).path.rstrip("/")
         try:
             if path == "/status":
                 document = await self.status()
-                return 200, "application/json", json.dumps(document, default=str).encode()
+                return 200, "application/json", json.dumps(document, default=str).encode(), False
             if path == "/metrics":
                 body, content_type = merge_metrics(await self.views("/metrics"))
-                return 200, content_type, body
+                return 200, content_type, body, False
         except Exception:
             log.exception("merged %s failed", path)
-            return 500, "text/plain", b"internal error\n"
-        return 404, "text/plain", b"not found: GET /status or /metrics\n"
+            return 500, "text/plain", b"internal error\n", False
+        return 404, "text/plain", b"not found: GET /status or /metrics\n", False
 
 
 async def fetch(host: str, port: int, path: str, timeout: float = SCRAPE_TIMEOUT) -> bytes | None:
