@@ -16,6 +16,32 @@ from tests.kit.agentlib import free_sip_port, rtp_range
 from tests.kit.peerlib.common import wait_udp_bound
 
 
+async def serve_echo_one_call(
+    sipp, audio_dir, port: int, *flags: str, hold_ms: int
+) -> tuple[int, str]:
+    """`sipagent serve --app echo FLAGS` on `port` answers one SIPp call, then gets SIGTERM:
+    (exit code, output)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo", *flags,
+        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=10)
+        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": hold_ms})  # fmt: skip
+        (await caller.run()).check()
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
 def test_serve_help_lists_every_setting():
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -66,24 +92,8 @@ async def test_serve_process_answers_and_stops_cleanly(sipp, audio_dir, tmp_path
 @pytest.mark.peers
 async def test_serve_logs_carry_the_call_id(sipp, audio_dir):
     port = free_sip_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
-        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        await wait_udp_bound(port, timeout=10)
-        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
-                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 1000})  # fmt: skip
-        (await caller.run()).check()
-        await asyncio.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(process.communicate(), 15)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    lines = output.decode().splitlines()
+    _, text = await serve_echo_one_call(sipp, audio_dir, port, hold_ms=1000)
+    lines = text.splitlines()
     ended = next(line for line in lines if " ended: caller hung up" in line)
     call_id = ended.split("call ", 1)[1].split(" ended")[0]
     assert f"[{call_id}]" in ended  # the context carries the Call-ID onto the line
@@ -144,26 +154,10 @@ def test_unknown_event_loop_is_refused():
 @pytest.mark.peers
 async def test_serve_on_uvloop_answers_a_call(sipp, audio_dir):
     pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
-    port = free_sip_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo", "--loop", "uvloop",
-        "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
-        "--verbose", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        await wait_udp_bound(port, timeout=10)
-        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
-                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 2000})  # fmt: skip
-        (await caller.run()).check()
-        await asyncio.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(process.communicate(), 15)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = output.decode()
-    assert process.returncode == 0, text
+    code, text = await serve_echo_one_call(
+        sipp, audio_dir, free_sip_port(), "--loop", "uvloop", "--verbose", hold_ms=2000
+    )
+    assert code == 0, text
     assert "event loop: uvloop" in text
     assert " ended: caller hung up" in text
     # The echo went both ways: the session's closing stats (--verbose) count packets each way.
