@@ -12,11 +12,34 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+
+
+async def wait_agent_bound(
+    process: asyncio.subprocess.Process, ports: Sequence[int], log: Path, timeout: float = 30.0
+) -> None:
+    """Wait until the agent process has bound every SIP port in `ports`; raise (with the tail
+    of its log) if it exits first or takes longer than `timeout` seconds."""
+    from tests.kit.peerlib.common import wait_udp_bound  # the scripts put the repo on sys.path
+
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(
+                    f"agent exited with {process.returncode}:\n"
+                    f"{log.read_text(errors='replace')[-3000:]}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await wait_udp_bound(port, timeout=0.2)
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent did not bind SIP port {port} within {timeout:.0f} s")
 
 
 def cpu_times() -> tuple[int, int]:

@@ -62,7 +62,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the test kit, as tests.kit
 
-from benchlib import free_port, machine_info, run_benchmark, sipagent_command  # noqa: E402
+from benchlib import (  # noqa: E402
+    free_port,
+    machine_info,
+    run_benchmark,
+    sipagent_command,
+    wait_agent_bound,
+)
 from conversation_bench.fakes import (  # noqa: E402
     ENDPOINTING_MS,
     LLM_FIRST_TOKEN_S,
@@ -87,7 +93,7 @@ from tests.kit.fakes.deepgram_server import FakeDeepgramServer  # noqa: E402
 from tests.kit.fakes.openai_server import FakeOpenAIServer, Reply  # noqa: E402
 from tests.kit.peerlib.audio import AudioLibrary  # noqa: E402
 from tests.kit.peerlib.capture import Capture, parse_rtp, read_udp_datagrams  # noqa: E402
-from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
+from tests.kit.peerlib.common import end_process, start_process  # noqa: E402
 from tests.kit.peerlib.sipp import Sipp  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -295,20 +301,8 @@ class Bench:
             self.agent_cmd, cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT,
             env=env,
         )  # fmt: skip
-        deadline = time.monotonic() + 40.0
         try:
-            for port in self.sip_ports:
-                while True:
-                    if self.agent.returncode is not None:
-                        raise RuntimeError(
-                            f"agent exited with {self.agent.returncode}:\n"
-                            f"{self.agent_log.read_text(errors='replace')[-3000:]}"
-                        )
-                    with contextlib.suppress(TimeoutError):
-                        await wait_udp_bound(port, timeout=0.2)
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"agent did not bind SIP port {port} within 40 s")
+            await wait_agent_bound(self.agent, self.sip_ports, self.agent_log, timeout=40.0)
             await asyncio.sleep(1.0)  # bound before its loop serves; imports settle
         except BaseException:
             await self.stop_agent()

@@ -79,10 +79,11 @@ from benchlib import (  # noqa: E402
     machine_info,
     run_benchmark,
     sipagent_command,
+    wait_agent_bound,
 )
 
 from tests.kit.peerlib.capture import Capture, Datagram, parse_rtp, read_udp_datagrams  # noqa: E402
-from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound  # noqa: E402
+from tests.kit.peerlib.common import end_process, start_process  # noqa: E402
 from tests.kit.peerlib.sipp import Sipp  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -495,18 +496,7 @@ class Bench:
             env=env,
         )
         try:
-            deadline = time.monotonic() + 30.0
-            while True:
-                if self.agent_proc.returncode is not None:
-                    raise RuntimeError(
-                        f"agent exited with {self.agent_proc.returncode}:\n"
-                        f"{self.agent_log.read_text(errors='replace')}"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await wait_udp_bound(self.agent_port, timeout=0.2)
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("agent did not bind its SIP port within 30 s")
+            await wait_agent_bound(self.agent_proc, [self.agent_port], self.agent_log)
             await asyncio.sleep(0.3)  # bound before the event loop serves: let it settle
         except BaseException:
             await self.stop_agent()

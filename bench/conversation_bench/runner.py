@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -19,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_times, free_port, sipagent_command
+from benchlib import cpu_times, free_port, sipagent_command, wait_agent_bound
 
 import tests.kit.fakes.deepgram_server as dg_fake
 from tests.kit.fakes.openai_server import Reply
 from tests.kit.peerlib.audio import AudioLibrary
 from tests.kit.peerlib.capture import Capture
-from tests.kit.peerlib.common import end_process, start_process, wait_udp_bound
+from tests.kit.peerlib.common import end_process, start_process
 from tests.kit.peerlib.sipp import Sipp
 
 from .fakes import (
@@ -174,17 +173,7 @@ class Bench:
         )
         self.own_pids.add(proc.pid)
         try:
-            deadline = time.monotonic() + 30.0
-            while True:
-                if proc.returncode is not None:
-                    raise RuntimeError(
-                        f"agent exited with {proc.returncode}:\n{log_path.read_text('utf-8')}"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await wait_udp_bound(port, timeout=0.2)
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("agent did not bind its SIP port within 30 s")
+            await wait_agent_bound(proc, [port], log_path)
             await asyncio.sleep(0.5)  # bound before its loop serves; let imports settle
         except BaseException:
             await end_process(proc)
