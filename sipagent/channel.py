@@ -87,6 +87,12 @@ class CallChannel(Protocol):
         """Queue audio for the caller; it is paced out in 20 ms frames."""
         ...
 
+    def end_talkspurt(self) -> None:
+        """Say that the audio played so far is a whole utterance: the silence after it is the
+        end of speech, not a source that fell behind (the RTP clock's lead then goes back
+        gently instead of in one long interval)."""
+        ...
+
     def flush(self) -> int:
         """Drop all queued outgoing audio now; returns the bytes dropped."""
         ...

@@ -591,6 +591,7 @@ class ConversationSession:
             reply,
             self.voices,
             play=self.call.play,
+            end_talkspurt=self.call.end_talkspurt,
             talkspurt_started=lambda: self.call.media_times.talkspurt_started_at,
             first_packet_sent=self.call.first_packet_sent,
             clock=self.clock,

@@ -92,6 +92,7 @@ class Speaker:
         voices: Voices,
         *,
         play: Callable[[bytes], None],
+        end_talkspurt: Callable[[], None],
         talkspurt_started: Callable[[], float | None],
         first_packet_sent: Callable[[float | None], Awaitable[float | None]],
         clock: Callable[[], float],
@@ -100,6 +101,7 @@ class Speaker:
         self.reply = reply
         self.voices = voices
         self._play = play
+        self._end_talkspurt = end_talkspurt
         self._talkspurt_started = talkspurt_started
         self._first_packet_sent = first_packet_sent
         self._clock = clock
@@ -205,6 +207,9 @@ class Speaker:
                 if first:
                     self._note_first_packet(before)
                     self._on_audible()  # after play: not on the first frame's path
+        if reply.started_speaking and not reply.cut:
+            # The whole reply is queued: the quiet after it is its end, not slow TTS.
+            self._end_talkspurt()
 
     def _note_first_packet(self, before: float | None) -> None:
         """Record the wire time of the reply's first RTP packet: at once if play() sent it

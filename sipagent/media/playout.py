@@ -40,6 +40,9 @@ class OutgoingFrame:
     payload: bytes
     marker: bool  # first voiced frame of a talkspurt (RFC 3551 section 4.1)
     voiced: bool  # False: filler silence because nothing was queued
+    # The first silent frame after a talkspurt its producer had not said was complete
+    # (`end_talkspurt`): the producer fell behind, it did not stop.
+    underrun: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ class PlayoutQueue:
         # Deleting from the front of a bytearray is amortised O(1) in CPython.
         self._buffer = bytearray()
         self._in_talkspurt = False
+        self._talkspurt_complete = False  # end_talkspurt: the queued audio is all there is
+        self._start_waited = False  # a talkspurt's lone first frame was held for one tick
         self.sent_audio_bytes = 0
         self.frames_out = 0
         self.paused = False
@@ -79,6 +84,13 @@ class PlayoutQueue:
 
     def enqueue(self, audio: bytes) -> None:
         self._buffer += audio
+        self._talkspurt_complete = False
+
+    def end_talkspurt(self) -> None:
+        """The producer says the audio queued so far ends its utterance: the silence after it
+        is the end of speech, not an underrun (the pacer then eases its lead back)."""
+        if self._buffer:
+            self._talkspurt_complete = True
 
     def next_frame(self) -> OutgoingFrame:
         """The frame to send now: queued audio if any, else silence. Never blocks or fails."""
@@ -87,13 +99,23 @@ class PlayoutQueue:
         size = self.frame_bytes
         available = len(buffer)
         if not available or self.paused:
-            self._in_talkspurt = False
+            return self._silence()
+        # A talkspurt from a live source (an echo, a relay: a frame every 20 ms, just in time)
+        # starts with a frame in hand, so each later frame has a whole frame of slack against
+        # arrival jitter; started on a lone frame, its slack is the random phase between
+        # arrival and tick, and a frame a millisecond late left a hole (one tick's wait).
+        if (
+            not self._in_talkspurt
+            and available < 2 * size
+            and not self._talkspurt_complete
+            and not self._start_waited
+        ):
+            self._start_waited = True
             return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
         if self.lag_frames:
             available = self._shed_quiet_frames()
             if not available:
-                self._in_talkspurt = False
-                return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
+                return self._silence()
         if available >= size:
             payload = bytes(buffer[:size])
             del buffer[:size]
@@ -104,7 +126,14 @@ class PlayoutQueue:
             self.sent_audio_bytes += available
         marker = not self._in_talkspurt
         self._in_talkspurt = True
+        self._start_waited = False
         return OutgoingFrame(payload, marker=marker, voiced=True)
+
+    def _silence(self) -> OutgoingFrame:
+        underrun = self._in_talkspurt and not self._talkspurt_complete and not self.paused
+        self._in_talkspurt = False
+        self._talkspurt_complete = False
+        return OutgoingFrame(self._silence_frame, marker=False, voiced=False, underrun=underrun)
 
     def _shed_quiet_frames(self) -> int:
         """Drop quiet whole frames from the head while lag is owed; returns what is left.
@@ -136,6 +165,8 @@ class PlayoutQueue:
         dropped = len(self._buffer)
         self._buffer = bytearray()
         self._in_talkspurt = False
+        self._talkspurt_complete = False
+        self._start_waited = False
         self.paused = False
         self.lag_frames = 0  # the delay was in the audio dropped: the next reply starts on time
         return FlushResult(dropped_bytes=dropped, dropped_ms=dropped / _BYTES_PER_MS)
@@ -143,11 +174,15 @@ class PlayoutQueue:
     @property
     def talkspurt_ready(self) -> bool:
         """The line is quiet (between talkspurts, not paused) and two whole frames wait: one
-        to send now, rather than at the next tick, and one for that tick. A producer that
-        delivers only just in time (an echo, audio streamed at real-time speed) never has two
-        queued, so its frames keep the tick's phase and its slack against underruns."""
+        to send now, rather than at the next tick, and one for that tick. Not when the tick
+        already held a lone first frame (next_frame): that producer delivers just in time
+        (an echo, audio at real-time speed), and starting its talkspurt now would put the
+        tick on its arrival phase, with no slack against jitter."""
         return (
-            not self._in_talkspurt and not self.paused and len(self._buffer) >= 2 * self.frame_bytes
+            not self._in_talkspurt
+            and not self.paused
+            and not self._start_waited
+            and len(self._buffer) >= 2 * self.frame_bytes
         )
 
     @property
@@ -188,13 +223,16 @@ class FramePacer:
     out at once and moves the whole schedule earlier by as much (0-20 ms, on average
     half a frame off every reply's latency). RTP timestamps stay contiguous, so the
     stream's timestamps now run `ahead` of the wall clock; `give_back`, called for each
-    silent frame, moves the schedule later again by at most `give_back_step` per frame, so
-    the RTP clock never drifts from real time over a call. The default gives it all back at
-    the first silent frame: one silence interval up to 39 ms long at every reply's end (a
-    pacing error of up to 19 ms on the wire, bench/capacity.py). 1 ms per frame keeps every
-    interval within 21 ms, but a source that arrives just in time (the echo app) then stays
-    ahead of its audio after an underrun and underran again (1 run in 6 of the echo test),
-    so it is not the default yet.
+    silent frame, moves the schedule later again, so the RTP clock never drifts from real
+    time over a call. How fast depends on why the line went quiet:
+    - the talkspurt ended (its producer said so, PlayoutQueue.end_talkspurt): at most
+      `give_back_step` (1 ms) per silent frame, so no interval on the wire is over 21 ms
+      (all at once made one interval of up to 39 ms at every reply's end, a pacing error of
+      up to 19 ms: the largest part of the p99 in bench/capacity.py);
+    - an underrun (the producer fell behind: an echo, a relay, slow TTS): all at once, so
+      the next frame's slot waits for audio that arrives just in time instead of staying
+      ahead of it and underrunning again (gradual there made the echo test's source
+      underrun in 1 run of 6).
     """
 
     def __init__(
@@ -202,7 +240,7 @@ class FramePacer:
         start: float,
         interval: float = 0.02,
         max_catch_up_frames: int = 2,
-        give_back_step: float = 0.02,
+        give_back_step: float = 0.001,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -266,9 +304,9 @@ class FramePacer:
         self.frames_sent += 1
         return True
 
-    def give_back(self) -> None:
+    def give_back(self, at_once: bool = False) -> None:
         """Undo (part of) the shifts of `send_now`: the next deadline moves later by `ahead`,
-        at most `give_back_step`."""
-        step = min(self.ahead, self.give_back_step)
+        at most `give_back_step` unless `at_once` (after an underrun)."""
+        step = self.ahead if at_once else min(self.ahead, self.give_back_step)
         self.start += step
         self.ahead = 0.0 if step >= self.ahead else self.ahead - step

@@ -237,6 +237,10 @@ class RtpSession:
         ):
             self._send_next_frame()
 
+    def end_talkspurt(self) -> None:
+        """The audio played so far ends an utterance (PlayoutQueue.end_talkspurt)."""
+        self._queue.end_talkspurt()
+
     def flush(self) -> FlushResult:
         """Drop all queued outgoing audio (barge-in).
 
@@ -459,8 +463,9 @@ class RtpSession:
                 if self._talkspurt_waiters:
                     self._resolve_talkspurt(self.talkspurt_started_at)
         elif self._pacer is not None and self._pacer.ahead:
-            # Silence on the line: put the RTP clock back on the wall clock (FramePacer).
-            self._pacer.give_back()
+            # Silence on the line: put the RTP clock back on the wall clock (FramePacer), at
+            # once if the producer fell behind, gently if its talkspurt ended.
+            self._pacer.give_back(at_once=frame.underrun)
 
     def _deliver_inbound(self, payload: bytes) -> None:
         partial = self._inbound_partial

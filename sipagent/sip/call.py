@@ -132,6 +132,10 @@ class Call:
         if self.rtp is not None and self.state != CallState.ENDED:
             self.rtp.play(mulaw)
 
+    def end_talkspurt(self) -> None:
+        if self.rtp is not None:
+            self.rtp.end_talkspurt()
+
     def flush(self) -> int:
         if self.rtp is None:
             return 0

@@ -26,6 +26,7 @@ class MemoryCall:
     def __init__(self) -> None:
         self.played = bytearray()
         self.played_at_flush: list[int] = []
+        self.talkspurts_ended = 0
         self.media_times = MediaTimes()
         self.info = CallInfo(self.call_id, self.caller, "sip:agent@127.0.0.1", None, None)
         self.transfers: list[str] = []
@@ -71,6 +72,9 @@ class MemoryCall:
         stamp = asyncio.get_running_loop().time() + len(self.wire_stamps) * 1e-6  # distinct
         self.media_times = MediaTimes(talkspurt_started_at=stamp)
         self.wire_stamps.append(stamp)
+
+    def end_talkspurt(self) -> None:
+        self.talkspurts_ended += 1
 
     def flush(self) -> int:
         self.played_at_flush.append(len(self.played))

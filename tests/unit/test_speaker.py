@@ -32,6 +32,9 @@ class Line:
     def audible(self) -> None:
         self.events.append("audible")
 
+    def end_talkspurt(self) -> None:
+        self.events.append("end")
+
     async def first_packet_sent(self, previous: float | None) -> float | None:
         return self.talkspurt
 
@@ -41,6 +44,7 @@ def speaker_for(line: Line, voices: Voices, reply: Reply | None = None) -> Speak
         reply or Reply(0.0, TurnTimings(), history_start=1),
         voices,
         play=line.play,
+        end_talkspurt=line.end_talkspurt,
         talkspurt_started=lambda: line.talkspurt,
         first_packet_sent=line.first_packet_sent,
         clock=lambda: line.now,
@@ -77,7 +81,8 @@ async def test_sentences_play_in_order_even_when_a_later_one_is_ready_first() ->
     tts.first.set()
     await speaker.finish()
     await speaker.close()
-    assert line.events == ["play O", "audible", "play T"]
+    # The reply's end is said once, after its last audio: its silence is not an underrun.
+    assert line.events == ["play O", "audible", "play T", "end"]
     assert speaker.reply.timings.first_reply_packet == 100.0
     assert speaker.reply.timings.tts_first_byte == 100.0
     assert [c.audio_ms for c in speaker.reply.chunks] == [20.0, 20.0]
@@ -94,6 +99,7 @@ async def test_a_cut_reply_plays_nothing_more() -> None:
     await speaker.finish()
     await speaker.close()
     assert line.audio == b"" and "audible" not in line.events
+    assert "end" not in line.events  # the flush ended it; nothing to ease out
 
 
 class FailingTts:
