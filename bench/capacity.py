@@ -278,8 +278,9 @@ class Bench:
         self.agent_cmd = [
             *sipagent_command(), "serve", "--app", args.app,
             "--bind", f"{LOOPBACK}:{self.base_port}", "--rtp-ports", args.rtp_ports,
-            "--max-calls", str(args.max_calls or 2 * top),
         ]  # fmt: skip
+        if args.max_calls != 0:  # 0: the agent's own default, as a deployment runs it
+            self.agent_cmd += ["--max-calls", str(args.max_calls or 2 * top)]
         self.agent_cmd += ["--workers", str(args.workers)]
         if args.loop:
             self.agent_cmd += ["--loop", args.loop]
@@ -650,7 +651,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat the ladder (memory growth)")
     p.add_argument("--workers", type=int, default=1, help="sipagent serve --workers")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="sipagent serve --loop")
-    p.add_argument("--max-calls", type=int, help="the agent's --max-calls (default 2 x top)")
+    p.add_argument(
+        "--max-calls", type=int,
+        help="the agent's --max-calls (default 2 x top; 0: the agent's own default)",
+    )  # fmt: skip
     p.add_argument("--rate", type=int, default=10, help="new calls per second (SIPp -r)")
     p.add_argument("--seconds", type=float, default=20.0, help="echo: call length, s")
     p.add_argument("--turns", type=int, default=4, help="receptionist: utterances per call")

@@ -27,7 +27,7 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionLimits:
-    max_calls: int = 50  # confirmed calls
+    max_calls: int = 40  # confirmed calls (Settings.max_calls)
     max_unconfirmed_per_source: int = 8
     invites_per_second: float = 20.0  # per source, sustained
     invite_burst: int = 40  # per source
