@@ -120,14 +120,15 @@ async def run_agent(
     (tools such as the benchmarks read the sessions' timings there)."""
     loop = asyncio.get_running_loop()
     log.info("event loop: %s", "asyncio" if isinstance(loop, asyncio.BaseEventLoop) else "uvloop")
-    endpoint = SipEndpoint(settings, build_app(settings.app, settings), on_call_ended=on_call_ended)
-    await endpoint.start()
-    status = await start_status_server(endpoint, settings.status_bind)
+    # The stop handlers come first: a supervisor may send SIGTERM the instant the SIP port
+    # answers, and without them the signal killed the process (no hang-ups, no records).
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    # After the handlers: a SIGTERM during the collection (~150 ms) killed the process.
+    endpoint = SipEndpoint(settings, build_app(settings.app, settings), on_call_ended=on_call_ended)
+    await endpoint.start()
+    status = await start_status_server(endpoint, settings.status_bind)
     freeze_startup_objects()
     if ready is not None:
         ready.set()

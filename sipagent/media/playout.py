@@ -174,16 +174,13 @@ class PlayoutQueue:
     @property
     def talkspurt_ready(self) -> bool:
         """The line is quiet (between talkspurts, not paused) and two whole frames wait: one
-        to send now, rather than at the next tick, and one for that tick. Not when the tick
-        already held a lone first frame (next_frame): that producer delivers just in time
-        (an echo, audio at real-time speed), and starting its talkspurt now would put the
-        tick on its arrival phase, with no slack against jitter."""
-        return (
-            not self._in_talkspurt
-            and not self.paused
-            and not self._start_waited
-            and len(self._buffer) >= 2 * self.frame_bytes
-        )
+        to send now, rather than at the next tick, and one for that tick. Three when the tick
+        already held a lone first frame (next_frame): a live source (an echo, audio at
+        real-time speed) has two by the next tick and no more, and starting it now would put
+        the tick on its arrival phase, with no slack against jitter; a faster producer (TTS,
+        whose first chunk may be a single frame) gets there within milliseconds."""
+        needed = (3 if self._start_waited else 2) * self.frame_bytes
+        return not self._in_talkspurt and not self.paused and len(self._buffer) >= needed
 
     @property
     def queued_bytes(self) -> int:

@@ -456,6 +456,21 @@ def test_a_live_source_with_jitter_is_echoed_without_a_hole(phase: float) -> Non
     assert line.pacer.frames_skipped == 0
 
 
+def test_a_fast_producer_whose_first_chunk_is_one_frame_still_starts_at_once() -> None:
+    # TTS streams faster than real time in uneven chunks (the fake ElevenLabs: 20, 30 and
+    # 40 ms); a tick between its first chunk (one frame) and the rest must not hold the reply
+    # for another tick: two and a half frames in 1 ms is no live source.
+    queue = PlayoutQueue()
+    queue.enqueue(word(0))
+    assert not queue.talkspurt_ready
+    assert not queue.next_frame().voiced  # the tick holds the lone frame
+    queue.enqueue(word(1) + word(2)[:80])
+    assert not queue.talkspurt_ready  # two frames: maybe a live source's second one
+    queue.enqueue(word(2)[80:] + word(3) + word(4)[:80])
+    assert queue.talkspurt_ready  # faster than real time: start it now (send_now)
+    assert queue.next_frame().marker
+
+
 # -- after a stall: speech intact, no burst, and the delay shed in the next pause ---------------
 
 QUIET = bytes([0xF0, 0x70, 0xE8, 0x68]) * 40  # low noise (peak 244 of 32767): a pause
