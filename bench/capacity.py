@@ -282,6 +282,8 @@ class Bench:
         if args.max_calls != 0:  # 0: the agent's own default, as a deployment runs it
             self.agent_cmd += ["--max-calls", str(args.max_calls or 2 * top)]
         self.agent_cmd += ["--workers", str(args.workers)]
+        if args.realtime_priority:
+            self.agent_cmd += ["--realtime-priority", str(args.realtime_priority)]
         if args.loop:
             self.agent_cmd += ["--loop", args.loop]
         env = {
@@ -651,6 +653,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat the ladder (memory growth)")
     p.add_argument("--workers", type=int, default=1, help="sipagent serve --workers")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="sipagent serve --loop")
+    p.add_argument(
+        "--realtime-priority", type=int, default=0,
+        help="sipagent serve --realtime-priority (SCHED_RR; the fakes and SIPp stay normal)",
+    )  # fmt: skip
     p.add_argument(
         "--max-calls", type=int,
         help="the agent's --max-calls (default 2 x top; 0: the agent's own default)",

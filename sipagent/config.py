@@ -137,6 +137,14 @@ class AgentSettings(BaseSettings):
     max_calls: int = Field(
         40, ge=1, description="concurrent calls per process; more get 486 Busy Here"
     )
+    realtime_priority: int = Field(
+        0,
+        ge=0,
+        le=99,
+        description="run each agent process under SCHED_RR at this priority, as `asterisk -p` "
+        "does: its media before the machine's other work (needs root or CAP_SYS_NICE; without "
+        "it a warning and normal scheduling); 0 = normal scheduling",
+    )
     workers: int = Field(
         0,
         ge=0,

@@ -164,3 +164,34 @@ async def test_serve_on_uvloop_answers_a_call(sipp, audio_dir):
     packets_in = int(re.search(r"packets_in=(\d+)", text).group(1))  # type: ignore[union-attr]
     packets_out = int(re.search(r"packets_out=(\d+)", text).group(1))  # type: ignore[union-attr]
     assert packets_in >= 50 and packets_out >= 50, (packets_in, packets_out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_RR needs root or CAP_SYS_NICE")
+async def test_serve_realtime_priority_puts_the_agent_under_sched_rr(sipp, audio_dir):
+    # As `asterisk -p`: the agent's media before the machine's other work. Every thread of
+    # the process (the loop's, the database's, the executor's) inherits it.
+    port = free_sip_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
+        "--realtime-priority", "7", "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(),
+        "--status-bind", "", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await wait_udp_bound(port, timeout=10)
+        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
+                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 1000})  # fmt: skip
+        (await caller.run()).check()  # a call, so the threads a call starts exist too
+        threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")]
+        policies = {tid: os.sched_getscheduler(tid) for tid in threads}
+        priorities = {tid: os.sched_getparam(tid).sched_priority for tid in threads}
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "scheduling: SCHED_RR, priority 7" in text
+    assert set(policies.values()) == {os.SCHED_RR}, (policies, text[-2000:])
+    assert set(priorities.values()) == {7}
