@@ -67,6 +67,11 @@ class PlayoutQueue:
         self.frame_bytes = frame_bytes
         self.silence_byte = silence_byte
         self._silence_frame = bytes([silence_byte]) * frame_bytes
+        # Most frames of a call are silence: two shared (frozen) frames, not one per 20 ms.
+        self._quiet = OutgoingFrame(self._silence_frame, marker=False, voiced=False)
+        self._underrun = OutgoingFrame(
+            self._silence_frame, marker=False, voiced=False, underrun=True
+        )
         # Deleting from the front of a bytearray is amortised O(1) in CPython.
         self._buffer = bytearray()
         self._in_talkspurt = False
@@ -111,7 +116,7 @@ class PlayoutQueue:
             and not self._start_waited
         ):
             self._start_waited = True
-            return OutgoingFrame(self._silence_frame, marker=False, voiced=False)
+            return self._quiet
         if self.lag_frames:
             available = self._shed_quiet_frames()
             if not available:
@@ -133,7 +138,7 @@ class PlayoutQueue:
         underrun = self._in_talkspurt and not self._talkspurt_complete and not self.paused
         self._in_talkspurt = False
         self._talkspurt_complete = False
-        return OutgoingFrame(self._silence_frame, marker=False, voiced=False, underrun=underrun)
+        return self._underrun if underrun else self._quiet
 
     def _shed_quiet_frames(self) -> int:
         """Drop quiet whole frames from the head while lag is owed; returns what is left.

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 
 import pytest
 from typer.testing import CliRunner
@@ -17,10 +18,11 @@ from tests.kit.peerlib.common import wait_udp_bound
 
 
 async def serve_echo_one_call(
-    sipp, audio_dir, port: int, *flags: str, hold_ms: int
-) -> tuple[int, str]:
+    sipp, audio_dir, port: int, *flags: str, hold_ms: int,
+    after_call: Callable[[int], None] = lambda pid: None,
+) -> tuple[int, str]:  # fmt: skip
     """`sipagent serve --app echo FLAGS` on `port` answers one SIPp call, then gets SIGTERM:
-    (exit code, output)."""
+    (exit code, output). `after_call(pid)` looks at the agent process before the SIGTERM."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo", *flags,
         "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(), "--status-bind", "",
@@ -31,6 +33,7 @@ async def serve_echo_one_call(
         caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
                       params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": hold_ms})  # fmt: skip
         (await caller.run()).check()
+        after_call(process.pid)
         await asyncio.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), 15)
@@ -170,28 +173,19 @@ async def test_serve_on_uvloop_answers_a_call(sipp, audio_dir):
 async def test_serve_realtime_priority_puts_the_agent_under_sched_rr(sipp, audio_dir):
     # As `asterisk -p`: the agent's media before the machine's other work. Every thread of
     # the process (the loop's, the database's, the executor's) inherits it.
-    port = free_sip_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sipagent.cli.main", "serve", "--app", "echo",
-        "--realtime-priority", "7", "--bind", f"127.0.0.1:{port}", "--rtp-ports", rtp_range(),
-        "--status-bind", "", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    policies: dict[int, int] = {}
+    priorities: dict[int, int] = {}
+
+    def read_scheduling(pid: int) -> None:  # after a call: the threads a call starts exist too
+        for tid in (int(name) for name in os.listdir(f"/proc/{pid}/task")):
+            policies[tid] = os.sched_getscheduler(tid)
+            priorities[tid] = os.sched_getparam(tid).sched_priority
+
+    code, text = await serve_echo_one_call(
+        sipp, audio_dir, free_sip_port(), "--realtime-priority", "7", hold_ms=1000,
+        after_call=read_scheduling,
     )  # fmt: skip
-    try:
-        await wait_udp_bound(port, timeout=10)
-        caller = sipp("uac_call.xml", remote=f"127.0.0.1:{port}", service="agent",
-                      params={"AUDIO": audio_dir / "pattern.ulaw", "HOLD_MS": 1000})  # fmt: skip
-        (await caller.run()).check()  # a call, so the threads a call starts exist too
-        threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")]
-        policies = {tid: os.sched_getscheduler(tid) for tid in threads}
-        priorities = {tid: os.sched_getparam(tid).sched_priority for tid in threads}
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(process.communicate(), 15)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = output.decode()
-    assert process.returncode == 0, text
+    assert code == 0, text
     assert "scheduling: SCHED_RR, priority 7" in text
     assert set(policies.values()) == {os.SCHED_RR}, (policies, text[-2000:])
     assert set(priorities.values()) == {7}
