@@ -33,6 +33,14 @@ start after the 200 OK, and how late the fakes themselves were (their own stamps
 chunk and TTS first chunk after the configured latency), which bounds how much of the
 "overhead" is the fakes' (same machine, same two cores).
 
+The benchmark shares the machine with the agent. Each step also reports the whole machine's
+busy and *steal* shares (/proc/stat: time the hypervisor gave these virtual CPUs to another
+guest; 2 % or more is listed as an anomaly, since such stalls hit the agent, the fakes and
+tcpdump at once) and, with workers, the pacing of each worker's calls (the workers share
+the cores but not an event loop: a paired comparison within one run, under the same noise).
+``--everything-realtime N`` runs this process, and so SIPp, tcpdump and the agent it starts,
+at SCHED_RR N: nobody favoured, each process runs until it blocks.
+
 Results: markdown on stdout, JSON in ``bench/results/capacity_<app>.json``; with ``--profile``
 a py-spy flame graph of the agent during the largest step in ``bench/results/``.
 """
@@ -155,6 +163,24 @@ def tree_rss_mb(pids: Sequence[int]) -> float:
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
     return total_kb / 1024
+
+
+# Time the hypervisor gave our virtual CPUs to someone else: the stalls it makes hit every
+# process on the machine at once (agent, fakes, tcpdump), and no scheduling here avoids them.
+STEAL_NOTED_PCT = 2.0
+
+
+def proc_stat_cpu() -> list[int]:
+    """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def cpu_shares(before: Sequence[int], after: Sequence[int]) -> dict[str, float]:
+    """The whole machine's busy and steal shares (% of all CPUs' time) between two samples."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    busy = total - delta[3] - delta[4] - delta[7]
+    return {"busy": round(100.0 * busy / total, 1), "steal": round(100.0 * delta[7] / total, 1)}
 
 
 def sip_ports_of(base: int, workers: int) -> list[int]:
@@ -381,6 +407,7 @@ class Bench:
         rss_before = tree_rss_mb(pids)
         cpu_before, wall_before = tree_cpu_seconds(pids), time.monotonic()
         own_cpu_before = time.process_time()
+        stat_before = proc_stat_cpu()
         rss_peak = rss_before
         stop_sampling = asyncio.Event()
 
@@ -406,6 +433,7 @@ class Bench:
         wall = time.monotonic() - wall_before
         cpu_during = tree_cpu_seconds(self.agent_pids()) - cpu_before
         own_cpu = time.process_time() - own_cpu_before
+        machine = cpu_shares(stat_before, proc_stat_cpu())
         flame = await self.stop_profiler(profiler)
         await asyncio.sleep(SETTLE_S)
         stop_sampling.set()
@@ -414,8 +442,11 @@ class Bench:
 
         datagrams = read_udp_datagrams(capture.path)
         invites: dict[str, Any] = {}
+        port_of_call: dict[str, int] = {}  # Call-ID -> the worker's SIP port
         for port in self.sip_ports:
-            invites.update(sip_calls(datagrams, port))
+            calls_at = sip_calls(datagrams, port)
+            invites.update(calls_at)
+            port_of_call.update(dict.fromkeys(calls_at, port))
         statuses: dict[str, int] = {}
         for c in invites.values():
             key = str(c.final_status) if c.final_status is not None else "none"
@@ -425,6 +456,19 @@ class Bench:
         pacing = interval_stats(streams, args.warmup)
         per_stream = pacing.pop("per_stream")
         late_calls = sum(1 for s in per_stream if (s["error_ms"]["p99"] or 0) > PACING_LATE_MS)
+        by_worker: list[dict[str, Any]] = []
+        if args.workers > 1:  # workers share the cores but not the event loop: say each one's
+            for port in self.sip_ports:
+                mine = {c.agent_rtp_port for k, c in invites.items()
+                        if port_of_call.get(k) == port and c in answered}  # fmt: skip
+                worker = interval_stats(rtp_streams(datagrams, src_ports=mine), args.warmup)
+                worker_streams = worker.pop("per_stream")
+                by_worker.append({
+                    "sip_port": port, "calls": len(mine), "error_ms": worker["error_ms"],
+                    "calls_with_p99_over_5ms": sum(
+                        1 for s in worker_streams if (s["error_ms"]["p99"] or 0) > PACING_LATE_MS
+                    ),
+                })  # fmt: skip
         row: dict[str, Any] = {
             "step": name,
             "app": args.app,
@@ -437,6 +481,7 @@ class Bench:
             "invite_to_200": invite_stats(invites),
             "agent_cpu_pct": round(100.0 * cpu_during / wall, 1) if wall > 0 else None,
             "bench_process_cpu_pct": round(100.0 * own_cpu / wall, 1) if wall > 0 else None,
+            "machine_cpu_pct": machine,
             "rss_mb": {
                 "before": round(rss_before, 1),
                 "peak": round(rss_peak, 1),
@@ -449,6 +494,7 @@ class Bench:
                 "calls_with_p99_over_5ms_pct": round(100.0 * late_calls / len(per_stream), 1)
                 if per_stream
                 else None,
+                "by_worker": by_worker,
             },
             "sipp": [
                 {"command": shlex.join(s.args()), "returncode": r.returncode, "ok": r.ok}
@@ -467,6 +513,10 @@ class Bench:
         if len(streams) != len(answered):
             self.anomalies.append(
                 f"{name}: {len(answered)} calls answered, {len(streams)} agent RTP streams"
+            )
+        if machine["steal"] >= STEAL_NOTED_PCT:
+            self.anomalies.append(
+                f"{name}: the hypervisor took {machine['steal']:.1f} % of the CPUs' time (steal)"
             )
         if row["tcpdump_dropped"]:
             self.anomalies.append(f"{name}: tcpdump dropped {row['tcpdump_dropped']} packets")
@@ -608,7 +658,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     receptionist = s["app"] == "receptionist"
-    head = ["calls", "round", "answered / refused", "agent CPU %", "RSS MB before/peak/after",
+    head = ["calls", "round", "answered / refused", "agent CPU %", "machine busy / steal %",
+            "RSS MB before/peak/after",
             "MB per call", "pacing p50 / p99 / max ms", "calls p99 > 5 ms", "frames never sent",
             "INVITE-200 p99 ms"]  # fmt: skip
     if receptionist:
@@ -623,7 +674,9 @@ def markdown(report: dict[str, Any]) -> str:
         err = p["error_ms"]
         cells = [
             str(r["calls"]), str(r["round"]), f"{r['answered']} / {r['refused']}",
-            _f(r["agent_cpu_pct"]), f"{rss['before']:.0f} / {rss['peak']:.0f} / {rss['after']:.0f}",
+            _f(r["agent_cpu_pct"]),
+            f"{_f(m['busy'])} / {_f(m['steal'])}" if (m := r.get("machine_cpu_pct")) else "-",
+            f"{rss['before']:.0f} / {rss['peak']:.0f} / {rss['after']:.0f}",
             _f(r["rss_per_call_mb"], 2),
             f"{_f(err['p50'], 2)} / {_f(err['p99'], 2)} / {_f(err['max'], 1)}",
             f"{p['calls_with_p99_over_5ms']} ({_f(p['calls_with_p99_over_5ms_pct'])} %)",
@@ -639,6 +692,17 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_f(fl['llm_first_chunk']['p95'])} / {_f(fl['tts_first_chunk']['p95'])}",
             ]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
+    workers = [
+        f"- {r['step']}: " + "; ".join(
+            f"SIP port {w['sip_port']}: {w['calls']} calls, pacing p99"
+            f" {_f(w['error_ms']['p99'], 2)} ms, {w['calls_with_p99_over_5ms']} calls p99 > 5 ms"
+            for w in by_worker
+        )
+        for r in report["results"]
+        if (by_worker := r.get("pacing", {}).get("by_worker"))
+    ]  # fmt: skip
+    if workers:
+        out += ["", "Pacing by worker:", *workers]
     if report["anomalies"]:
         out += ["", "Anomalies:", *(f"- {a}" for a in report["anomalies"][:30])]
     return "\n".join(out)
