@@ -549,15 +549,28 @@ class Bench:
             received = self.elevenlabs.received_at.get(id(r))
             if sent is not None and received is not None:
                 tts_late.append((sent - received - TTS_FIRST_BYTE_S) * 1000)
+        stt_late = []  # the fake's speech_final Results: written how long after they were due
+        assert self.deepgram is not None
+        for conn in self.deepgram.connections[self._stt_seen :]:
+            stt_late.extend(
+                late * 1000
+                for message, late in zip(conn.sent, conn.sent_late, strict=False)
+                if message.get("type") == "Results" and message.get("speech_final")
+            )
         self._llm_seen = len(self.openai.requests)
         self._tts_seen = len(self.elevenlabs.requests)
+        self._stt_seen = len(self.deepgram.connections)
         return {
             "turns": turns,
             "turns_unanswered": unanswered,
             "v2v_ms": pct(v2v),
             "overhead_ms": pct([x - nominal_ms for x in v2v]),
             "greeting_after_200_ms": pct(greeting),
-            "fakes_late_ms": {"llm_first_chunk": pct(llm_late), "tts_first_chunk": pct(tts_late)},
+            "fakes_late_ms": {
+                "stt_final": pct(stt_late),
+                "llm_first_chunk": pct(llm_late),
+                "tts_first_chunk": pct(tts_late),
+            },
         }
 
     # -- profiling ---------------------------------------------------------------------------
@@ -586,7 +599,7 @@ class Bench:
     async def run(self) -> list[dict[str, Any]]:
         args = self.args
         rows: list[dict[str, Any]] = []
-        self._llm_seen = self._tts_seen = 0
+        self._llm_seen = self._tts_seen = self._stt_seen = 0
         async with contextlib.AsyncExitStack() as stack:
             if args.app == "receptionist":
                 lib = AudioLibrary(self.workdir / "audio")
@@ -664,7 +677,8 @@ def markdown(report: dict[str, Any]) -> str:
             "INVITE-200 p99 ms"]  # fmt: skip
     if receptionist:
         head += ["v2v p50 / p95 ms", "overhead p50 / p95 ms", "unanswered turns",
-                 "greeting after 200 p50 / p95 ms", "fakes late p95 ms (LLM / TTS)"]  # fmt: skip
+                 "greeting after 200 p50 / p95 ms",
+                 "fakes late p95 ms (STT / LLM / TTS)"]  # fmt: skip
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         if "error" in r:
@@ -689,7 +703,8 @@ def markdown(report: dict[str, Any]) -> str:
             cells += [
                 f"{_f(v['p50'])} / {_f(v['p95'])}", f"{_f(o['p50'])} / {_f(o['p95'])}",
                 f"{r['turns_unanswered']} of {r['turns']}", f"{_f(g['p50'])} / {_f(g['p95'])}",
-                f"{_f(fl['llm_first_chunk']['p95'])} / {_f(fl['tts_first_chunk']['p95'])}",
+                " / ".join(_f(fl[k]["p95"]) if k in fl else "-"
+                           for k in ("stt_final", "llm_first_chunk", "tts_first_chunk")),
             ]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     workers = [

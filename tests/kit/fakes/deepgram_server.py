@@ -588,6 +588,9 @@ class FakeListenConnection:
     controls: list[str] = field(default_factory=list)  # text message types, in order
     control_offsets: list[int] = field(default_factory=list)  # audio bytes received before each
     sent: list[dict[str, Any]] = field(default_factory=list)  # JSON messages sent, in order
+    # For each message sent: how long after its due time it was written (the fake's own
+    # lateness: a loaded event loop sends the final late, and that is not the client's fault).
+    sent_late: list[float] = field(default_factory=list)
     closed_by: str = ""  # client | close_stream | drop | idle_timeout | server_stop
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -780,6 +783,7 @@ class FakeDeepgramServer(LoopbackServer):
                 except ConnectionError:
                     return
                 conn.sent.append(item.message)
+                conn.sent_late.append(max(0.0, loop.time() - item.due))
                 await self._notify()
             conn.closed_by = conn.closed_by or "close_stream"
             await ws.close(code=1000)
