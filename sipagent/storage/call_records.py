@@ -301,7 +301,7 @@ class CallRecorder:
         turns already there (re-recorded indexes), then one bulk INSERT and one bulk UPDATE.
 
         Bulk statements, not ORM objects: the unit of work (an object, its identity map
-        entry and its flush bookkeeping per turn) was ~10 % of a 100-call agent's CPU, in a
+        entry and its flush bookkeeping per turn) was ~10 % of a 100-call worker's samples, in a
         worker thread holding the GIL the media clock needs."""
         call_ids = {p.sip_call_id for p in batch}
         indexes = {p.index for p in batch}
