@@ -183,6 +183,11 @@ def cpu_shares(before: Sequence[int], after: Sequence[int]) -> dict[str, float]:
     return {"busy": round(100.0 * busy / total, 1), "steal": round(100.0 * delta[7] / total, 1)}
 
 
+def late_streams(per_stream: Sequence[dict[str, Any]]) -> int:
+    """How many streams' own pacing p99 is over PACING_LATE_MS."""
+    return sum(1 for s in per_stream if (s["error_ms"]["p99"] or 0) > PACING_LATE_MS)
+
+
 def sip_ports_of(base: int, workers: int) -> list[int]:
     """Worker i listens on base + i (`sipagent serve --workers`)."""
     return [base + i for i in range(workers)]
@@ -442,11 +447,10 @@ class Bench:
 
         datagrams = read_udp_datagrams(capture.path)
         invites: dict[str, Any] = {}
-        port_of_call: dict[str, int] = {}  # Call-ID -> the worker's SIP port
+        calls_by_port: dict[int, dict[str, Any]] = {}  # each worker's SIP port -> its calls
         for port in self.sip_ports:
-            calls_at = sip_calls(datagrams, port)
-            invites.update(calls_at)
-            port_of_call.update(dict.fromkeys(calls_at, port))
+            calls_by_port[port] = sip_calls(datagrams, port)
+            invites.update(calls_by_port[port])
         statuses: dict[str, int] = {}
         for c in invites.values():
             key = str(c.final_status) if c.final_status is not None else "none"
@@ -455,19 +459,16 @@ class Bench:
         streams = rtp_streams(datagrams, src_ports={c.agent_rtp_port for c in answered})
         pacing = interval_stats(streams, args.warmup)
         per_stream = pacing.pop("per_stream")
-        late_calls = sum(1 for s in per_stream if (s["error_ms"]["p99"] or 0) > PACING_LATE_MS)
+        late_calls = late_streams(per_stream)
         by_worker: list[dict[str, Any]] = []
         if args.workers > 1:  # workers share the cores but not the event loop: say each one's
-            for port in self.sip_ports:
-                mine = {c.agent_rtp_port for k, c in invites.items()
-                        if port_of_call.get(k) == port and c in answered}  # fmt: skip
+            for port, calls_at in calls_by_port.items():
+                mine = {c.agent_rtp_port for c in calls_at.values()
+                        if c.final_status == 200 and c.agent_rtp_port}  # fmt: skip
                 worker = interval_stats(rtp_streams(datagrams, src_ports=mine), args.warmup)
-                worker_streams = worker.pop("per_stream")
                 by_worker.append({
                     "sip_port": port, "calls": len(mine), "error_ms": worker["error_ms"],
-                    "calls_with_p99_over_5ms": sum(
-                        1 for s in worker_streams if (s["error_ms"]["p99"] or 0) > PACING_LATE_MS
-                    ),
+                    "calls_with_p99_over_5ms": late_streams(worker["per_stream"]),
                 })  # fmt: skip
         row: dict[str, Any] = {
             "step": name,
@@ -804,10 +805,10 @@ def run_everything_realtime(priority: int) -> None:
     overhead). At one realtime priority for all, each process runs until it blocks, in wake-up
     order, and nobody is favoured: the closest this machine gets to an agent with cores of
     its own."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
-    except OSError as error:  # PermissionError without root
-        raise SystemExit(f"--everything-realtime {priority}: refused ({error})") from None
+    from sipagent.agent import apply_realtime_priority
+
+    if not apply_realtime_priority(priority):  # it logs why
+        raise SystemExit(f"--everything-realtime {priority}: refused (needs root)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

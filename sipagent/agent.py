@@ -104,7 +104,7 @@ def apply_realtime_priority(priority: int) -> bool:
     """Put the calling thread (and the threads it starts later: they inherit it) under SCHED_RR
     at `priority` (0: leave the scheduling alone). A machine that also runs other work then
     gives the media its CPU first: on two cores shared with the capacity benchmark's own load,
-    100 calls on two workers kept pacing p99 at 4.7 ms instead of 8.7 ms (bench/capacity.py).
+    100 calls on two workers kept pacing p99 at 3.77 ms instead of 8.69 ms (bench/capacity.py).
     Without the privilege the agent still runs, at normal scheduling, and says so."""
     if priority <= 0:
         return False

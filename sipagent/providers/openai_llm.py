@@ -180,11 +180,6 @@ class OpenAILanguageModel:
             stream_cls=AsyncStream[object],
         )
 
-    async def _open_stream(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-    ) -> AsyncStream[object]:
-        return await self._post_stream(self._request_body(messages, tools))
-
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[LlmChunk]:
@@ -203,7 +198,7 @@ class OpenAILanguageModel:
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    sdk_stream = await self._open_stream(messages, tools)
+                    sdk_stream = await self._post_stream(self._request_body(messages, tools))
                 while True:
                     # Before the first real token only the first-token deadline applies (a
                     # bare role chunk says nothing about progress); after it, the idle bound.
