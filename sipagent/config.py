@@ -153,6 +153,12 @@ class AgentSettings(BaseSettings):
         "CPU core without --server, 1 when registering (a registrar rings every contact at "
         "once), 1 = a single process (no supervisor)",
     )
+    media_thread: bool = Field(
+        True,
+        description="send every call's RTP frames from a media-clock thread, not the event "
+        "loop: a loop busy with a provider's reply no longer delays the frames (the thread "
+        "takes the GIL within 1 ms); false = send from the event loop",
+    )
     event_loop: str = Field(
         "asyncio",
         description="event loop: asyncio | uvloop | auto (uvloop if installed: pip install "

@@ -20,6 +20,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
+import os
+import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import ClassVar, Final, Generic, Protocol, TypeVar
 
@@ -62,6 +66,11 @@ class MediaSchedule(Generic[M]):
     def remove(self, member: M) -> None:
         """Stop serving `member` (no-op if it is not scheduled)."""
         self._serials.pop(member, None)
+
+    def clear(self) -> None:
+        """Stop serving every member."""
+        self._serials.clear()
+        self._heap.clear()
 
     @property
     def next_deadline(self) -> float | None:
@@ -146,7 +155,8 @@ class MediaClock:
     def observe_lateness(
         cls, loop: asyncio.AbstractEventLoop, observer: Callable[[float, float], None]
     ) -> Callable[[], None]:
-        """Call `observer(now, lateness_s)` after every pass of `loop`'s clocks; returns the
+        """Call `observer(now, lateness_s)` after every pass of `loop`'s MediaClock (with a
+        sending thread: every beat of its loop heartbeat); returns the
         function that stops it."""
         observers = cls._lateness_observers.setdefault(loop, [])
         observers.append(observer)
@@ -270,6 +280,169 @@ class MediaClock:
         except Exception:
             logger.exception("media clock pass failed for %r", member)
             return now + _RETRY_AFTER
+
+
+_HEARTBEAT: Final = 0.02  # the threaded clock's event-loop heartbeat (its lateness observers)
+# The threaded clock wakes only on this grid of the clock (a divisor of the 20 ms frame):
+# each wake-up takes the GIL from the event loop's thread once, and with a hundred calls, each
+# on its own 20 ms phase, a wake-up per deadline was 1,000 a second (+9 % CPU for a worker
+# of 50 calls). On the grid it is at most 400 a second however many calls there are, and a
+# call whose phase stays put is served at the same offset into every frame: its frames are
+# up to a grid step late but evenly spaced (the far end hears intervals, not phases).
+THREAD_GRID: Final = 0.0025
+
+
+def _raise_realtime_priority() -> None:
+    """Under SCHED_RR/FIFO (the agent's `realtime_priority`) put the calling thread one step
+    above the process. At equal realtime priority a thread that wakes waits for a core until a
+    running thread blocks or ends its 100 ms slice: the media thread, which sleeps between
+    passes, would wait behind the loop's thread and every other realtime process."""
+    try:
+        policy = os.sched_getscheduler(0)
+        if policy not in (os.SCHED_RR, os.SCHED_FIFO):
+            return
+        priority = os.sched_getparam(0).sched_priority
+        if priority < os.sched_get_priority_max(policy):
+            os.sched_setscheduler(0, policy, os.sched_param(priority + 1))
+    except (AttributeError, OSError) as error:  # not Linux, or not allowed
+        logger.debug("media clock thread keeps the process's priority: %s", error)
+
+
+class ThreadedMediaClock:
+    """The media clock on a thread of its own: every call's frames go out while the event
+    loop is busy.
+
+    On the event loop a pass runs after whatever callback holds the loop when its deadline
+    comes, and at 100 calls the longest of those were single provider SDK steps of 3-16 ms
+    (parsing a reply's chunks, a websocket message, opening a request): every call's frame
+    late by as much. This thread sleeps until the deadline and then needs only the GIL,
+    which CPython takes from the loop's thread within the switch interval
+    (`sys.setswitchinterval`; the agent sets 1 ms while this clock is in use). The work it
+    runs is the sending only (RtpSession's outgoing pass: next frame, RTP header, sendto),
+    a few microseconds a call.
+
+    One per event loop while it has members (`for_loop`); the thread ends when the last
+    member leaves. Members' `clock_pass` runs on this thread: it must touch state shared with
+    the loop only under its own lock, and reach the loop through call_soon_threadsafe.
+    `add` and `remove` may be called from the loop while a pass runs; they wait for it.
+
+    The lateness observers (the overload guard) hear from a heartbeat on the event loop
+    instead, a 20 ms timer for the whole clock: with the frames on time whatever the loop
+    does, what says "no room for another call" is a loop that runs its timers late (every
+    call's turns wait for it).
+    """
+
+    _running: ClassVar[dict[asyncio.AbstractEventLoop, ThreadedMediaClock]] = {}
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._schedule: MediaSchedule[ClockMember] = MediaSchedule()
+        self._lock = threading.Lock()  # the schedule and the thread's life
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_deadline = 0.0  # the earliest deadline when the thread went to sleep
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._heartbeat_due = 0.0
+        self._wake_grid_point = 0.0  # the grid point it sleeps until
+        self.passes = 0
+        self.served = 0
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> ThreadedMediaClock:
+        loop = loop or asyncio.get_running_loop()
+        media_clock = cls._running.get(loop)
+        if media_clock is None:
+            media_clock = cls._running[loop] = cls(loop)
+        return media_clock
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    def __len__(self) -> int:
+        return len(self._schedule)
+
+    def add(self, member: ClockMember, deadline: float) -> None:
+        if self._heartbeat is None:
+            self._heartbeat_due = self._loop.time() + _HEARTBEAT
+            self._heartbeat = self._loop.call_at(self._heartbeat_due, self._beat)
+        with self._lock:
+            self._schedule.add(member, deadline)
+            self._running[self._loop] = self
+            if self._thread is None:
+                self._wake_deadline = deadline
+                self._wake_grid_point = 0.0  # the first pass serves only what is due
+                self._thread = threading.Thread(target=self._run, name="media-clock", daemon=True)
+                self._thread.start()
+            elif deadline < self._wake_grid_point:
+                # Wake now, and serve only what is due by then: the grid point the thread
+                # slept towards is another member's.
+                self._wake_deadline = deadline
+                self._wake_grid_point = 0.0
+                self._wake.set()
+
+    def remove(self, member: ClockMember) -> None:
+        with self._lock:
+            self._schedule.remove(member)
+            if not len(self._schedule):
+                self._wake.set()  # the thread sees nobody left and ends
+                if self._running.get(self._loop) is self:
+                    del self._running[self._loop]
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+                    self._heartbeat = None
+
+    def _beat(self) -> None:
+        now = self._loop.time()
+        lateness = now - self._heartbeat_due
+        observers = MediaClock._lateness_observers.get(self._loop)
+        if observers:
+            for observer in list(observers):
+                observer(now, lateness)
+        # The next beat on the 20 ms grid after now: a stall is one late beat, not a burst.
+        self._heartbeat_due += _HEARTBEAT * (int(lateness // _HEARTBEAT) + 1)
+        self._heartbeat = self._loop.call_at(self._heartbeat_due, self._beat)
+
+    def catch_up(self) -> None:
+        """Nothing to do: the thread never waits for the loop (MediaClock.catch_up)."""
+
+    def _run(self) -> None:
+        _raise_realtime_priority()
+        clock, lock, schedule, wake = self._clock, self._lock, self._schedule, self._wake
+        while True:
+            with lock:
+                if self._loop.is_closed() and len(schedule):
+                    # Its loop ended without closing its sessions (a crash, a test torn down):
+                    # nobody is left to, and the thread must not outlive it sending frames.
+                    logger.warning(
+                        "event loop closed with %d call(s) still on the media clock: stopped",
+                        len(schedule),
+                    )
+                    schedule.clear()
+                    if self._running.get(self._loop) is self:
+                        del self._running[self._loop]
+                if not len(schedule):
+                    self._thread = None
+                    return
+                wake.clear()  # under the lock: an add from now on wakes the next wait
+                now = clock()
+                # Everything up to the grid point this wake-up was for (a wait may end a hair
+                # early; an add's wake-up serves only what is due).
+                serve_until = max(now, self._wake_grid_point)
+                self.passes += 1
+                self.served += schedule.run_pass(serve_until, MediaClock._serve)
+                next_deadline = schedule.next_deadline
+                if next_deadline is not None:
+                    self._wake_deadline = next_deadline
+                    self._wake_grid_point = math.ceil(next_deadline / THREAD_GRID) * THREAD_GRID
+            if next_deadline is None:
+                continue  # the schedule is empty: the next turn ends the thread
+            delay = self._wake_grid_point - clock()
+            if delay > 0:
+                wake.wait(delay)
 
 
 class LatenessHistogram:

@@ -323,6 +323,19 @@ class JitterBuffer:
             self._delivered_since_anchor = True
         return frames
 
+    @property
+    def next_due(self) -> float | None:
+        """When `pop_due` next has something to hand out without another packet arriving
+        (frames held behind a missing one wait until its playout time, then it is
+        concealed); None while nothing is held. Lets a caller wake only for a gap instead
+        of polling every frame."""
+        if not self._slots or self._next_seq is None:
+            return None
+        slot = self._slots.get(self._next_seq)
+        if slot is not None and slot.payload is not None and not self.eager:
+            return slot.playout
+        return self._next_due
+
     def _concealment_frame(self) -> bytes:
         previous = self._last_payload
         samples = len(previous) if previous else self.frame_samples

@@ -5,22 +5,34 @@ absolute 20 ms deadlines: each pass sends the session's due outgoing frame(s) an
 due inbound frames to `on_audio`. Inbound datagrams are handled as they arrive: parsed,
 filtered, and fed to the jitter buffer or the DTMF detector. Waiting for playout state
 (`drained`, `first_packet_sent`) is done with futures the pass resolves, not by polling.
-No threads; every callback runs on the event loop.
+
+With `media_thread` (the agent's default) the sending moves to the loop's
+ThreadedMediaClock: its pass runs on that thread, under the session's lock, and sends on
+the socket's descriptor itself (an asyncio transport is not thread-safe; media/gil_send.py
+says why not `socket.sendto`); everything else, inbound
+included, stays on the event loop, and the thread reaches the loop's futures through
+call_soon_threadsafe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sipagent.media.clock import LatenessHistogram, MediaClock
+from sipagent.media import gil_send
+from sipagent.media.clock import LatenessHistogram, MediaClock, ThreadedMediaClock
 from sipagent.media.codec import FRAME_BYTES, FRAME_SAMPLES, G711Codec, codec_named, static_codec
 from sipagent.media.dtmf import DtmfDetector, DtmfSender
+from sipagent.media.gil_send import BROKEN_SOCKET_ERRNOS, GilHoldingSender
 from sipagent.media.jitter_buffer import JitterBuffer, JitterStats
 from sipagent.media.playout import FlushResult, FramePacer, PlayoutQueue
 from sipagent.media.recording import TwoChannelRecorder
@@ -94,6 +106,22 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         self._session._on_connection_lost(exc)
 
 
+class _OutgoingMedia:
+    """A session's sending, as a member of the ThreadedMediaClock (the session itself is
+    the loop clock's member, for its inbound side)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+
+    def clock_pass(self, now: float) -> float:
+        return self.session._outgoing_pass(now)
+
+    def __repr__(self) -> str:
+        return f"<outgoing media of {self.session.call_id}>"
+
+
 class RtpSession:
     """RTP media of one call. Create with `await RtpSession.open(...)`."""
 
@@ -143,6 +171,18 @@ class RtpSession:
         self._pacer: FramePacer | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._media_clock: MediaClock | None = None
+        # media_thread: the clock that sends, what it sends with, and the loop its
+        # waiters live on. The lock guards what both threads touch: the playout queue, the
+        # pacer, the packetizer and the DTMF sender.
+        self._sending_clock: ThreadedMediaClock | None = None
+        self._outgoing = _OutgoingMedia(self)
+        self._sender: GilHoldingSender | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._drain_pending = False  # the thread has asked the loop to check the waiters
+        self._transport_lost_by_thread = False  # a send from the thread broke the socket
+        self._inbound_timer: asyncio.TimerHandle | None = None  # media_thread: a gap's wait
+        self._inbound_timer_due = 0.0  # what it waits for, on the session's clock
         self._drained_waiters: list[asyncio.Future[None]] = []
         self._talkspurt_waiters: list[asyncio.Future[float | None]] = []
         self._closed = False
@@ -173,6 +213,7 @@ class RtpSession:
         call_id: str = "",
         codec: str | None = None,
         on_transport_lost: Callable[[str], None] | None = None,
+        media_thread: bool = False,
     ) -> RtpSession:
         """Start media on a bound, non-blocking UDP socket (see RtpPortAllocator).
 
@@ -183,12 +224,21 @@ class RtpSession:
         is transcoded). `on_transport_lost` is called once, with a reason, if the socket
         dies under the session (the call is then silent for good: end it). `clock`
         supplies monotonic seconds for timing decisions and defaults to the loop's clock;
-        the media clock still sleeps on the event loop.
+        the media clock still sleeps on the event loop. `media_thread` sends from the
+        loop's ThreadedMediaClock instead (and the session's clock is then
+        `time.monotonic`, the thread's; `clock` must be None).
 
         The session owns `sock` from here on: `close()` closes it, and so does a failed
         open. Releasing the port in the allocator is the caller's job.
         """
         loop = asyncio.get_running_loop()
+        if media_thread and clock is not None:
+            raise ValueError("media_thread sends on time.monotonic: no clock of your own")
+        if media_thread and not gil_send.available():
+            logger.debug("no GIL-holding sendto here: media sent from the event loop")
+            media_thread = False
+        if media_thread:
+            clock = time.monotonic
         try:
             session = cls(
                 remote=remote,
@@ -209,10 +259,18 @@ class RtpSession:
             sock.close()
             raise
         session._transport = transport
+        session._loop = loop
         # The first frame is due at once: the line has a stream from its first moment.
         session._pacer = FramePacer(session._clock(), FRAME_INTERVAL)
-        session._media_clock = MediaClock.for_loop(loop, clock)
-        session._media_clock.add(session, session._pacer.next_deadline)
+        if media_thread:
+            # Inbound needs no clock here: frames are delivered as packets arrive, and a
+            # timer is armed only while frames wait behind a missing one (_handle_datagram).
+            session._sender = GilHoldingSender(sock)
+            session._sending_clock = ThreadedMediaClock.for_loop(loop)
+            session._sending_clock.add(session._outgoing, session._pacer.next_deadline)
+        else:
+            session._media_clock = MediaClock.for_loop(loop, clock)
+            session._media_clock.add(session, session._pacer.next_deadline)
         logger.debug("[%s] RTP session open, sending to %s:%d", call_id, *session._remote)
         return session
 
@@ -226,20 +284,22 @@ class RtpSession:
         """
         if self._closed:
             return
-        self._queue.enqueue(mulaw)
-        pacer = self._pacer
-        if (
-            pacer is not None
-            and not self._held
-            and self._queue.talkspurt_ready
-            and not self._dtmf_out.active
-            and pacer.send_now(self._clock())
-        ):
-            self._send_next_frame()
+        with self._lock:
+            self._queue.enqueue(mulaw)
+            pacer = self._pacer
+            if (
+                pacer is not None
+                and not self._held
+                and self._queue.talkspurt_ready
+                and not self._dtmf_out.active
+                and pacer.send_now(self._clock())
+            ):
+                self._send_next_frame()
 
     def end_talkspurt(self) -> None:
         """The audio played so far ends an utterance (PlayoutQueue.end_talkspurt)."""
-        self._queue.end_talkspurt()
+        with self._lock:
+            self._queue.end_talkspurt()
 
     def flush(self) -> FlushResult:
         """Drop all queued outgoing audio (barge-in).
@@ -247,16 +307,19 @@ class RtpSession:
         Takes effect at once: frames leave the queue only at send time, so the one
         frame possibly already handed to the kernel is all that can still go out.
         """
-        result = self._queue.flush()
+        with self._lock:
+            result = self._queue.flush()
         self._resolve_drained()
         return result
 
     def pause(self) -> None:
         """Send silence instead of the queued audio, keeping it (tentative barge-in)."""
-        self._queue.pause()
+        with self._lock:
+            self._queue.pause()
 
     def resume(self) -> None:
-        self._queue.resume()
+        with self._lock:
+            self._queue.resume()
 
     @property
     def paused(self) -> bool:
@@ -266,7 +329,8 @@ class RtpSession:
         """The far end put the call on hold (its offer is sendonly/inactive, our answer
         recvonly/inactive): send nothing at all and keep the queued audio for the unhold.
         Its silence on hold does not let another source take the media over."""
-        self._held = held
+        with self._lock:
+            self._held = held
         self._source.set_held(held, self._clock())
 
     @property
@@ -299,12 +363,13 @@ class RtpSession:
         """Return once the outgoing queue is empty: its last frame has gone out (or was
         flushed). At once if nothing is queued; also when the session closes. (Paused or
         held audio is still queued: it has not drained.)"""
-        if self._closed or not self._queue.queued_bytes:
-            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Waiters given up on (a timeout around a held call) must not pile up.
-        self._drained_waiters = [w for w in self._drained_waiters if not w.done()]
-        self._drained_waiters.append(waiter)
+        with self._lock:  # the sending thread sees the waiter, or this sees the queue empty
+            if self._closed or not self._queue.queued_bytes:
+                return
+            # Waiters given up on (a timeout around a held call) must not pile up.
+            self._drained_waiters = [w for w in self._drained_waiters if not w.done()]
+            self._drained_waiters.append(waiter)
         await waiter
 
     async def first_packet_sent(self, previous: float | None = None) -> float | None:
@@ -321,6 +386,11 @@ class RtpSession:
         self._talkspurt_waiters = [w for w in self._talkspurt_waiters if not w.done()]
         self._talkspurt_waiters.append(waiter)
         return await waiter
+
+    @property
+    def sends_from_thread(self) -> bool:
+        """The frames go out from the ThreadedMediaClock (`media_thread`)."""
+        return self._sending_clock is not None
 
     @property
     def send_address(self) -> Address:
@@ -368,6 +438,10 @@ class RtpSession:
         self._closed = True
         if self._media_clock is not None:
             self._media_clock.remove(self)
+        if self._sending_clock is not None:
+            self._sending_clock.remove(self._outgoing)  # waits for a pass under way
+        if self._inbound_timer is not None:
+            self._inbound_timer.cancel()
         self._resolve_drained()
         self._resolve_talkspurt(None)
         if self._transport is not None:
@@ -382,14 +456,52 @@ class RtpSession:
         pacer = self._pacer
         assert pacer is not None
         try:
-            self._tick(pacer, now)
+            with self._lock:
+                self._send_due(pacer, now)
+            self._deliver_due_inbound(now)
         except Exception:
             self._log_limited("tick_error", "media tick failed", exc_info=True)
         if self._drained_waiters and not self._queue.queued_bytes:
             self._resolve_drained()
         return pacer.next_deadline
 
-    def _tick(self, pacer: FramePacer, now: float) -> None:
+    def _outgoing_pass(self, now: float) -> float:
+        """The ThreadedMediaClock's pass (on its thread): send the due frame(s); tell the loop
+        when the queue has drained. Returns the next deadline."""
+        pacer = self._pacer
+        assert pacer is not None
+        try:
+            with self._lock:
+                self._send_due(pacer, now)
+                check_waiters = (
+                    self._drained_waiters
+                    and not self._queue.queued_bytes
+                    and not self._drain_pending
+                )
+                if check_waiters:
+                    self._drain_pending = True
+        except Exception:
+            self._log_limited("tick_error", "media tick failed", exc_info=True)
+            return pacer.next_deadline
+        if check_waiters:
+            self._call_on_loop(self._resolve_drained_if_empty)
+        return pacer.next_deadline
+
+    def _resolve_drained_if_empty(self) -> None:
+        # On the loop, some time after the thread saw the queue empty: audio played since
+        # then keeps the waiters waiting (the thread asks again once that has gone out).
+        with self._lock:
+            self._drain_pending = False
+            if self._queue.queued_bytes:
+                return
+        self._resolve_drained()
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _send_due(self, pacer: FramePacer, now: float) -> None:
         deadline = pacer.next_deadline
         tick = pacer.due_frames(now)
         if tick.send:
@@ -404,6 +516,8 @@ class RtpSession:
                 self._queue.fell_behind(tick.skip)
             for _ in range(tick.send):
                 self._send_next_frame()
+
+    def _deliver_due_inbound(self, now: float) -> None:
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
 
@@ -423,7 +537,8 @@ class RtpSession:
         """Press keys (RFC 4733 events); they replace the audio slots while they play."""
         if self._telephone_event_pt is None:
             raise ValueError("the far end did not offer telephone-event")
-        self._dtmf_out.press(digits)
+        with self._lock:
+            self._dtmf_out.press(digits)
 
     def _send_dtmf_slot(self) -> None:
         assert self._telephone_event_pt is not None
@@ -441,6 +556,24 @@ class RtpSession:
             datagram = packetizer.packetize(
                 payload, marker, samples=skew + FRAME_SAMPLES, payload_type=self._telephone_event_pt
             )
+        self._send_datagram(datagram)
+
+    def _send_datagram(self, datagram: bytes) -> None:
+        if self._sender is not None:  # media_thread: this may be the clock's thread
+            if self._closed or self._transport_lost:
+                return
+            if self._closed or self._transport_lost or self._transport_lost_by_thread:
+                return
+            failure = self._sender.send(datagram, self.send_address)
+            if not failure:
+                return
+            if failure in BROKEN_SOCKET_ERRNOS:
+                self._transport_lost_by_thread = True
+                error = OSError(failure, os.strerror(failure))
+                self._call_on_loop(self._on_connection_lost, error)
+            else:  # a full send buffer, or ICMP from the far end: UDP loses the frame
+                self._log_limited("send_error", "RTP send failed: %s", os.strerror(failure))
+            return
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(datagram, self.send_address)
 
@@ -453,15 +586,17 @@ class RtpSession:
             self.recorder.agent_frame(frame.payload)
         wire = self._codec.to_wire(frame.payload) if frame.voiced else self._wire_silence
         datagram = self._packetizer.packetize(wire, marker=frame.marker)
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(datagram, self.send_address)
+        self._send_datagram(datagram)
         if frame.voiced:
             # Wire times for latency accounting (first packet of a reply, last before silence).
             self.last_voiced_sent_at = self._clock()
             if frame.marker:
                 self.talkspurt_started_at = self.last_voiced_sent_at
                 if self._talkspurt_waiters:
-                    self._resolve_talkspurt(self.talkspurt_started_at)
+                    if self._sending_clock is not None:
+                        self._call_on_loop(self._resolve_talkspurt, self.talkspurt_started_at)
+                    else:
+                        self._resolve_talkspurt(self.talkspurt_started_at)
         elif self._pacer is not None and self._pacer.ahead:
             # Silence on the line: put the RTP clock back on the wall clock (FramePacer), at
             # once if the producer fell behind, gently if its talkspurt ended.
@@ -499,6 +634,10 @@ class RtpSession:
     def _handle_datagram(self, data: bytes, source: Address) -> None:
         now = self._clock()
         self._datagrams_in += 1
+        if self._sending_clock is not None:
+            # No clock pass has run the jitter buffer up to now (media_thread): do it before
+            # this packet is judged against it (late? a new talkspurt after a pause?).
+            self._deliver_due_inbound(now)
         try:
             packet = parse_rtp(data)
         except RtpParseError as error:
@@ -568,6 +707,37 @@ class RtpSession:
         self._jitter_buffer.push(packet, now)
         for frame in self._jitter_buffer.pop_due(now):
             self._deliver_inbound(frame)
+        if self._sending_clock is not None:
+            self._arm_inbound_timer()
+
+    def _arm_inbound_timer(self) -> None:
+        """media_thread: wake when frames held behind a missing one fall due (then it is
+        concealed and they are delivered) rather than at the next packet, which a caller
+        who has stopped talking never sends."""
+        due = self._jitter_buffer.next_due
+        timer = self._inbound_timer
+        if due is None or self._closed:
+            if timer is not None:
+                timer.cancel()
+                self._inbound_timer = None
+            return
+        if timer is not None:
+            if self._inbound_timer_due <= due:
+                return
+            timer.cancel()
+        assert self._loop is not None
+        self._inbound_timer_due = due
+        self._inbound_timer = self._loop.call_later(
+            max(due - self._clock(), 0.0), self._on_inbound_timer
+        )
+
+    def _on_inbound_timer(self) -> None:
+        self._inbound_timer = None
+        try:
+            self._deliver_due_inbound(self._clock())
+        except Exception:
+            self._log_limited("tick_error", "inbound media tick failed", exc_info=True)
+        self._arm_inbound_timer()
 
     def _on_connection_lost(self, exc: Exception | None) -> None:
         if self._closed or self._transport_lost:

@@ -89,6 +89,7 @@ class CallLifecycle:
             call_id=call.call_id,
             codec=media.codec,
             on_transport_lost=lambda reason: self._media_lost(call, reason),
+            media_thread=self.settings.media_thread,
         )
         self._start_recording(call)
 

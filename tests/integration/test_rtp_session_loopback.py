@@ -7,8 +7,10 @@ delivered, never about how long it took.
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sipagent.media.clock import MediaClock
+from sipagent.media.clock import MediaClock, ThreadedMediaClock
 from sipagent.media.codec import PCMA, from_wire, to_wire
 from sipagent.media.rtp import RtpPacket, build_rtp, parse_rtp
 from sipagent.media.session import RtpSession
@@ -111,9 +113,14 @@ class Harness:
     digits: list[str]
 
 
-@pytest.fixture
-async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+@pytest.fixture(params=["loop_sends", "thread_sends"])
+async def open_session(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    """Sessions sending from the event loop's MediaClock, and (`media_thread`) from the
+    ThreadedMediaClock: every test here holds for both."""
     sessions: list[RtpSession] = []
+    media_thread = request.param == "thread_sends"
 
     async def make(
         remote: tuple[str, int],
@@ -134,6 +141,7 @@ async def open_session() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
             on_audio=on_audio or audio.append,
             on_dtmf=digits.append,
             call_id="loopback",
+            **({"media_thread": True} if media_thread and "clock" not in options else {}),
             **options,
         )
         sessions.append(session)
@@ -204,6 +212,24 @@ async def test_inbound_reordered_duplicated_and_junk_are_delivered_exactly(
     assert stats.dropped["truncated_extension"] == 1
     assert stats.dropped["drop_payload_type"] == 1
     assert stats.dropped["drop_foreign_ssrc"] == 1
+
+
+async def test_frames_behind_a_lost_packet_are_delivered_when_no_more_packets_come(
+    peer_factory, open_session
+) -> None:
+    # The caller's last words before a pause, with one packet lost: nothing arrives after
+    # them to push the jitter buffer on, yet they must reach the recogniser (after the
+    # missing frame's wait, concealed).
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    for index in [*range(10), *range(11, 20)]:
+        peer.send(audio_packet(index), harness.address)
+    await wait_until(lambda: len(harness.audio) >= 20, "the frames behind the gap")
+    await settle()
+    assert harness.audio[:10] == [pattern_frame(i) for i in range(10)]
+    assert harness.audio[11:] == [pattern_frame(i) for i in range(11, 20)]
+    stats = harness.session.stats
+    assert (stats.jitter.lost, stats.jitter.concealed) == (1, 1)
 
 
 async def test_played_audio_reaches_peer_in_order_with_marker(peer_factory, open_session) -> None:
@@ -581,13 +607,15 @@ class BreakableSocket(socket.socket):
 
 
 async def test_a_lost_transport_is_reported_exactly_once(peer_factory, open_session) -> None:
-    if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
-        # uvloop sends with libuv on the file descriptor, never through the socket object.
-        pytest.skip("the broken socket only breaks asyncio's own datagram transport")
     peer = await peer_factory()
     lost: list[str] = []
     sock = udp_socket(sock_class=BreakableSocket)
     harness = await open_session(peer.address, sock=sock, on_transport_lost=lost.append)
+    if harness.session.sends_from_thread:
+        pytest.skip("the media thread sends on the descriptor (the test below)")
+    if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        # uvloop sends with libuv on the file descriptor, never through the socket object.
+        pytest.skip("the broken socket only breaks asyncio's own datagram transport")
     await wait_until(lambda: len(peer.received) >= 3, "media before the failure")
     sock.broken = True  # asyncio closes the transport on a non-OSError from sendto
     await wait_until(lambda: bool(lost), "the loss reported")
@@ -595,6 +623,29 @@ async def test_a_lost_transport_is_reported_exactly_once(peer_factory, open_sess
     await harness.session.close()
     assert len(lost) == 1
     assert "OverflowError" in lost[0]
+
+
+async def test_a_descriptor_broken_under_the_media_thread_is_a_lost_transport_once(
+    peer_factory, open_session
+) -> None:
+    peer = await peer_factory()
+    lost: list[str] = []
+    sock = udp_socket()
+    harness = await open_session(peer.address, sock=sock, on_transport_lost=lost.append)
+    if not harness.session.sends_from_thread:
+        pytest.skip("on the event loop the transport reports its own loss (the test above)")
+    await wait_until(lambda: len(peer.received) >= 3, "media before the failure")
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(write_end, sock.fileno())  # the descriptor is now a pipe: ENOTSOCK
+        await wait_until(lambda: bool(lost), "the loss reported")
+        await settle()
+        await harness.session.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert len(lost) == 1
+    assert "non-socket" in lost[0]  # ENOTSOCK
 
 
 async def test_our_own_close_is_not_a_lost_transport(peer_factory, open_session) -> None:
@@ -727,12 +778,19 @@ async def test_first_packet_sent_resolves_with_the_reply_s_first_wire_time(
 
 async def test_every_session_is_served_by_the_one_media_clock(peer_factory, open_session) -> None:
     peer = await peer_factory()
-    clock = MediaClock.for_loop()
-    before = len(clock)
     tasks_before = len(asyncio.all_tasks())
-    harnesses = [await open_session(peer.address) for _ in range(20)]
-    assert MediaClock.for_loop() is clock and len(clock) == before + 20
+    threads_before = threading.active_count()
+    harnesses = [await open_session(peer.address)]
+    clock: MediaClock | ThreadedMediaClock = (
+        ThreadedMediaClock.for_loop()
+        if harnesses[0].session.sends_from_thread
+        else MediaClock.for_loop()
+    )
+    before = len(clock) - 1
+    harnesses += [await open_session(peer.address) for _ in range(19)]
+    assert len(clock) == before + 20
     assert len(asyncio.all_tasks()) == tasks_before  # no task per call
+    assert threading.active_count() <= threads_before + 1  # no thread per call either
     passes, served = clock.passes, clock.served
     await asyncio.sleep(0.5)
     for harness in harnesses:
@@ -753,12 +811,42 @@ async def test_every_session_is_served_by_the_one_media_clock(peer_factory, open
 QUIET = bytes([0xF0, 0x70, 0xE8, 0x68]) * 40  # low noise: a pause between sentences
 
 
+async def test_a_busy_event_loop_does_not_hold_up_a_media_thread(
+    peer_factory, open_session
+) -> None:
+    # What the thread is for: a provider SDK's step holding the loop (and the GIL) for
+    # milliseconds. Here the loop computes for 300 ms without once yielding.
+    peer = await peer_factory()
+    harness = await open_session(peer.address)
+    session = harness.session
+    if not session.sends_from_thread:
+        pytest.skip("on the event loop, frames wait for the loop (the test below)")
+    words = [pattern_frame(i) for i in range(60)]
+    session.play(b"".join(words))
+    await wait_until(lambda: len(peer.voiced()) >= 10, "the reply under way")
+    sent_before = session.stats.packets_out
+    busy_until = time.monotonic() + 0.3
+    spins = 0
+    while time.monotonic() < busy_until:  # pure Python work: the GIL is only handed over
+        spins += 1
+    sent_during = session.stats.packets_out - sent_before
+    assert sent_during >= 10  # of the 15 slots in 300 ms (the rest: a loaded test machine)
+    await asyncio.wait_for(session.drained(), LIVENESS_TIMEOUT)
+    await wait_until(lambda: pattern_frame(59) in [p.payload for p in peer.voiced()], "the end")
+    assert [p.payload for p in peer.voiced()] == words
+    packets = [r.packet for r in peer.received]
+    for before, after in itertools.pairwise(packets):
+        assert after.sequence == (before.sequence + 1) % 65536
+
+
 async def test_a_stall_mid_reply_skips_slots_instead_of_bursting_and_its_delay_is_shed(
     peer_factory, open_session
 ) -> None:
     peer = await peer_factory()
     harness = await open_session(peer.address)
     session = harness.session
+    if session.sends_from_thread:
+        pytest.skip("a stalled loop does not stall the media thread (the test above)")
     words = [pattern_frame(i) for i in range(60)]
     # Two sentences with a 0.6 s pause between them; the loop stalls 300 ms in the first.
     session.play(b"".join(words[:30]) + QUIET * 30 + b"".join(words[30:]))

@@ -1,10 +1,19 @@
 import asyncio
 import random
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from sipagent.media.clock import CATCH_UP_AFTER, LatenessHistogram, MediaClock, MediaSchedule
+from sipagent.media.clock import (
+    CATCH_UP_AFTER,
+    THREAD_GRID,
+    LatenessHistogram,
+    MediaClock,
+    MediaSchedule,
+    ThreadedMediaClock,
+)
 from sipagent.media.playout import FramePacer
 
 # -- MediaSchedule: who is due, in which order, and when the next one is ------------------------
@@ -248,6 +257,137 @@ async def test_catch_up_inside_a_pass_does_nothing() -> None:
     clock.remove(second)
     for member in (first, second):  # every slot sent once, and both still on the schedule
         assert len(member.sent) == member.pacer.next_index >= 3
+
+
+# -- ThreadedMediaClock: the same schedule, served from a thread of its own ----------------------
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_threaded_clock_serves_many_members_from_one_thread_that_ends_with_them() -> None:
+    threads_before = threading.active_count()
+    clock = ThreadedMediaClock.for_loop()
+    assert ThreadedMediaClock.for_loop() is clock
+    start = time.monotonic()
+    members = [Member(start + index * 0.0001) for index in range(100)]
+    for member in members:
+        clock.add(member, member.pacer.next_deadline)
+    assert threading.active_count() == threads_before + 1  # one thread, not one per member
+    await asyncio.sleep(0.5)
+    for member in members:
+        clock.remove(member)
+    assert ThreadedMediaClock.for_loop() is not clock  # the empty clock was let go
+    await _wait_for(lambda: threading.active_count() == threads_before)  # and its thread ended
+    frames = sum(len(member.sent) for member in members)
+    assert frames >= 100 * 20
+    for member in members:
+        assert member.pacer.frames_skipped == 0
+        for index, sent_at in enumerate(member.sent):
+            # Never early (but for a wait that ends a hair before its grid point)...
+            assert sent_at >= member.pacer.deadline_of(index) - 0.0005
+            # ...and served on the grid: at most a step (and a busy machine) late.
+            assert sent_at < member.pacer.deadline_of(index) + THREAD_GRID + 0.015
+    assert clock.served == frames
+    assert clock.passes < frames / 4
+
+
+async def test_a_threaded_clock_keeps_serving_while_the_loop_computes() -> None:
+    clock = ThreadedMediaClock.for_loop()
+    member = Member(time.monotonic())
+    clock.add(member, member.pacer.next_deadline)
+    await _wait_for(lambda: len(member.sent) >= 2)
+    before = len(member.sent)
+    busy_until = time.monotonic() + 0.3
+    while time.monotonic() < busy_until:  # holds the GIL but for the switch interval
+        pass
+    during = len(member.sent) - before
+    clock.remove(member)
+    assert during >= 10  # of 15 slots (a loaded test machine may cost a few)
+
+
+async def test_a_threaded_clock_serves_again_a_member_whose_pass_raised() -> None:
+    clock = ThreadedMediaClock.for_loop()
+    flaky = Member(time.monotonic(), fail_first=True)
+    steady = Member(time.monotonic())
+    clock.add(flaky, flaky.pacer.next_deadline)
+    clock.add(steady, steady.pacer.next_deadline)
+    await asyncio.sleep(0.2)
+    clock.remove(flaky)
+    clock.remove(steady)
+    assert flaky.pacer.next_index >= 5 and steady.pacer.next_index >= 5
+
+
+async def test_an_earlier_member_wakes_the_thread_asleep_for_a_later_one() -> None:
+    clock = ThreadedMediaClock.for_loop()
+    later = Member(time.monotonic() + 0.5)
+    clock.add(later, later.pacer.next_deadline)
+    await asyncio.sleep(0.02)  # the thread is asleep until `later` is due
+    sooner = Member(time.monotonic() + 0.01)
+    clock.add(sooner, sooner.pacer.next_deadline)
+    await asyncio.sleep(0.15)
+    clock.remove(later)
+    clock.remove(sooner)
+    assert later.sent == [] and len(sooner.sent) >= 3
+
+
+async def test_remove_waits_for_a_pass_under_way_and_the_member_is_never_served_after() -> None:
+    clock = ThreadedMediaClock.for_loop()
+    in_pass = threading.Event()
+
+    class Slow(Member):
+        def clock_pass(self, now: float) -> float:
+            in_pass.set()
+            time.sleep(0.05)  # e.g. waiting for the session's lock
+            return super().clock_pass(now)
+
+    member = Slow(time.monotonic())
+    clock.add(member, member.pacer.next_deadline)
+    await _wait_for(in_pass.is_set)
+    clock.remove(member)  # while the pass sleeps: returns only after it
+    sent = len(member.sent)
+    await asyncio.sleep(0.1)
+    assert len(member.sent) == sent
+
+
+def test_a_threaded_clock_stops_when_its_loop_is_closed_under_it() -> None:
+    # A loop that ends without closing its sessions (a crash, a test torn down) must not leave
+    # a thread sending their frames: on a later test's port, it hijacked that test's media.
+    threads_before = threading.active_count()
+    loop = asyncio.new_event_loop()
+    clock = ThreadedMediaClock(loop)
+    member = Member(time.monotonic())
+    clock.add(member, member.pacer.next_deadline)
+    time.sleep(0.05)
+    assert member.sent
+    loop.close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads_before:
+        assert time.monotonic() < deadline, "the media clock thread outlived its loop"
+        time.sleep(0.01)
+    sent = len(member.sent)
+    time.sleep(0.05)
+    assert len(member.sent) == sent and len(clock) == 0
+
+
+async def test_a_threaded_clock_tells_the_loops_lateness_observers() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[float, float]] = []
+    stop = MediaClock.observe_lateness(loop, lambda now, lateness: seen.append((now, lateness)))
+    clock = ThreadedMediaClock.for_loop()
+    member = Member(time.monotonic())
+    try:
+        clock.add(member, member.pacer.next_deadline)
+        await asyncio.sleep(0.1)
+    finally:
+        clock.remove(member)
+        stop()
+    assert len(seen) >= 4
+    assert all(lateness < 0.5 for _, lateness in seen)
 
 
 # -- LatenessHistogram ---------------------------------------------------------------------------

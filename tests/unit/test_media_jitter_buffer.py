@@ -389,3 +389,25 @@ def test_eager_mode_delivers_in_sequence_frames_at_once_and_waits_only_for_gaps(
     # 103 never comes: concealed once its playout time (plus the delay) has passed
     frames = buffer.pop_due(10.2)
     assert len(frames) == 2 and frames[1] == b"\x05" * 160 and buffer.stats.lost == 1
+
+
+def test_next_due_says_when_frames_held_behind_a_gap_can_go() -> None:
+    eager = JitterBuffer(eager=True, initial_delay=0.04)
+    assert eager.next_due is None  # nothing held
+    eager.push(make_packet(0), arrival=10.0)
+    assert eager.pop_due(10.0) == [frame_payload(0)]
+    assert eager.next_due is None  # delivered at once: nothing to wake for
+    eager.push(make_packet(2), arrival=10.04)
+    assert eager.pop_due(10.04) == []
+    due = eager.next_due  # 1 is missing: its playout time
+    assert due is not None and 10.04 < due <= 10.0 + 0.02 + 0.04 + 1e-9
+    assert eager.pop_due(due - 0.001) == []  # not before it...
+    frames = eager.pop_due(due)  # ...then 1 is concealed and 2 goes out behind it
+    assert len(frames) == 2 and frames[1] == frame_payload(2)
+    assert eager.stats.concealed == 1 and eager.next_due is None
+
+    paced = JitterBuffer(initial_delay=0.04)
+    paced.push(make_packet(0), arrival=10.0)
+    assert paced.pop_due(10.0) == []
+    assert paced.next_due == pytest.approx(10.04)  # the held frame's playout time
+    assert paced.pop_due(paced.next_due) == [frame_payload(0)]
