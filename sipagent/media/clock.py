@@ -267,11 +267,13 @@ class MediaClock:
             self.served += self._schedule.run_pass(now, self._serve)
         finally:
             self._passing = False
-        observers = self._lateness_observers.get(self._loop)
-        if observers:
-            lateness = now - self._timer_deadline
-            for observer in observers:
-                observer(now, lateness)
+        self.tell_lateness(self._loop, now, now - self._timer_deadline)
+
+    @classmethod
+    def tell_lateness(cls, loop: asyncio.AbstractEventLoop, now: float, lateness: float) -> None:
+        """Hand one lateness reading to `loop`'s observers (observe_lateness)."""
+        for observer in cls._lateness_observers.get(loop, ()):
+            observer(now, lateness)
 
     @staticmethod
     def _serve(member: ClockMember, now: float) -> float:
@@ -343,7 +345,6 @@ class ThreadedMediaClock:
         self._lock = threading.Lock()  # the schedule and the thread's life
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_deadline = 0.0  # the earliest deadline when the thread went to sleep
         self._heartbeat: asyncio.TimerHandle | None = None
         self._heartbeat_due = 0.0
         self._wake_grid_point = 0.0  # the grid point it sleeps until
@@ -358,10 +359,6 @@ class ThreadedMediaClock:
             media_clock = cls._running[loop] = cls(loop)
         return media_clock
 
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._clock
-
     def __len__(self) -> int:
         return len(self._schedule)
 
@@ -373,14 +370,12 @@ class ThreadedMediaClock:
             self._schedule.add(member, deadline)
             self._running[self._loop] = self
             if self._thread is None:
-                self._wake_deadline = deadline
                 self._wake_grid_point = 0.0  # the first pass serves only what is due
                 self._thread = threading.Thread(target=self._run, name="media-clock", daemon=True)
                 self._thread.start()
             elif deadline < self._wake_grid_point:
                 # Wake now, and serve only what is due by then: the grid point the thread
                 # slept towards is another member's.
-                self._wake_deadline = deadline
                 self._wake_grid_point = 0.0
                 self._wake.set()
 
@@ -398,10 +393,7 @@ class ThreadedMediaClock:
     def _beat(self) -> None:
         now = self._loop.time()
         lateness = now - self._heartbeat_due
-        observers = MediaClock._lateness_observers.get(self._loop)
-        if observers:
-            for observer in list(observers):
-                observer(now, lateness)
+        MediaClock.tell_lateness(self._loop, now, lateness)
         # The next beat on the 20 ms grid after now: a stall is one late beat, not a burst.
         self._heartbeat_due += _HEARTBEAT * (int(lateness // _HEARTBEAT) + 1)
         self._heartbeat = self._loop.call_at(self._heartbeat_due, self._beat)
@@ -436,7 +428,6 @@ class ThreadedMediaClock:
                 self.served += schedule.run_pass(serve_until, MediaClock._serve)
                 next_deadline = schedule.next_deadline
                 if next_deadline is not None:
-                    self._wake_deadline = next_deadline
                     self._wake_grid_point = math.ceil(next_deadline / THREAD_GRID) * THREAD_GRID
             if next_deadline is None:
                 continue  # the schedule is empty: the next turn ends the thread

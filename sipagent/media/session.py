@@ -106,22 +106,6 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         self._session._on_connection_lost(exc)
 
 
-class _OutgoingMedia:
-    """A session's sending, as a member of the ThreadedMediaClock (the session itself is
-    the loop clock's member, for its inbound side)."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: RtpSession) -> None:
-        self.session = session
-
-    def clock_pass(self, now: float) -> float:
-        return self.session._outgoing_pass(now)
-
-    def __repr__(self) -> str:
-        return f"<outgoing media of {self.session.call_id}>"
-
-
 class RtpSession:
     """RTP media of one call. Create with `await RtpSession.open(...)`."""
 
@@ -175,7 +159,6 @@ class RtpSession:
         # waiters live on. The lock guards what both threads touch: the playout queue, the
         # pacer, the packetizer and the DTMF sender.
         self._sending_clock: ThreadedMediaClock | None = None
-        self._outgoing = _OutgoingMedia(self)
         self._sender: GilHoldingSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
@@ -267,7 +250,7 @@ class RtpSession:
             # timer is armed only while frames wait behind a missing one (_handle_datagram).
             session._sender = GilHoldingSender(sock)
             session._sending_clock = ThreadedMediaClock.for_loop(loop)
-            session._sending_clock.add(session._outgoing, session._pacer.next_deadline)
+            session._sending_clock.add(session, session._pacer.next_deadline)
         else:
             session._media_clock = MediaClock.for_loop(loop, clock)
             session._media_clock.add(session, session._pacer.next_deadline)
@@ -439,7 +422,7 @@ class RtpSession:
         if self._media_clock is not None:
             self._media_clock.remove(self)
         if self._sending_clock is not None:
-            self._sending_clock.remove(self._outgoing)  # waits for a pass under way
+            self._sending_clock.remove(self)  # waits for a pass under way
         if self._inbound_timer is not None:
             self._inbound_timer.cancel()
         self._resolve_drained()
@@ -452,7 +435,10 @@ class RtpSession:
 
     def clock_pass(self, now: float) -> float:
         """Called by the MediaClock at (or after) the next deadline: send the due frame(s),
-        deliver due inbound frames, wake waiters; returns the next deadline."""
+        deliver due inbound frames, wake waiters; returns the next deadline. With a sending
+        thread it is that thread's clock calling, for the sending only."""
+        if self._sending_clock is not None:
+            return self._outgoing_pass(now)
         pacer = self._pacer
         assert pacer is not None
         try:
