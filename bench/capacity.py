@@ -41,6 +41,13 @@ the cores but not an event loop: a paired comparison within one run, under the s
 ``--everything-realtime N`` runs this process, and so SIPp, tcpdump and the agent it starts,
 at SCHED_RR N: nobody favoured, each process runs until it blocks.
 
+``--pair SIPAGENT_X=value`` is a paired comparison: two single-worker agents instead of one
+agent (``serve --workers 1`` each, on consecutive SIP ports, the calls split evenly), the
+second one (B) with that setting in its environment. Both run in the same steps under the same
+noise; each one's pacing, CPU (its own process tree) and, for the receptionist, overhead are
+reported side by side. A change to one agent's CPU also shows in the other's numbers through
+the shared cores, so read its effect in B's own CPU and B's event loop, not in the totals.
+
 Results: markdown on stdout, JSON in ``bench/results/capacity_<app>.json``; with ``--profile``
 a py-spy flame graph of the agent during the largest step in ``bench/results/``.
 """
@@ -61,7 +68,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +200,13 @@ def sip_ports_of(base: int, workers: int) -> list[int]:
     return [base + i for i in range(workers)]
 
 
+def split_port_range(ports: str, parts: int) -> list[str]:
+    """ "first-last" in `parts` equal consecutive slices, as `serve --workers` slices it."""
+    first, last = (int(x) for x in ports.split("-"))
+    size = (last - first + 1) // parts
+    return [f"{first + i * size}-{first + (i + 1) * size - 1}" for i in range(parts)]
+
+
 def split_calls(calls: int, parts: int) -> list[int]:
     """N calls over K workers as evenly as possible (first ones get the remainder)."""
     return [calls // parts + (1 if i < calls % parts else 0) for i in range(parts)]
@@ -220,6 +234,16 @@ class CallTurns:
     v2v_ms: list[float]
     unanswered: int
     greeting_after_200_ms: float | None
+
+
+@dataclass
+class CallTurnsPooled:
+    """Many calls' turns together."""
+
+    v2v_ms: list[float] = field(default_factory=list)
+    greeting_ms: list[float] = field(default_factory=list)
+    unanswered: int = 0
+    turns: int = 0
 
 
 def conversation_turns(
@@ -277,8 +301,9 @@ class Bench:
         self.anomalies: list[str] = []
         self.base_port = free_port()
         self.sip_ports = sip_ports_of(self.base_port, args.workers)
-        self.agent: asyncio.subprocess.Process | None = None
-        self.agent_cmd: list[str] = []
+        # One agent (`serve --workers K`), or with --pair two single-worker agents A and B.
+        self.agents: list[asyncio.subprocess.Process] = []
+        self.agent_cmds: list[list[str]] = []
         self.agent_log = workdir / "agent.log"
         self._log_fh: Any = None
         self.script: CallerScript | None = None
@@ -303,20 +328,25 @@ class Bench:
             "SIPAGENT_TTS_MAX_CONCURRENT": str(2 * top),
         }
 
-    async def start_agent(self) -> None:
+    def agent_command(self, sip_ports: Sequence[int], rtp_ports: str) -> list[str]:
         args = self.args
         top = max(args.calls)
-        self.agent_cmd = [
+        cmd = [
             *sipagent_command(), "serve", "--app", args.app,
-            "--bind", f"{LOOPBACK}:{self.base_port}", "--rtp-ports", args.rtp_ports,
+            "--bind", f"{LOOPBACK}:{sip_ports[0]}", "--rtp-ports", rtp_ports,
         ]  # fmt: skip
         if args.max_calls != 0:  # 0: the agent's own default, as a deployment runs it
-            self.agent_cmd += ["--max-calls", str(args.max_calls or 2 * top)]
-        self.agent_cmd += ["--workers", str(args.workers)]
+            cmd += ["--max-calls", str(args.max_calls or 2 * top)]
+        cmd += ["--workers", str(len(sip_ports))]
         if args.realtime_priority:
-            self.agent_cmd += ["--realtime-priority", str(args.realtime_priority)]
+            cmd += ["--realtime-priority", str(args.realtime_priority)]
         if args.loop:
-            self.agent_cmd += ["--loop", args.loop]
+            cmd += ["--loop", args.loop]
+        return cmd
+
+    def agent_env(self) -> dict[str, str]:
+        args = self.args
+        top = max(args.calls)
         env = {
             k: v
             for k, v in os.environ.items()
@@ -330,30 +360,56 @@ class Bench:
         env["COLUMNS"] = "240"
         if args.app == "receptionist":
             env.update(self.provider_env())
+        return env
+
+    async def start_agent(self) -> None:
+        # With --pair each agent gets one SIP port and half of the RTP range (as the workers
+        # of one `serve` do: a port one agent just released is not the other's next call's);
+        # otherwise one agent has all.
+        groups = [[port] for port in self.sip_ports] if self.args.pair else [self.sip_ports]
+        ranges = split_port_range(self.args.rtp_ports, len(groups))
         self._log_fh = self.agent_log.open("wb")
-        self.agent = await start_process(
-            self.agent_cmd, cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
         try:
-            await wait_agent_bound(self.agent, self.sip_ports, self.agent_log, timeout=40.0)
+            for i, ports in enumerate(groups):
+                env = self.agent_env()
+                if i == 1:
+                    env.update(self.args.pair)
+                cmd = self.agent_command(
+                    ports, ranges[i] if self.args.pair else self.args.rtp_ports
+                )
+                self.agent_cmds.append(cmd)
+                agent = await start_process(
+                    cmd, cwd=self.workdir, stdout=self._log_fh, stderr=subprocess.STDOUT, env=env
+                )
+                self.agents.append(agent)
+                await wait_agent_bound(agent, ports, self.agent_log, timeout=40.0)
             await asyncio.sleep(1.0)  # bound before its loop serves; imports settle
         except BaseException:
             await self.stop_agent()
             raise
 
     async def stop_agent(self) -> None:
-        if self.agent is not None:
-            code = await end_process(self.agent, sig=signal.SIGTERM, grace=15.0)
+        while self.agents:
+            code = await end_process(self.agents.pop(), sig=signal.SIGTERM, grace=15.0)
             if code not in (0, None):
                 self.anomalies.append(f"agent exited with code {code} on SIGTERM")
-            self.agent = None
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
 
     def agent_pids(self) -> list[int]:
-        return process_tree(self.agent.pid) if self.agent is not None else []
+        return [pid for agent in self.agents for pid in process_tree(agent.pid)]
+
+    def agent_cpu_seconds(self) -> list[float]:
+        """Each agent's CPU time (its own process tree)."""
+        return [tree_cpu_seconds(process_tree(agent.pid)) for agent in self.agents]
+
+    def agent_command_line(self) -> str:
+        lines = [shlex.join(cmd) for cmd in self.agent_cmds]
+        if self.args.pair and len(lines) == 2:
+            setting = " ".join(f"{k}={v}" for k, v in self.args.pair.items())
+            lines[1] = f"{setting} {lines[1]}"
+        return " ; ".join(lines)
 
     def log_problems(self, since: int) -> list[str]:
         with self.agent_log.open("rb") as fh:
@@ -377,7 +433,7 @@ class Bench:
         name = f"{args.app}-{calls}-r{round_no}"
         run_dir = self.workdir / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        if self.agent is None or self.agent.returncode is not None:
+        if not self.agents or any(a.returncode is not None for a in self.agents):
             raise RuntimeError(f"agent not running; log: {self.agent_log}")
         audio, audio_s = self.caller_audio(run_dir)
         hold_ms = int(audio_s * 1000) + 300
@@ -411,6 +467,7 @@ class Bench:
         pids = self.agent_pids()
         rss_before = tree_rss_mb(pids)
         cpu_before, wall_before = tree_cpu_seconds(pids), time.monotonic()
+        each_cpu_before = self.agent_cpu_seconds()
         own_cpu_before = time.process_time()
         stat_before = proc_stat_cpu()
         rss_peak = rss_before
@@ -437,6 +494,7 @@ class Bench:
                     await s.stop()
         wall = time.monotonic() - wall_before
         cpu_during = tree_cpu_seconds(self.agent_pids()) - cpu_before
+        each_cpu = [b - a for a, b in zip(each_cpu_before, self.agent_cpu_seconds(), strict=True)]
         own_cpu = time.process_time() - own_cpu_before
         machine = cpu_shares(stat_before, proc_stat_cpu())
         flame = await self.stop_profiler(profiler)
@@ -462,14 +520,25 @@ class Bench:
         late_calls = late_streams(per_stream)
         by_worker: list[dict[str, Any]] = []
         if args.workers > 1:  # workers share the cores but not the event loop: say each one's
-            for port, calls_at in calls_by_port.items():
-                mine = {c.agent_rtp_port for c in calls_at.values()
-                        if c.final_status == 200 and c.agent_rtp_port}  # fmt: skip
+            for i, (port, calls_at) in enumerate(calls_by_port.items()):
+                theirs = [
+                    c for c in calls_at.values() if c.final_status == 200 and c.agent_rtp_port
+                ]
+                mine = {c.agent_rtp_port for c in theirs}
                 worker = interval_stats(rtp_streams(datagrams, src_ports=mine), args.warmup)
-                by_worker.append({
+                entry: dict[str, Any] = {
                     "sip_port": port, "calls": len(mine), "error_ms": worker["error_ms"],
                     "calls_with_p99_over_5ms": late_streams(worker["per_stream"]),
-                })  # fmt: skip
+                }  # fmt: skip
+                if args.pair:  # each agent is one worker: its own CPU, its own turns
+                    entry["agent"] = "AB"[i]
+                    entry["cpu_pct"] = round(100.0 * each_cpu[i] / wall, 1) if wall > 0 else None
+                    if args.app == "receptionist":
+                        turns = self.call_turns(datagrams, theirs)
+                        entry["overhead_ms"] = pct(
+                            [x - NOMINAL_PROVIDER_S * 1000 for x in turns.v2v_ms]
+                        )
+                by_worker.append(entry)
         row: dict[str, Any] = {
             "step": name,
             "app": args.app,
@@ -523,21 +592,31 @@ class Bench:
             self.anomalies.append(f"{name}: tcpdump dropped {row['tcpdump_dropped']} packets")
         return row
 
-    def conversation_stats(self, datagrams: Sequence[Any], answered: list[Any]) -> dict[str, Any]:
-        assert self.script is not None and self.openai and self.elevenlabs
-        v2v: list[float] = []
-        greeting: list[float] = []
-        unanswered = turns = 0
+    def call_turns(self, datagrams: Sequence[Any], answered: Sequence[Any]) -> CallTurnsPooled:
+        """The turns of these calls, pooled."""
+        assert self.script is not None
+        pooled = CallTurnsPooled()
         for call in answered:
             got = conversation_turns(datagrams, call.agent_rtp_port, call.ok_at, self.script)
             if got is None:
-                unanswered += len(self.script.utterances)
+                pooled.unanswered += len(self.script.utterances)
                 continue
-            v2v.extend(got.v2v_ms)
-            unanswered += got.unanswered
-            turns += len(got.v2v_ms) + got.unanswered
+            pooled.v2v_ms.extend(got.v2v_ms)
+            pooled.unanswered += got.unanswered
+            pooled.turns += len(got.v2v_ms) + got.unanswered
             if got.greeting_after_200_ms is not None:
-                greeting.append(got.greeting_after_200_ms)
+                pooled.greeting_ms.append(got.greeting_after_200_ms)
+        return pooled
+
+    def conversation_stats(self, datagrams: Sequence[Any], answered: list[Any]) -> dict[str, Any]:
+        assert self.script is not None and self.openai and self.elevenlabs
+        pooled = self.call_turns(datagrams, answered)
+        v2v, greeting, unanswered, turns = (
+            pooled.v2v_ms,
+            pooled.greeting_ms,
+            pooled.unanswered,
+            pooled.turns,
+        )
         nominal_ms = NOMINAL_PROVIDER_S * 1000
         llm_late = [
             (r.first_chunk_at - r.received_at - LLM_FIRST_TOKEN_S) * 1000
@@ -583,7 +662,7 @@ class Bench:
             return None
         out = RESULTS / f"capacity_{self.args.app}_{calls}calls_profile.svg"
         # The worker processes when there are some (the supervisor only supervises).
-        cmd = [spy, "record", "--pid", str(self.agent.pid), "--output", str(out), "--rate",
+        cmd = [spy, "record", "--pid", str(self.agents[0].pid), "--output", str(out), "--rate",
                "100", "--nonblocking", "--subprocesses"]  # fmt: skip
         proc = await start_process(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return proc, out
@@ -710,15 +789,23 @@ def markdown(report: dict[str, Any]) -> str:
         out.append("| " + " | ".join(cells) + " |")
     workers = [
         f"- {r['step']}: " + "; ".join(
-            f"SIP port {w['sip_port']}: {w['calls']} calls, pacing p99"
+            (f"agent {w['agent']} (CPU {_f(w['cpu_pct'])} %) " if "agent" in w else "")
+            + f"SIP port {w['sip_port']}: {w['calls']} calls, pacing p99"
             f" {_f(w['error_ms']['p99'], 2)} ms, {w['calls_with_p99_over_5ms']} calls p99 > 5 ms"
+            + (f", overhead p50 / p95 {_f(o['p50'])} / {_f(o['p95'])} ms"
+               if (o := w.get("overhead_ms")) else "")
             for w in by_worker
         )
         for r in report["results"]
         if (by_worker := r.get("pacing", {}).get("by_worker"))
     ]  # fmt: skip
     if workers:
-        out += ["", "Pacing by worker:", *workers]
+        title = (
+            "By agent (B: " + " ".join(f"{k}={v}" for k, v in s["pair"].items()) + "):"
+            if s.get("pair")
+            else "Pacing by worker:"
+        )
+        out += ["", title, *workers]
     if report["anomalies"]:
         out += ["", "Anomalies:", *(f"- {a}" for a in report["anomalies"][:30])]
     return "\n".join(out)
@@ -758,12 +845,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON (default bench/results/capacity_<app>.json)")
     p.add_argument("--workdir", type=Path, help="artifacts directory (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the artifacts directory")
+    p.add_argument(
+        "--pair", action="append", default=[], metavar="SIPAGENT_X=VALUE",
+        help="paired comparison: two single-worker agents, the second with this setting",
+    )  # fmt: skip
     p.add_argument("--time-limit", type=float, default=1500.0, help="abort after this, s")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = RESULTS / f"capacity_{args.app}.json"
     if min(args.calls) < 1 or args.workers < 1 or args.rounds < 1:
         p.error("calls, workers and rounds must be >= 1")
+    pair: dict[str, str] = {}
+    for item in args.pair:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("SIPAGENT_"):
+            p.error(f"--pair {item!r}: expected SIPAGENT_NAME=value")
+        pair[name] = value
+    args.pair = pair
+    if pair:
+        if args.workers not in (1, 2):
+            p.error("--pair runs two single-worker agents: leave --workers out")
+        if args.profile:
+            p.error("--profile profiles one agent: not with --pair")
+        args.workers = 2  # two SIP ports, the calls split over them as over two workers
     if args.everything_realtime and args.realtime_priority:
         p.error("--everything-realtime already puts the agent at that priority")
     return args
@@ -788,7 +892,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         report["results"] = await asyncio.wait_for(bench.run(), args.time_limit)
     finally:
-        report["agent_command"] = shlex.join(bench.agent_cmd)
+        report["agent_command"] = bench.agent_command_line()
         report["anomalies"] = bench.anomalies
         report["machine"]["loadavg_end"] = list(os.getloadavg())
         report["duration_s"] = round(time.time() - started, 1)

@@ -132,10 +132,11 @@ class AgentSettings(BaseSettings):
         1.0, gt=0, description="seconds between registration liveness probes (OPTIONS)"
     )
     ring_seconds: float = Field(0.0, ge=0, description="ring this long before answering")
-    # bench/capacity.py: one receptionist process on two cores keeps pacing p99 <= 5 ms and
-    # agent overhead p95 <= 50 ms at 40 calls in every run; at 50 calls in some runs only.
+    # bench/capacity.py: with the media clock's thread, one receptionist process on two cores
+    # kept pacing p99 <= 5 ms and agent overhead p95 <= 50 ms at 40, 50 and 60 calls, and two
+    # workers at 50 each (100 calls); sending from the event loop it held at 40 only.
     max_calls: int = Field(
-        40, ge=1, description="concurrent calls per process; more get 486 Busy Here"
+        50, ge=1, description="concurrent calls per process; more get 486 Busy Here"
     )
     realtime_priority: int = Field(
         0,
