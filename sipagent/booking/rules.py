@@ -116,6 +116,8 @@ def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> da
     # which may be the time ("March 24th at 10").
     ordinal: int | None = None
     bare: int | None = None
+    # "twenty-first", "thirty-first" (as recognisers write them): the tens and the ordinal.
+    words = [part for word in words for part in _split_spoken_ordinal(word)]
     for index, word in enumerate(words):
         digits = re.fullmatch(r"(\d{1,2})(st|nd|rd|th)?", word)
         if digits and digits.group(2):
@@ -125,8 +127,10 @@ def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> da
             if bare is None and after not in ("am", "pm", "oclock", "o"):
                 bare = int(digits.group(1))
         elif word in ORDINALS:
-            twenty = index > 0 and words[index - 1] == "twenty"
-            ordinal = ordinal or (ORDINALS[word] + (20 if twenty else 0))
+            tens = _ORDINAL_TENS.get(words[index - 1], 0) if index > 0 else 0
+            if ORDINALS[word] >= 10:
+                tens = 0  # "twenty" before "tenth" is not a day
+            ordinal = ordinal or (ORDINALS[word] + tens)
     day = ordinal or bare
     slash = re.search(r"\b(\d{1,2})/(\d{1,2})\b", lowered)
     if slash:
@@ -140,6 +144,17 @@ def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> da
             f"{text!r} is not a valid date", "I didn't catch the day."
         ) from error
     return candidate if candidate >= today else candidate.replace(year=today.year + 1)
+
+
+# The tens said before an ordinal day: "twenty first" is the 21st, "thirty first" the 31st.
+_ORDINAL_TENS = {"twenty": 20, "thirty": 30}
+
+
+def _split_spoken_ordinal(word: str) -> list[str]:
+    tens, hyphen, unit = word.partition("-")
+    if hyphen and tens in _ORDINAL_TENS and unit in ORDINALS:
+        return [tens, unit]
+    return [word]
 
 
 def parse_iso_date(text: str) -> date:

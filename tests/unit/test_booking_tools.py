@@ -14,6 +14,7 @@ from sipagent.booking.rules import (
     resolve_start,
 )
 from sipagent.booking.store import InMemoryBookingStore
+from sipagent.booking.vocabulary import day_of_month_words
 from sipagent.providers.base import ToolCall
 from sipagent.tools.receptionist import TOOL_SCHEMAS, ReceptionistTools
 
@@ -42,6 +43,20 @@ WEDNESDAY = datetime(2026, 11, 25, 10, 0, tzinfo=HOURS.zone)
 )
 def test_natural_dates(text, expected):
     assert parse_date(text, WEDNESDAY.date()) == expected
+
+
+def test_every_day_of_the_month_the_recogniser_is_taught_reads_as_that_day():
+    # day_of_month_words() is what the offline recogniser's language model learns to hear.
+    for day, said in enumerate(day_of_month_words(), start=1):
+        assert parse_date(f"March {said}", WEDNESDAY.date()) == date(2027, 3, day), said
+        assert parse_date(f"the {said} of March", WEDNESDAY.date()) == date(2027, 3, day), said
+        hyphenated = said.replace(" ", "-")  # how Whisper writes "twenty-first"
+        assert parse_date(f"March {hyphenated}", WEDNESDAY.date()) == date(2027, 3, day), said
+
+
+def test_a_day_the_month_does_not_have_is_not_a_date():
+    with pytest.raises(BookingRuleError):
+        parse_date("February thirty first", WEDNESDAY.date())
 
 
 def test_an_explicit_date_wins_over_a_weekday_that_contradicts_it_and_says_so():
