@@ -179,6 +179,11 @@ class UserAgentClient:
         )
         self.lifecycle.admit(call)
         if media is None:
+            # The 2xx is ACKed: the dialog is confirmed whatever its body says, so it ends with
+            # a BYE (RFC 3261 13.2.2.4). Left RINGING, hangup() took it for an unanswered call
+            # and ended it without one, leaving the callee in the call.
+            call.state = CallState.CONFIRMED
+            call.rtp_socket = rtp_socket  # never opened as media: the hang-up closes it
             await self.lifecycle.hangup(call, "no usable media in the answer")
             raise DialError(488, "answer had no codec we offered")
         await self.lifecycle.open_media(call, rtp_socket, media)

@@ -45,6 +45,21 @@ async def test_busy_callee_raises_a_clear_error(sipp):
     (await uas.wait()).check()  # it got its ACK
 
 
+async def test_an_answer_without_a_codec_we_offered_is_acked_then_ended_with_bye(sipp):
+    uas = sipp("uas_bad_answer.xml", params={"BYE_WAIT_MS": 5000})
+    await uas.start()
+    async with running_agent() as agent:
+        with pytest.raises(DialError) as error:
+            await agent.dial(f"sip:sipp@{uas.address}")
+        assert error.value.status_code == 488
+        assert not agent.calls
+        ended = agent.ended_calls[-1]
+        assert ended.end_reason == "no usable media in the answer"
+        assert ended.bye_status == 200
+        assert not agent.uac.rtp_ports.in_use  # its RTP port went back
+    (await uas.wait()).check()  # it got its ACK, then the BYE
+
+
 async def test_agent_calls_agent_through_the_registrar(kamailio, tmp_path):
     kam = await kamailio(qop=True, record_route=True)
     async with (
