@@ -4,7 +4,8 @@ A tool round answers each of its tool_call ids at once with a placeholder, so th
 valid whenever the reply around it is cancelled; the tool's real result replaces the
 placeholder in place when it arrives, even after the reply was cut. A reply the caller
 interrupted keeps only what they heard, marked as interrupted; its tool calls and their
-answers stay (a booking that committed is never forgotten).
+answers stay (a booking that committed is never forgotten), and so do the words a tool round
+said before its calls, once (the marked message does not say them again).
 """
 
 from __future__ import annotations
@@ -76,5 +77,24 @@ class ChatHistory:
         tail = self.messages[reply_start:]
         tool_related = [m for m in tail if m["role"] == "tool" or m.get("tool_calls")]
         callers = [m for m in tail if m["role"] == "user"]
-        interrupted = {"role": "assistant", "content": f"{heard} {INTERRUPTED_MARK}".strip()}
-        self.messages[reply_start:] = [*tool_related, interrupted, *callers]
+        # What a tool round said before its calls was spoken first and stays with its calls:
+        # the marked message carries only the words heard after it (it repeated them).
+        unaccounted = heard.split()
+        marked = False
+        for message in tool_related:
+            if message["role"] == "tool" or not message.get("content"):
+                continue
+            said = message["content"].split()
+            if marked:
+                message["content"] = None  # said after the cut: never heard
+            elif unaccounted[: len(said)] == said:
+                unaccounted = unaccounted[len(said) :]
+            else:  # cut inside what this round said: it keeps the words heard, marked
+                message["content"] = " ".join([*unaccounted, INTERRUPTED_MARK])
+                marked = True
+        rest = (
+            []
+            if marked
+            else [{"role": "assistant", "content": " ".join([*unaccounted, INTERRUPTED_MARK])}]
+        )
+        self.messages[reply_start:] = [*tool_related, *rest, *callers]

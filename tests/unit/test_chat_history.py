@@ -66,11 +66,34 @@ def test_a_cut_during_a_tool_round_keeps_the_calls_answered_and_the_late_result(
     tool_round = history.open_tool_round("One moment.", (BOOK,))
     history.keep_heard_part(start, "One")  # the caller talks while the booking runs
     assert history_error(history.messages) is None
-    assert [m["role"] for m in history.messages[start:]] == ["assistant", "tool", "assistant"]
-    assert history.messages[-1]["content"] == f"One {INTERRUPTED_MARK}"
+    # Cut inside what the round said before its call: the round keeps the word heard, marked.
+    assert [m["role"] for m in history.messages[start:]] == ["assistant", "tool"]
+    assert history.messages[start]["content"] == f"One {INTERRUPTED_MARK}"
     tool_round.answer(0, BOOKED)  # the booking committed after the cut
     assert history.messages[start + 1]["content"] == BOOKED
     assert history_error(history.messages) is None
+
+
+def test_what_a_tool_round_said_is_not_repeated_in_the_heard_part() -> None:
+    history = history_with_a_caller_turn()
+    start = len(history)
+    history.open_tool_round("One moment, I'll book that.", (BOOK,))
+    history.add_assistant("You're booked for Tuesday at ten.")
+    history.keep_heard_part(start, "One moment, I'll book that. You're booked")
+    assert history_error(history.messages) is None
+    said = [m["content"] for m in history.messages[start:] if m["role"] == "assistant"]
+    assert said == ["One moment, I'll book that.", f"You're booked {INTERRUPTED_MARK}"]
+
+
+def test_a_round_heard_in_full_and_nothing_after_it_is_followed_by_the_mark_alone() -> None:
+    history = history_with_a_caller_turn()
+    start = len(history)
+    history.open_tool_round("One moment.", (FIND,))
+    history.open_tool_round("Nearly there.", (BOOK,))  # the caller cut in before this one
+    history.keep_heard_part(start, "One moment.")
+    assert history_error(history.messages) is None
+    said = [m["content"] for m in history.messages[start:] if m["role"] == "assistant"]
+    assert said == ["One moment.", INTERRUPTED_MARK]
 
 
 def test_a_cut_after_two_rounds_keeps_both_in_order_before_what_was_heard() -> None:
