@@ -63,6 +63,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,12 @@ def late_streams(per_stream: Sequence[dict[str, Any]]) -> int:
 def sip_ports_of(base: int, workers: int) -> list[int]:
     """Worker i listens on base + i (`sipagent serve --workers`)."""
     return [base + i for i in range(workers)]
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
 
 
 def split_port_range(ports: str, parts: int) -> list[str]:
@@ -372,6 +379,10 @@ class Bench:
         try:
             for i, ports in enumerate(groups):
                 env = self.agent_env()
+                if self.args.pair:
+                    # Each its own status server (both on the default port: B's failed to
+                    # bind, and B ran without the status and metrics work that A did).
+                    env["SIPAGENT_STATUS_BIND"] = f"{LOOPBACK}:{free_tcp_port()}"
                 if i == 1:
                     env.update(self.args.pair)
                 cmd = self.agent_command(
@@ -868,6 +879,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.profile:
             p.error("--profile profiles one agent: not with --pair")
         args.workers = 2  # two SIP ports, the calls split over them as over two workers
+        try:
+            first, last = (int(x) for x in args.rtp_ports.split("-"))
+        except ValueError:
+            p.error(f"--rtp-ports {args.rtp_ports!r}: expected FIRST-LAST")
+        if last - first + 1 < 2 * 2 * max(args.calls):  # an even port per call, per agent
+            p.error(f"--rtp-ports {args.rtp_ports}: too small to halve for --pair")
     if args.everything_realtime and args.realtime_priority:
         p.error("--everything-realtime already puts the agent at that priority")
     return args

@@ -128,8 +128,15 @@ def _explicit_date(text: str, lowered: str, words: list[str], today: date) -> da
                 bare = int(digits.group(1))
         elif word in ORDINALS:
             tens = _ORDINAL_TENS.get(words[index - 1], 0) if index > 0 else 0
-            if ORDINALS[word] >= 10:
-                tens = 0  # "twenty" before "tenth" is not a day
+            said_before_tens = words[index - 2] if index > 1 else ""
+            if (
+                ORDINALS[word] >= 10  # "twenty tenth" is no day
+                or ORDINALS[word] + tens > 31  # nor is "thirty second"
+                # "at ten thirty, first of April": the tens are the minutes of a time
+                or said_before_tens == "at"
+                or NUMBER_WORDS.get(said_before_tens, 0) in range(1, 13)
+            ):
+                tens = 0
             ordinal = ordinal or (ORDINALS[word] + tens)
     day = ordinal or bare
     slash = re.search(r"\b(\d{1,2})/(\d{1,2})\b", lowered)

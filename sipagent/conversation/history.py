@@ -89,9 +89,13 @@ class ChatHistory:
                 message["content"] = None  # said after the cut: never heard
             elif unaccounted[: len(said)] == said:
                 unaccounted = unaccounted[len(said) :]
-            else:  # cut inside what this round said: it keeps the words heard, marked
+            elif said[: len(unaccounted)] == unaccounted:
+                # Cut inside what this round said (or before it): it keeps the words heard,
+                # marked.
                 message["content"] = " ".join([*unaccounted, INTERRUPTED_MARK])
                 marked = True
+            # Else the caller heard words no message holds (a retry's apology): the round
+            # stays as it was, and the words heard go to the marked message after it.
         rest = (
             []
             if marked

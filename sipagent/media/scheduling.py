@@ -3,10 +3,10 @@
 Under `SCHED_OTHER` the thread that sends every call's frames wakes 400 times a second and
 runs for well under a millisecond; when it wakes, the cores are often busy with the event
 loop's thread, the other workers and whatever else runs on the machine, and it waits for one
-of them to be preempted. Linux's EEVDF scheduler (6.6 and later) lets a fair task ask for a
-shorter slice (`sched_attr.sched_runtime`, 0.1-100 ms; the default is about 0.7-3 ms): its
-virtual deadline comes sooner, and from 6.12 a waking task with a shorter slice preempts the
-running one. No privilege is needed (unlike a realtime policy or a lower nice value), and
+of them to be preempted. Linux's EEVDF scheduler lets a fair task ask for a
+shorter slice (`sched_attr.sched_runtime`, 0.1-100 ms, from Linux 6.12; the default is about
+0.7-3 ms): its virtual deadline comes sooner, and a waking task with a shorter slice preempts
+the running one. No privilege is needed (unlike a realtime policy or a lower nice value), and
 older kernels accept and ignore it.
 
 Linux only (`sched_setattr(2)` has no libc wrapper: a raw syscall through ctypes).
@@ -48,7 +48,9 @@ class SchedAttr(ctypes.Structure):
 
 
 def _syscalls() -> tuple[ctypes.CDLL, int, int] | None:
-    if not sys.platform.startswith("linux"):
+    # platform.machine() names the kernel's architecture: a 32-bit process on a 64-bit
+    # kernel has other syscall numbers.
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
         return None
     numbers = _SYSCALLS.get(platform.machine())
     if numbers is None:
@@ -58,7 +60,10 @@ def _syscalls() -> tuple[ctypes.CDLL, int, int] | None:
 
 def thread_sched_attr() -> SchedAttr | None:
     """The calling thread's scheduling attributes, or None where they cannot be read."""
-    calls = _syscalls()
+    try:
+        calls = _syscalls()
+    except OSError:
+        return None
     if calls is None:
         return None
     libc, _, getattr_nr = calls
@@ -71,7 +76,15 @@ def thread_sched_attr() -> SchedAttr | None:
 def request_short_slice(slice_ns: int = MEDIA_THREAD_SLICE_NS) -> bool:
     """Ask for a `slice_ns` scheduler slice for the calling thread, if it runs under the normal
     scheduler (a realtime thread has its own rules: left alone). Keeps its nice value. True
-    when the kernel took the request."""
+    when the kernel took the request; never raises (the media thread calls it)."""
+    try:
+        return _request_short_slice(slice_ns)
+    except (OSError, AttributeError) as error:  # no libc to load, no syscall() in it
+        logger.debug("media clock thread keeps its slice: %s", error)
+        return False
+
+
+def _request_short_slice(slice_ns: int) -> bool:
     current = thread_sched_attr()
     if current is None or current.sched_policy != os.SCHED_OTHER:
         return False

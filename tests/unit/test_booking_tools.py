@@ -54,6 +54,11 @@ def test_every_day_of_the_month_the_recogniser_is_taught_reads_as_that_day():
         assert parse_date(f"March {hyphenated}", WEDNESDAY.date()) == date(2027, 3, day), said
 
 
+def test_thirty_after_a_clock_hour_is_the_minutes_not_the_tens_of_a_day():
+    assert parse_date("at ten thirty, first of April", WEDNESDAY.date()) == date(2027, 4, 1)
+    assert parse_date("April first at ten thirty", WEDNESDAY.date()) == date(2027, 4, 1)
+
+
 def test_a_day_the_month_does_not_have_is_not_a_date():
     with pytest.raises(BookingRuleError):
         parse_date("February thirty first", WEDNESDAY.date())

@@ -118,3 +118,14 @@ def test_a_caller_message_inside_the_cut_reply_follows_it() -> None:
     history.keep_heard_part(start, "We open")
     assert [m["role"] for m in history.messages[start:]] == ["assistant", "user"]
     assert history.messages[-1]["content"] == "And on Saturdays?"
+
+
+def test_words_heard_that_no_message_holds_leave_the_round_as_it_was() -> None:
+    history = history_with_a_caller_turn()
+    start = len(history)
+    history.open_tool_round("One moment.", (BOOK,))
+    # Spoken but kept in no message (an apology before a retried request), then the round.
+    history.keep_heard_part(start, "Sorry, say that again? One moment.")
+    assert history_error(history.messages) is None
+    said = [m["content"] for m in history.messages[start:] if m["role"] == "assistant"]
+    assert said == ["One moment.", f"Sorry, say that again? One moment. {INTERRUPTED_MARK}"]

@@ -316,7 +316,7 @@ class SliceProbe(Member):
 
 
 def _kernel_keeps_a_short_slice() -> bool:
-    """Whether this kernel (EEVDF, Linux 6.6+) stores a fair thread's requested slice; tried
+    """Whether this kernel (Linux 6.12+) stores a fair thread's requested slice; tried
     on a throwaway thread (a seccomp filter or an older kernel would say no)."""
     kept: list[bool] = []
 
