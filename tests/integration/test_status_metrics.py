@@ -214,8 +214,13 @@ async def test_receptionist_turn_latencies_are_folded_once(sipp, tmp_path):
                       params={"DTMF_PCAP": pcap, "PRE_MS": 0, "HOLD_MS": hold_ms})  # fmt: skip
         await runner.start(wait_bound=False)
         await wait_until(lambda: bool(agent.calls), 10, "the call")
-        status = await get_status(server)
-        [call] = status["calls"]
+        # A call is listed from its 200 OK; its conversation starts at the caller's ACK.
+        deadline = time.monotonic() + 5.0
+        while True:
+            [call] = (await get_status(server))["calls"]
+            if call["state"] != "answered" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
         assert call["state"] in ("listening", "thinking", "speaking")
         assert call["conversation"]["state"] == call["state"]
 
