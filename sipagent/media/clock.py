@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import ClassVar, Final, Generic, Protocol, TypeVar
 
-from sipagent.media.scheduling import request_short_slice
-
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Hashable)
@@ -405,8 +403,6 @@ class ThreadedMediaClock:
 
     def _run(self) -> None:
         _raise_realtime_priority()
-        # Under the normal scheduler: wake into a busy machine sooner (media/scheduling.py).
-        request_short_slice()
         clock, lock, schedule, wake = self._clock, self._lock, self._schedule, self._wake
         while True:
             with lock:

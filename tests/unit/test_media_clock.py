@@ -1,5 +1,4 @@
 import asyncio
-import os
 import random
 import threading
 import time
@@ -16,12 +15,6 @@ from sipagent.media.clock import (
     ThreadedMediaClock,
 )
 from sipagent.media.playout import FramePacer
-from sipagent.media.scheduling import (
-    MEDIA_THREAD_SLICE_NS,
-    SchedAttr,
-    request_short_slice,
-    thread_sched_attr,
-)
 
 # -- MediaSchedule: who is due, in which order, and when the next one is ------------------------
 
@@ -301,53 +294,6 @@ async def test_a_threaded_clock_serves_many_members_from_one_thread_that_ends_wi
             assert sent_at < member.pacer.deadline_of(index) + THREAD_GRID + 0.015
     assert clock.served == frames
     assert clock.passes < frames / 4
-
-
-class SliceProbe(Member):
-    """A member that reads the scheduling attributes of the thread that serves it."""
-
-    def __init__(self, start: float) -> None:
-        super().__init__(start)
-        self.attrs: list[SchedAttr | None] = []
-
-    def clock_pass(self, now: float) -> float:
-        self.attrs.append(thread_sched_attr())
-        return super().clock_pass(now)
-
-
-def _kernel_keeps_a_short_slice() -> bool:
-    """Whether this kernel (Linux 6.12+) stores a fair thread's requested slice; tried
-    on a throwaway thread (a seccomp filter or an older kernel would say no)."""
-    kept: list[bool] = []
-
-    def probe() -> None:
-        attr = thread_sched_attr() if request_short_slice() else None
-        kept.append(attr is not None and attr.sched_runtime == MEDIA_THREAD_SLICE_NS)
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return kept == [True]
-
-
-@pytest.mark.skipif(not _kernel_keeps_a_short_slice(), reason="no per-thread slice here")
-async def test_the_media_thread_asks_the_fair_scheduler_for_a_short_slice() -> None:
-    loop_thread_slice = thread_sched_attr()
-    assert loop_thread_slice is not None and loop_thread_slice.sched_policy == os.SCHED_OTHER
-    clock = ThreadedMediaClock.for_loop()
-    probe = SliceProbe(time.monotonic())
-    clock.add(probe, probe.pacer.next_deadline)
-    await _wait_for(lambda: bool(probe.attrs))
-    clock.remove(probe)
-    served_by = probe.attrs[0]
-    assert served_by is not None
-    assert served_by.sched_policy == os.SCHED_OTHER
-    assert served_by.sched_runtime == MEDIA_THREAD_SLICE_NS
-    assert served_by.sched_nice == loop_thread_slice.sched_nice  # its nice value kept
-    # The loop's own thread keeps its slice.
-    now_on_loop = thread_sched_attr()
-    assert now_on_loop is not None
-    assert now_on_loop.sched_runtime == loop_thread_slice.sched_runtime
 
 
 async def test_a_threaded_clock_keeps_serving_while_the_loop_computes() -> None:
