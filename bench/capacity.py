@@ -252,6 +252,11 @@ class CallTurnsPooled:
     unanswered: int = 0
     turns: int = 0
 
+    @property
+    def overhead_ms(self) -> list[float]:
+        """Voice-to-voice minus the fakes' nominal latencies: what the agent added."""
+        return [x - NOMINAL_PROVIDER_S * 1000 for x in self.v2v_ms]
+
 
 def conversation_turns(
     datagrams: Sequence[Any], agent_rtp_port: int, answered_at: float, script: CallerScript
@@ -546,9 +551,7 @@ class Bench:
                     entry["cpu_pct"] = round(100.0 * each_cpu[i] / wall, 1) if wall > 0 else None
                     if args.app == "receptionist":
                         turns = self.call_turns(datagrams, theirs)
-                        entry["overhead_ms"] = pct(
-                            [x - NOMINAL_PROVIDER_S * 1000 for x in turns.v2v_ms]
-                        )
+                        entry["overhead_ms"] = pct(turns.overhead_ms)
                 by_worker.append(entry)
         row: dict[str, Any] = {
             "step": name,
@@ -622,13 +625,6 @@ class Bench:
     def conversation_stats(self, datagrams: Sequence[Any], answered: list[Any]) -> dict[str, Any]:
         assert self.script is not None and self.openai and self.elevenlabs
         pooled = self.call_turns(datagrams, answered)
-        v2v, greeting, unanswered, turns = (
-            pooled.v2v_ms,
-            pooled.greeting_ms,
-            pooled.unanswered,
-            pooled.turns,
-        )
-        nominal_ms = NOMINAL_PROVIDER_S * 1000
         llm_late = [
             (r.first_chunk_at - r.received_at - LLM_FIRST_TOKEN_S) * 1000
             for r in self.openai.requests[self._llm_seen :]
@@ -652,11 +648,11 @@ class Bench:
         self._tts_seen = len(self.elevenlabs.requests)
         self._stt_seen = len(self.deepgram.connections)
         return {
-            "turns": turns,
-            "turns_unanswered": unanswered,
-            "v2v_ms": pct(v2v),
-            "overhead_ms": pct([x - nominal_ms for x in v2v]),
-            "greeting_after_200_ms": pct(greeting),
+            "turns": pooled.turns,
+            "turns_unanswered": pooled.unanswered,
+            "v2v_ms": pct(pooled.v2v_ms),
+            "overhead_ms": pct(pooled.overhead_ms),
+            "greeting_after_200_ms": pct(pooled.greeting_ms),
             "fakes_late_ms": {
                 "stt_final": pct(stt_late),
                 "llm_first_chunk": pct(llm_late),

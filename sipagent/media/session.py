@@ -546,8 +546,6 @@ class RtpSession:
 
     def _send_datagram(self, datagram: bytes) -> None:
         if self._sender is not None:  # media_thread: this may be the clock's thread
-            if self._closed or self._transport_lost:
-                return
             if self._closed or self._transport_lost or self._transport_lost_by_thread:
                 return
             failure = self._sender.send(datagram, self.send_address)
